@@ -1,0 +1,1 @@
+"""Heavy jobs that make the artefacts tta-cli ships: the sample source model."""
