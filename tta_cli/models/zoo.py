@@ -111,6 +111,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "airnet": AirNet,
     "wrn16_4": lambda num_classes=10: WideResNet(16, 4, num_classes),
     "wrn28_10": lambda num_classes=10: WideResNet(28, 10, num_classes),
-    "resnet26": lambda num_classes=10: WideResNet(26, 1, num_classes),
+    # Pre-activation CIFAR ResNets (widths 16/32/64): 3 and 1 residual blocks per stage.
+    "resnet20": lambda num_classes=10: WideResNet(22, 1, num_classes),
     "tiny_resnet": lambda num_classes=10: WideResNet(10, 1, num_classes),
 }

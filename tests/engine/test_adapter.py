@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CLASSES, MEAN, STD
+from tta_cli.config import AdaptConfig
+from tta_cli.engine import Adapter, get_method, resolve_device
+from tta_cli.engine.run import build_adapter
+from tta_cli.errors import UsageError
+from tta_cli.models import load_bundle
+from tta_cli.streams import FolderStream, Preprocess, batches
+
+
+def first_batch(folder: Path, size: int = 8):
+    return next(batches(FolderStream(folder, (32, 32), CLASSES), size, Preprocess(MEAN, STD)))
+
+
+def make_adapter(bundle_path: Path, method: str, tmp_path: Path, **settings) -> Adapter:
+    bundle = load_bundle(bundle_path)
+    config = AdaptConfig(model=bundle_path, source=tmp_path, run=tmp_path / "run", method=method, **settings)
+    return build_adapter(bundle, get_method(method), config, torch.device("cpu"))
+
+
+def test_source_changes_nothing(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(bundle_path, "source", tmp_path)
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    batch = first_batch(clean_folder)
+    first = adapter.step(batch)
+    second = adapter.step(batch)
+    torch.testing.assert_close(first.probabilities, second.probabilities)
+    for key, value in adapter.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_norm_uses_the_test_batch_statistics(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(bundle_path, "norm", tmp_path)
+    batch = first_batch(clean_folder)
+    result = adapter.step(batch)
+    reference = load_bundle(bundle_path).model.train()
+    with torch.no_grad():
+        expected = reference(batch.images).softmax(1)
+    torch.testing.assert_close(result.probabilities, expected)
+    assert all(not p.requires_grad for p in adapter.model.parameters())
+
+
+def test_tent_moves_only_norm_affine_parameters(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(bundle_path, "tent", tmp_path, lr=1e-2)
+    before = {name: p.detach().clone() for name, p in adapter.model.named_parameters()}
+    batch = first_batch(clean_folder)
+    result = adapter.step(batch)
+    assert result.update_norm > 0
+    assert set(result.losses) == {"entropy"}
+    moved = {name for name, p in adapter.model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(".bn" in name or name.startswith("bn.") for name in moved)
+
+
+def test_tent_predictions_are_taken_before_the_update(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(bundle_path, "tent", tmp_path, lr=1e-1)
+    batch = first_batch(clean_folder)
+    with torch.no_grad():
+        expected = adapter.model(batch.images).softmax(1)
+    result = adapter.step(batch)
+    torch.testing.assert_close(result.probabilities, expected)
+    with torch.no_grad():
+        after = adapter.model(batch.images).softmax(1)
+    assert not torch.allclose(after, expected)
+
+
+def test_tent_lowers_the_entropy_of_a_repeated_batch(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(bundle_path, "tent", tmp_path, lr=1e-2)
+    batch = first_batch(clean_folder, size=18)
+    entropies = [adapter.step(batch).entropy.mean().item() for _ in range(5)]
+    assert entropies[-1] < entropies[0]
+
+
+def test_device_parsing() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(UsageError, match=r"Unknown device|Unsupported device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(UsageError, match="Unknown method 'tnet'"):
+        get_method("tnet")

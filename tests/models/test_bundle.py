@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import CLASSES, MEAN, STD
+from tta_cli.errors import UsageError
+from tta_cli.models import build_architecture, load_bundle, prepare_bundle
+from tta_cli.models.checkpoints import load_state_dict
+from tta_cli.models.zoo import ZOO
+
+
+def test_prepare_writes_a_bundle_that_loads(bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    assert bundle.spec.class_names == list(CLASSES)
+    assert bundle.spec.feature_layers == ["stage1", "stage2", "stage3"]
+    mean, std = bundle.source_stats["stage3"]
+    assert mean.shape == std.shape == (64,)
+    assert torch.all(std > 0)
+    assert not bundle.model.training
+
+
+def test_source_stats_match_a_direct_measurement(bundle_path: Path, clean_folder: Path) -> None:
+    from tta_cli.models.features import record_features
+    from tta_cli.streams import FolderStream, Preprocess, batches
+
+    bundle = load_bundle(bundle_path)
+    stream = FolderStream(clean_folder, (32, 32), CLASSES)
+    (batch,) = list(batches(stream, 100, Preprocess(MEAN, STD)))
+    with record_features(bundle.model, ["stage2"]) as features, torch.no_grad():
+        bundle.model(batch.images)
+    mean, std = bundle.source_stats["stage2"]
+    torch.testing.assert_close(mean, features["stage2"].mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(std, features["stage2"].std(0), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("missing", ["model.toml", "weights.safetensors", "source_stats.safetensors"])
+def test_bundle_with_a_missing_file_is_one_clear_error(bundle_path: Path, tmp_path: Path, missing: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_path, broken)
+    (broken / missing).unlink()
+    with pytest.raises(UsageError, match=missing.replace(".", r"\.") + "|model.toml"):
+        load_bundle(broken)
+
+
+def test_class_count_mismatch_is_reported(bundle_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_path, broken)
+    toml = (broken / "model.toml").read_text().replace('"ship",', '"ship", "truck",')
+    (broken / "model.toml").write_text(toml)
+    with pytest.raises(UsageError, match="class count"):
+        load_bundle(broken)
+
+
+def test_pickle_checkpoint_is_refused_unless_trusted(tmp_path: Path) -> None:
+    model = build_architecture("tiny_resnet", 3)
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, checkpoint)
+    with pytest.raises(UsageError, match="--trust-pickle"):
+        load_state_dict(checkpoint)
+    state = load_state_dict(checkpoint, trust_pickle=True)
+    assert state.keys() == model.state_dict().keys()
+
+
+def test_prepare_refuses_weights_for_another_class_count(tmp_path: Path, clean_folder: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(build_architecture("tiny_resnet", 10).state_dict(), str(weights))
+    with pytest.raises(UsageError, match="class count"):
+        prepare_bundle("tiny_resnet", weights, clean_folder, tmp_path / "b", mean=MEAN, std=STD)
+
+
+def test_architecture_references() -> None:
+    assert isinstance(build_architecture("tests.models.factories:two_layer", 3), torch.nn.Module)
+    with pytest.raises(UsageError, match="Unknown architecture"):
+        build_architecture("no_such_net", 3)
+    with pytest.raises(UsageError, match="not installed"):
+        build_architecture("no_such_package_xyz.models:net", 3)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_models_classify_32px_images(name: str) -> None:
+    if name == "wrn28_10":
+        pytest.skip("36M parameters: too slow for a unit test")
+    model = build_architecture(name, 7).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_weights_file_is_safetensors(bundle_path: Path) -> None:
+    assert load_file(str(bundle_path / "weights.safetensors"))

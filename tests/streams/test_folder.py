@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import CLASSES, write_image_folder
+from tta_cli.errors import UsageError
+from tta_cli.streams import FolderStream, Preprocess, batches
+
+
+def add_broken_files(root: Path) -> dict[str, str]:
+    """One file of every broken kind, inside a class folder so it would count if read."""
+    good = root / "cat" / "000.png"
+    data = good.read_bytes()
+    (root / "cat" / "truncated.png").write_bytes(data[: len(data) // 2])
+    jpeg = root / "dog" / "truncated.jpg"
+    Image.open(good).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    (root / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "ship" / "notes.png").write_text("this is not an image")
+    return {"cat/truncated.png", "dog/truncated.jpg", "dog/empty.jpg", "ship/notes.png"}
+
+
+def test_sorted_recursive_order_and_labels(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", per_class=2)
+    (root / "ship" / "nested").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "ship" / "nested" / "a.png")
+    (root / "unknown").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "unknown" / "b.png")
+    frames = list(FolderStream(root, (32, 32), CLASSES))
+    assert [f.id for f in frames] == sorted(f.id for f in frames)
+    labels = {f.id: f.label for f in frames}
+    assert labels["cat/000.png"] == 0 and labels["ship/001.png"] == 2
+    assert labels["ship/nested/a.png"] == 2
+    assert labels["unknown/b.png"] is None
+    assert all(f.image.shape == (32, 32, 3) and f.image.dtype == np.uint8 for f in frames)
+
+
+def test_broken_files_are_skipped_and_named(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", per_class=3)
+    broken = add_broken_files(root)
+    stream = FolderStream(root, (32, 32), CLASSES, workers=3)
+    frames = list(stream)
+    assert len(frames) == 9
+    assert {input_id for input_id, _ in stream.skipped.entries} == broken
+    assert all(reason for _, reason in stream.skipped.entries)
+
+
+@pytest.mark.parametrize(
+    ("mode", "array"),
+    [
+        ("L", np.full((10, 12), 200, np.uint8)),
+        ("RGBA", np.full((10, 12, 4), 200, np.uint8)),
+        ("I;16", np.full((10, 12), 65535 * 200 // 255, np.uint16)),
+    ],
+)
+def test_grayscale_rgba_and_16_bit_become_rgb(tmp_path: Path, mode: str, array: np.ndarray) -> None:
+    path = tmp_path / "cat" / "image.png"
+    path.parent.mkdir()
+    Image.fromarray(array).save(path)
+    assert Image.open(path).mode.startswith(mode[0])
+    (frame,) = FolderStream(tmp_path, (32, 32), CLASSES)
+    assert frame.image.shape == (32, 32, 3)
+    assert np.abs(frame.image.astype(int) - 200).max() <= 1
+
+
+def test_shuffled_order_is_a_seeded_permutation(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", per_class=4)
+    first = [f.id for f in FolderStream(root, (32, 32), CLASSES, order="shuffled", seed=3)]
+    again = [f.id for f in FolderStream(root, (32, 32), CLASSES, order="shuffled", seed=3)]
+    assert first == again and first != sorted(first) and sorted(first) == sorted(again)
+
+
+def test_missing_and_empty_sources(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        FolderStream(tmp_path / "nope", (32, 32))
+    with pytest.raises(UsageError, match="no image files"):
+        FolderStream(tmp_path, (32, 32))
+
+
+def test_batches_normalise_with_the_bundle_statistics(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", per_class=3)
+    stream = FolderStream(root, (32, 32), CLASSES)
+    groups = list(batches(stream, 4, Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))))
+    assert [len(b) for b in groups] == [4, 4, 1]
+    first = next(iter(stream)).image
+    expected = (first[0, 0, 0] / 255 - 0.5) / 0.25
+    assert groups[0].images[0, 0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
+    assert groups[0].labels.tolist() == [0, 0, 0, 1]

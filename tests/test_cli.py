@@ -1,0 +1,108 @@
+"""The command line end to end, in a subprocess as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_image_folder
+from tests.streams.test_folder import add_broken_files
+
+
+def tta(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tta_cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_adapt_writes_predictions_summary_and_config(bundle_path: Path, tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=5)
+    broken = add_broken_files(data)
+    run = tmp_path / "run"
+    result = tta(
+        "adapt", "--model", bundle_path, "--source", data, "--run", run, "--method", "tent", "--batch-size", "4"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["images_seen"] == 15
+    assert summary["images_skipped"] == len(broken)
+    assert {entry[0] for entry in summary["skipped"]} == broken
+    assert summary["steps"] == 4 and summary["method"] == "tent" and summary["device"] == "cpu"
+    assert 0 <= summary["online_accuracy"] <= 1 and summary["labeled_images"] == 15
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert len(rows) == 15 and rows[0].keys() >= {"id", "class", "confidence", "step"}
+    assert [int(row["step"]) for row in rows] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 3
+    assert 'method = "tent"' in (run / "run.toml").read_text()
+    assert "online accuracy" in result.stdout
+
+
+def test_config_file_is_loaded_and_flags_override_it(bundle_path: Path, tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=2)
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[adapt]\nmodel = "{bundle_path}"\nsource = "{data}"\nmethod = "norm"\nbatch_size = 2\n')
+    run = tmp_path / "run"
+    result = tta("adapt", "--config", config, "--run", run, "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    resolved = (run / "run.toml").read_text()
+    assert 'method = "norm"' in resolved and "batch_size = 3" in resolved
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "{missing}"], "does not exist"),
+        (["--method", "tnet"], "Unknown method 'tnet'"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--model", "{missing}"], "does not exist"),
+        (["--batch-size", "0"], "batch_size"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_code_2(
+    bundle_path: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=1)
+    base = {"--model": str(bundle_path), "--source": str(data), "--run": str(tmp_path / "run")}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value.format(missing=tmp_path / "missing")
+    result = tta("adapt", *[item for pair in base.items() for item in pair])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3
+
+
+def test_debug_shows_the_traceback(bundle_path: Path, tmp_path: Path) -> None:
+    result = tta("--debug", "adapt", "--model", tmp_path / "nope", "--source", tmp_path, "--run", tmp_path / "r")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_an_existing_run_is_never_overwritten(bundle_path: Path, tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    result = tta("adapt", "--model", bundle_path, "--source", data, "--run", run)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert (run / "keep.txt").read_text() == "precious"
+
+
+def test_prepare_refuses_a_pickle_checkpoint(tmp_path: Path, clean_folder: Path) -> None:
+    import torch
+
+    from tta_cli.models import build_architecture
+
+    checkpoint = tmp_path / "model.pt"
+    torch.save(build_architecture("tiny_resnet", 3).state_dict(), checkpoint)
+    args = ["prepare", "--arch", "tiny_resnet", "--weights", checkpoint, "--source-data", clean_folder]
+    args += ["--out", tmp_path / "bundle", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--num-images", "6"]
+    refused = tta(*args)
+    assert refused.returncode == 2 and "--trust-pickle" in refused.stderr
+    assert not (tmp_path / "bundle").exists()
+    accepted = tta(*args, "--trust-pickle")
+    assert accepted.returncode == 0, accepted.stderr
+    assert (tmp_path / "bundle" / "source_stats.safetensors").is_file()

@@ -1,0 +1,3 @@
+from tta_cli.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""One adaptation step: predict, then (for methods that update) move θ.
+
+1. logits, features = model(x)
+2. predictions are taken here, before the update
+3. losses = {name: objective(logits, features, batch)}
+4. one gradient over θ per loss
+5. g = harmonize(gradients)
+6. θ ← update_rule(θ, g)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tta_cli.engine.methods import Method
+from tta_cli.engine.params import configure_model, norm_affine_parameters
+from tta_cli.models.features import record_features
+from tta_cli.objectives import Objective, entropy
+from tta_cli.streams import Batch
+from tta_cli.update import UpdateRule
+
+
+@dataclass
+class StepResult:
+    """What one step saw and did. ``probabilities`` are from before the update."""
+
+    step: int
+    probabilities: torch.Tensor
+    entropy: torch.Tensor
+    losses: dict[str, float] = field(default_factory=dict)
+    update_norm: float = 0.0
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probabilities.max(dim=1).values
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.probabilities.argmax(dim=1)
+
+
+class Adapter:
+    """Owns the model while it adapts: its mode, θ, the objectives and the update rule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        objectives: list[Objective],
+        update_rule: UpdateRule | None,
+        feature_layers: list[str],
+    ) -> None:
+        self.model = model
+        self.method = method
+        self.objectives = objectives
+        self.update_rule = update_rule
+        self.params = norm_affine_parameters(model) if method.updates else []
+        configure_model(model, method.batch_statistics, self.params)
+        self.step_count = 0
+        self._features: dict[str, torch.Tensor] = {}
+        self._hooks = contextlib.ExitStack()
+        if method.updates and feature_layers:
+            self._features = self._hooks.enter_context(record_features(model, feature_layers))
+
+    def step(self, batch: Batch) -> StepResult:
+        self.step_count += 1
+        with torch.set_grad_enabled(self.method.updates):
+            logits = self.model(batch.images)
+        result = StepResult(
+            step=self.step_count,
+            probabilities=logits.detach().softmax(dim=1),
+            entropy=entropy(logits.detach()),
+        )
+        if self.method.updates and self.update_rule is not None:
+            losses = {objective.name: objective(logits, self._features, batch) for objective in self.objectives}
+            gradient = self._sum_of_gradients(list(losses.values()))
+            before = torch.cat([param.detach().flatten() for param in self.params])
+            self.update_rule.apply(self.params, gradient)
+            after = torch.cat([param.detach().flatten() for param in self.params])
+            result.losses = {name: loss.item() for name, loss in losses.items()}
+            result.update_norm = (after - before).norm().item()
+        return result
+
+    def _sum_of_gradients(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        total = torch.stack(losses).sum()
+        gradients = torch.autograd.grad(total, self.params)
+        return torch.cat([gradient.flatten() for gradient in gradients])
+
+    def close(self) -> None:
+        self._hooks.close()

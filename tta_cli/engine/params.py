@@ -1,0 +1,33 @@
+"""Which parameters adapt (θ) and in which mode normalisation layers run."""
+
+from __future__ import annotations
+
+from torch import nn
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def norm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The affine weight and bias of every normalisation layer, in module order (Tent's θ)."""
+    params = []
+    for module in model.modules():
+        if isinstance(module, NORM_LAYERS):
+            params += [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
+    return params
+
+
+def configure_model(model: nn.Module, batch_statistics: bool, params: list[nn.Parameter]) -> None:
+    """Eval mode everywhere, except BatchNorm in train mode when it must normalise with the
+    test batch's statistics; gradients only for ``params``.
+
+    In train mode BatchNorm still tracks running statistics, which then follow the target
+    stream; they are not used for the forward pass but are kept in snapshots and exports.
+    """
+    model.eval()
+    model.requires_grad_(False)
+    for param in params:
+        param.requires_grad_(True)
+    if batch_statistics:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()

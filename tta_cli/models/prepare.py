@@ -1,0 +1,109 @@
+"""``tta-cli prepare``: make a bundle from an architecture, weights and clean source images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import tomli_w
+import torch
+from safetensors.torch import save_file
+
+from tta_cli.errors import UsageError
+from tta_cli.models.architectures import build_architecture
+from tta_cli.models.bundle import MODEL_FILE, SOURCE_STATS_FILE, WEIGHTS_FILE, ModelSpec
+from tta_cli.models.checkpoints import load_state_dict
+from tta_cli.models.features import default_feature_layers, record_features
+from tta_cli.streams import Batch, FolderStream, Preprocess, batches
+
+
+def prepare_bundle(
+    architecture: str,
+    weights: Path,
+    source_data: Path,
+    out: Path,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    class_names: Sequence[str] = (),
+    input_size: tuple[int, int] = (32, 32),
+    feature_layers: Sequence[str] = (),
+    num_images: int = 2000,
+    batch_size: int = 100,
+    trust_pickle: bool = False,
+    name: str | None = None,
+) -> ModelSpec:
+    """Write ``out/`` with model.toml, weights.safetensors and source_stats.safetensors.
+
+    Class names default to the sub-folders of ``source_data``. The source statistics are the
+    mean and standard deviation of each feature layer's pooled output over up to
+    ``num_images`` clean images (spread over the whole folder), with the model in eval mode.
+    """
+    source_data = Path(source_data)
+    if not source_data.is_dir():
+        raise UsageError(f"Source data {source_data} is not a folder of clean images.")
+    if not class_names:
+        class_names = sorted(child.name for child in source_data.iterdir() if child.is_dir())
+    if len(class_names) < 2:
+        raise UsageError(f"Give --classes, or class sub-folders in {source_data}; found {len(class_names)} classes.")
+    state = load_state_dict(Path(weights), trust_pickle=trust_pickle)
+    model = build_architecture(architecture, len(class_names))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise UsageError(
+            f"{weights} does not fit {architecture!r} with {len(class_names)} classes; check the class count."
+        ) from error
+    model.eval()
+    example = torch.zeros(2, 3, *input_size)
+    with torch.no_grad():
+        outputs = model(example).shape[-1]
+    if outputs != len(class_names):
+        raise UsageError(f"The model predicts {outputs} classes but {len(class_names)} class names were given.")
+    layers = list(feature_layers) or default_feature_layers(model, example)
+    if not layers:
+        raise UsageError("Could not find feature layers; name them with --feature-layers.")
+
+    stream = FolderStream(source_data, input_size, class_names, order="shuffled", seed=0, limit=num_images)
+    stats = measure_source_stats(model, layers, batches(stream, batch_size, Preprocess(mean, std)))
+    spec = ModelSpec(
+        name=name or out.name,
+        architecture=architecture,
+        class_names=list(class_names),
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        feature_layers=layers,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+    save_file(stats, str(out / SOURCE_STATS_FILE))
+    (out / MODEL_FILE).write_text(tomli_w.dumps(spec.model_dump(mode="json")))
+    return spec
+
+
+@torch.no_grad()
+def measure_source_stats(
+    model: torch.nn.Module, layers: Sequence[str], source_batches: Iterable[Batch]
+) -> dict[str, torch.Tensor]:
+    """Per layer, the mean and std over all images of the pooled features, accumulated in
+    float64 in one pass."""
+    sums: dict[str, torch.Tensor] = {}
+    squares: dict[str, torch.Tensor] = {}
+    count = 0
+    with record_features(model, layers) as features:
+        for batch in source_batches:
+            model(batch.images)
+            count += len(batch)
+            for layer in layers:
+                values = features[layer].double()
+                sums[layer] = sums.get(layer, 0) + values.sum(0)
+                squares[layer] = squares.get(layer, 0) + (values**2).sum(0)
+    if count < 2:
+        raise UsageError("Measuring source statistics needs at least two readable images.")
+    stats = {}
+    for layer in layers:
+        mean = sums[layer] / count
+        variance = (squares[layer] - count * mean**2) / (count - 1)
+        stats[f"{layer}.mean"] = mean.float()
+        stats[f"{layer}.std"] = variance.clamp_min(0).sqrt().float()
+    return stats

@@ -1,0 +1,13 @@
+"""Test-time objectives: ``(logits, features, batch) -> scalar loss`` without labels."""
+
+from collections.abc import Callable
+
+from tta_cli.objectives.base import Objective
+from tta_cli.objectives.entropy import Entropy, entropy
+
+# Each factory takes the model bundle, whose source statistics some objectives need.
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "entropy": lambda bundle: Entropy(),
+}
+
+__all__ = ["OBJECTIVES", "Entropy", "Objective", "entropy"]

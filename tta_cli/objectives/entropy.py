@@ -1,0 +1,26 @@
+"""Prediction entropy, the objective of Tent (Wang et al., ICLR 2021, eq. 2)."""
+
+from __future__ import annotations
+
+import torch
+
+from tta_cli.streams import Batch
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample Shannon entropy ``H(p) = −Σ_c p_c log p_c`` of ``softmax(logits)``, in nats.
+
+    >>> round(entropy(torch.zeros(1, 4)).item(), 4)  # uniform over 4 classes: ln 4
+    1.3863
+    """
+    log_probs = logits.log_softmax(dim=1)
+    return -(log_probs.exp() * log_probs).sum(dim=1)
+
+
+class Entropy:
+    """Mean prediction entropy over the batch."""
+
+    name = "entropy"
+
+    def __call__(self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return entropy(logits).mean()

@@ -1,0 +1,55 @@
+"""Decoding one image file into an RGB uint8 array of the model's input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class UnreadableImage(Exception):
+    """The file is not a decodable image (truncated, empty, or another format)."""
+
+
+def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Read ``path`` as ``size[0] × size[1] × 3`` uint8 RGB.
+
+    Grayscale, palette and RGBA images are converted (alpha is dropped, not composited, as
+    cameras give no alpha); 16-bit and float images are scaled to 8 bits by their range.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = _to_rgb(image)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImage(_reason(error)) from error
+    height, width = size
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        eight_bit = np.clip(array / _full_scale(image.mode, array) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(eight_bit).convert("RGB")
+    return image.convert("RGB")
+
+
+def _full_scale(mode: str, array: np.ndarray) -> float:
+    """The value that means white: 16-bit PNGs may open as 'I', float images are in [0, 1]."""
+    peak = float(array.max()) if array.size else 0.0
+    if mode.startswith("I;16") or (mode == "I" and peak > 255):
+        return 65535.0
+    if mode == "F" and peak > 1:
+        return peak
+    return 1.0 if mode == "F" else 255.0
+
+
+def _reason(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    return text.split(" '/")[0].split(" '")[0] if "cannot identify" in text else text
