@@ -12,6 +12,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tta_cli.errors import UsageError
 
 
+class GuardConfig(BaseModel):
+    """Thresholds of the label-free guard (see ``tta_cli.engine.guard``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    entropy_ema_min: float = Field(0.2, ge=0, description="alarm when the entropy moving average falls below this")
+    entropy_ema_momentum: float = Field(0.9, ge=0, lt=1)
+    majority_max: float = Field(0.8, gt=0, le=1, description="alarm when one class takes more of the window")
+    majority_window: int = Field(512, ge=1, description="recent inputs over which the majority is counted")
+    confirm_steps: int = Field(20, ge=0, description="healthy steps before a snapshot becomes last-good")
+
+
+class HistoryConfig(BaseModel):
+    """How often the state is snapshotted and how many snapshots are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_every: int = Field(1, ge=1, description="steps between snapshots")
+    keep_last: int = Field(100, ge=1, description="keep the snapshots of this many recent steps")
+    keep_every: int = Field(100, ge=1, description="and of every N-th step before them")
+
+
 class AdaptConfig(BaseModel):
     """Everything ``tta-cli adapt`` needs; ``run.toml`` in the run directory holds it resolved."""
 
@@ -29,10 +52,13 @@ class AdaptConfig(BaseModel):
     seed: int = 0
     workers: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1, description="stop after this many images")
+    guard: GuardConfig = GuardConfig()
+    history: HistoryConfig = HistoryConfig()
 
 
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptConfig:
-    """Settings from ``config_file`` (if any), then every override that is not ``None``."""
+    """Settings from ``config_file`` (if any), then every override that is not ``None``
+    (``"guard.enabled"`` addresses a nested setting)."""
     settings: dict[str, Any] = {}
     if config_file is not None:
         if not config_file.is_file():
@@ -42,13 +68,24 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptCon
         except tomllib.TOMLDecodeError as error:
             raise UsageError(f"Config file {config_file} is not valid TOML: {error}.") from error
         settings = settings.get("adapt", settings)
-    settings.update({key: value for key, value in overrides.items() if value is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        if name:
+            settings.setdefault(section, {})[name] = value
+        else:
+            settings[key] = value
     try:
         return AdaptConfig.model_validate(settings)
     except ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "config"
         raise UsageError(f"Setting {where!r}: {problem['msg']}.") from error
+
+
+def read_config(text: str) -> AdaptConfig:
+    return AdaptConfig.model_validate(tomllib.loads(text)["adapt"])
 
 
 def dump_config(config: BaseModel) -> str:

@@ -45,8 +45,10 @@ def test_broken_files_are_skipped_and_named(tmp_path: Path) -> None:
     stream = FolderStream(root, (32, 32), CLASSES, workers=3)
     frames = list(stream)
     assert len(frames) == 9
-    assert {input_id for input_id, _ in stream.skipped.entries} == broken
-    assert all(reason for _, reason in stream.skipped.entries)
+    skipped = stream.skipped.drain()
+    assert {input_id for input_id, _ in skipped} == broken
+    assert all(reason for _, reason in skipped)
+    assert stream.skipped.total == len(broken)
 
 
 @pytest.mark.parametrize(

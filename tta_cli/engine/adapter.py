@@ -1,23 +1,26 @@
 """One adaptation step: predict, then (for methods that update) move θ.
 
-1. logits, features = model(x)
-2. predictions are taken here, before the update
-3. losses = {name: objective(logits, features, batch)}
-4. one gradient over θ per loss
-5. g = harmonize(gradients)
-6. θ ← update_rule(θ, g)
+    1. logits, features = model(x)
+    2. predictions are taken here, before the update
+    3. losses = {name: objective(logits, features, batch)}
+    4. one gradient over θ per loss
+    5. g = harmonize(gradients)
+    6. θ ← update_rule(θ, g)
+    7. guard: finite? collapsing? → skip or roll back
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.methods import Method
-from tta_cli.engine.params import configure_model, norm_affine_parameters
+from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
 from tta_cli.models.features import record_features
 from tta_cli.objectives import Objective, entropy
 from tta_cli.streams import Batch
@@ -33,6 +36,7 @@ class StepResult:
     entropy: torch.Tensor
     losses: dict[str, float] = field(default_factory=dict)
     update_norm: float = 0.0
+    verdict: Verdict = OK
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -44,7 +48,7 @@ class StepResult:
 
 
 class Adapter:
-    """Owns the model while it adapts: its mode, θ, the objectives and the update rule."""
+    """Owns the model while it adapts: its mode, θ, the objectives, the update rule and the guard."""
 
     def __init__(
         self,
@@ -53,12 +57,15 @@ class Adapter:
         objectives: list[Objective],
         update_rule: UpdateRule | None,
         feature_layers: list[str],
+        guard: Guard,
     ) -> None:
         self.model = model
         self.method = method
         self.objectives = objectives
         self.update_rule = update_rule
-        self.params = norm_affine_parameters(model) if method.updates else []
+        self.guard = guard
+        self.named_params = norm_affine_parameters(model) if method.updates else {}
+        self.params = list(self.named_params.values())
         configure_model(model, method.batch_statistics, self.params)
         self.step_count = 0
         self._features: dict[str, torch.Tensor] = {}
@@ -75,20 +82,45 @@ class Adapter:
             probabilities=logits.detach().softmax(dim=1),
             entropy=entropy(logits.detach()),
         )
-        if self.method.updates and self.update_rule is not None:
-            losses = {objective.name: objective(logits, self._features, batch) for objective in self.objectives}
-            gradient = self._sum_of_gradients(list(losses.values()))
-            before = torch.cat([param.detach().flatten() for param in self.params])
-            self.update_rule.apply(self.params, gradient)
-            after = torch.cat([param.detach().flatten() for param in self.params])
-            result.losses = {name: loss.item() for name, loss in losses.items()}
-            result.update_norm = (after - before).norm().item()
+        result.verdict = self.guard.observe(result.predictions, result.entropy)
+        if not self.method.updates or self.update_rule is None or not result.verdict.ok:
+            return result
+        losses = {objective.name: objective(logits, self._features, batch) for objective in self.objectives}
+        result.losses = {name: loss.item() for name, loss in losses.items()}
+        gradient = self._sum_of_gradients(list(losses.values()))
+        result.verdict = self.guard.check_gradient(sum(result.losses.values()), gradient)
+        if not result.verdict.ok:
+            return result
+        before = torch.cat([param.detach().flatten() for param in self.params])
+        self.update_rule.apply(self.params, gradient)
+        after = torch.cat([param.detach().flatten() for param in self.params])
+        result.update_norm = (after - before).norm().item()
+        result.verdict = self.guard.check_state(self.params)
         return result
 
     def _sum_of_gradients(self, losses: list[torch.Tensor]) -> torch.Tensor:
         total = torch.stack(losses).sum()
         gradients = torch.autograd.grad(total, self.params)
         return torch.cat([gradient.flatten() for gradient in gradients])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that adapts: θ, normalisation running statistics, the update rule's state."""
+        return {
+            "params": {name: param.detach().clone() for name, param in self.named_params.items()},
+            "buffers": {name: buffer.clone() for name, buffer in norm_buffers(self.model).items()},
+            "update_rule": self.update_rule.state_dict() if self.update_rule is not None else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict`` exactly; the step counter keeps counting forward."""
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                self.named_params[name].copy_(value)
+            buffers = norm_buffers(self.model)
+            for name, value in state["buffers"].items():
+                buffers[name].copy_(value)
+        if self.update_rule is not None:
+            self.update_rule.load_state_dict(state["update_rule"])
 
     def close(self) -> None:
         self._hooks.close()

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def norm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
+def norm_affine_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The affine weight and bias of every normalisation layer, in module order (Tent's θ)."""
-    params = []
-    for module in model.modules():
+    params = {}
+    for module_name, module in model.named_modules():
         if isinstance(module, NORM_LAYERS):
-            params += [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
+            for name in ("weight", "bias"):
+                param = getattr(module, name, None)
+                if isinstance(param, nn.Parameter):
+                    params[f"{module_name}.{name}"] = param
     return params
+
+
+def norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Running statistics of every normalisation layer: the rest of the state that adapts."""
+    return {
+        f"{module_name}.{name}": buffer
+        for module_name, module in model.named_modules()
+        if isinstance(module, NORM_LAYERS)
+        for name, buffer in module.named_buffers(recurse=False)
+        if buffer is not None
+    }
 
 
 def configure_model(model: nn.Module, batch_statistics: bool, params: list[nn.Parameter]) -> None:

@@ -1,18 +1,26 @@
-"""``adapt``: stream a source through the adapter and leave a complete run directory."""
+"""``adapt`` and ``resume``: stream a source through the adapter, recording every step.
+
+Per batch: the adapter steps; predictions are appended to ``predictions.csv``; the state is
+snapshotted; the step's row and the ``current`` alias are committed together. A guard alarm
+restores ``last-good`` through the history, as a user's rollback would.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from tta_cli.config import AdaptConfig, dump_config
+from tta_cli.config import AdaptConfig, dump_config, read_config
 from tta_cli.engine.adapter import Adapter, StepResult
 from tta_cli.engine.device import resolve_device
+from tta_cli.engine.guard import Guard
 from tta_cli.engine.methods import Method, get_method
-from tta_cli.history import RunDirectory, RunSummary
+from tta_cli.errors import UsageError
+from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.objectives import OBJECTIVES
 from tta_cli.streams import Batch, FolderStream, Preprocess, batches
@@ -21,7 +29,7 @@ from tta_cli.update import make_optimizer_rule
 
 @dataclass
 class Progress:
-    """Running totals, handed to the caller after every step (for a progress bar)."""
+    """Running totals of this invocation, handed to the caller after every step."""
 
     total_images: int
     images_seen: int = 0
@@ -45,19 +53,12 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         return self.images_seen / elapsed if elapsed > 0 else 0.0
 
-    def add(self, batch: Batch, result: StepResult) -> None:
-        self.images_seen += len(batch)
-        self.steps += 1
-        self.entropy_sum += result.entropy.sum().item()
-        labeled = batch.labeled
-        self.labeled += int(labeled.sum())
-        self.correct += int((result.predictions[labeled] == batch.labels[labeled]).sum())
-
 
 def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
     model = bundle.model.to(device)
     objectives = [OBJECTIVES[name](bundle) for name in method.objectives]
-    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers)
+    guard = Guard(config.guard, bundle.spec.num_classes)
+    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard)
     if method.updates:
         adapter.update_rule = make_optimizer_rule(
             config.optimizer or method.optimizer, adapter.params, config.lr or method.lr
@@ -65,59 +66,144 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
     return adapter
 
 
-def prediction_rows(batch: Batch, result: StepResult, class_names: list[str]) -> list[tuple[str, str, float, int, str]]:
-    """``(id, class, confidence, step, true class or "")`` for each input of the batch."""
-    columns = zip(
-        batch.ids, result.predictions.tolist(), result.confidence.tolist(), batch.labels.tolist(), strict=True
-    )
-    return [
-        (input_id, class_names[predicted], confidence, result.step, class_names[label] if label >= 0 else "")
-        for input_id, predicted, confidence, label in columns
-    ]
-
-
 def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None) -> RunSummary:
-    """Adapt the bundle's model on ``config.source``; returns the summary also written to disk."""
-    method = get_method(config.method)
-    device = resolve_device(config.device)
-    bundle = load_bundle(config.model)
-    stream = FolderStream(
+    """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
+    method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
+    stream = _stream(config, bundle)
+    run_dir = RunDirectory(config.run)
+    run_dir.create()
+    with RunLock(run_dir.path):
+        run_dir.write_config(dump_config(config))
+        store = HistoryStore(run_dir.path)
+        store.begin_run(method.name, bundle.weights_sha256, dump_config(config))
+        adapter = build_adapter(bundle, method, config, device)
+        source = store.write_snapshot(adapter.state_dict(), step=0, parent=None)
+        for alias in ("source", "current", "last-good"):
+            store.set_alias(alias, source, 0)
+        return _run(config, bundle, stream, adapter, store, run_dir, on_step)
+
+
+def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunSummary:
+    """Continue a run from its ``current`` state with the same configuration, after the last
+    recorded step's input."""
+    run_dir = RunDirectory(run)
+    with RunLock(run_dir.path):
+        store = HistoryStore.open(run_dir.path)
+        config = read_config(store.first_config())
+        method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
+        if bundle.weights_sha256 != store.bundle_sha256():
+            raise UsageError(f"The bundle at {config.model} has changed since this run started; it cannot resume.")
+        current = store.aliases()["current"]
+        stream = _stream(config, bundle, start=store.stream_position())
+        adapter = build_adapter(bundle, method, config, device)
+        adapter.load_state_dict(store.load_snapshot(current.id))
+        adapter.step_count = store.last_step()
+        store.begin_run(method.name, bundle.weights_sha256, dump_config(config), resumed_from_step=adapter.step_count)
+        store.record_event(adapter.step_count, "resume", f"resumed from snapshot of step {current.step}", current.id)
+        return _run(config, bundle, stream, adapter, store, run_dir, on_step)
+
+
+def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> FolderStream:
+    spec = bundle.spec
+    return FolderStream(
         config.source,
-        bundle.spec.input_size,
-        bundle.spec.class_names,
+        spec.input_size,
+        spec.class_names,
         order=config.order,
         seed=config.seed,
         workers=config.workers,
         limit=config.limit,
+        start=start,
     )
-    torch.manual_seed(config.seed)
-    run_dir = RunDirectory(config.run)
-    run_dir.create()
-    run_dir.write_config(dump_config(config))
-    adapter = build_adapter(bundle, method, config, device)
+
+
+def _run(
+    config: AdaptConfig,
+    bundle: Bundle,
+    stream: FolderStream,
+    adapter: Adapter,
+    store: HistoryStore,
+    run_dir: RunDirectory,
+    on_step: Callable[[Progress], None] | None,
+) -> RunSummary:
+    torch.manual_seed(config.seed + adapter.step_count)
     class_names = bundle.spec.class_names
-    progress = Progress(total_images=len(stream), started=time.perf_counter())
-    with run_dir.predictions() as predictions:
-        for batch in batches(stream, config.batch_size, Preprocess(bundle.spec.mean, bundle.spec.std, device)):
+    progress = Progress(total_images=len(stream) - stream.start, started=time.perf_counter())
+    preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, next(adapter.model.parameters()).device)
+    with run_dir.predictions(keep_through_step=adapter.step_count) as predictions:
+        for batch in batches(stream, config.batch_size, preprocess):
             result = adapter.step(batch)
-            progress.add(batch, result)
-            progress.images_skipped = len(stream.skipped)
             predictions.write(prediction_rows(batch, result, class_names))
+            for input_id, reason in stream.skipped.drain(before=batch.end_position):
+                store.record_event(result.step, "skipped", f"{input_id}: {reason}")
+            _record(config, adapter, store, batch, result)
+            _count(progress, batch, result)
+            progress.images_skipped = stream.skipped.total
             if on_step is not None:
                 on_step(progress)
+        for input_id, reason in stream.skipped.drain():
+            store.record_event(adapter.step_count, "skipped", f"{input_id}: {reason}")
     adapter.close()
-    summary = RunSummary(
-        method=method.name,
-        device=str(device),
-        images_seen=progress.images_seen,
-        images_skipped=len(stream.skipped),
-        skipped=stream.skipped.entries,
-        steps=progress.steps,
-        seconds=round(time.perf_counter() - progress.started, 3),
-        images_per_second=round(progress.images_per_second, 2),
-        mean_entropy=progress.mean_entropy,
-        online_accuracy=progress.accuracy,
-        labeled_images=progress.labeled,
-    )
+    summary = summarize(store, adapter.method.name, str(next(adapter.model.parameters()).device))
     run_dir.write_summary(summary)
+    store.close()
     return summary
+
+
+def _record(config: AdaptConfig, adapter: Adapter, store: HistoryStore, batch: Batch, result: StepResult) -> None:
+    """Snapshot and commit one step; carry out the guard's verdict."""
+    verdict, step = result.verdict, result.step
+    aliases: tuple[str, ...] = ("current",)
+    snapshot_id = None
+    if verdict.action == "rollback":
+        target = store.aliases()["last-good"]
+        adapter.load_state_dict(store.load_snapshot(target.id))
+        adapter.guard.reset()
+        store.rollback(target, f"guard: {verdict.reason}", at_step=step)
+        aliases = ()
+    elif verdict.action == "skip":
+        store.record_event(step, "skip", f"guard: {verdict.reason}")
+    if verdict.action != "rollback" and step % config.history.snapshot_every == 0:
+        snapshot_id = store.write_snapshot(adapter.state_dict(), step, parent=store.aliases()["current"].id)
+    labeled = batch.labeled
+    store.record_step(
+        StepRecord(
+            step=step,
+            time=time.time(),
+            batch_size=len(batch),
+            position=batch.end_position,
+            losses=result.losses,
+            update_norm=result.update_norm,
+            entropy=result.entropy.mean().item(),
+            majority_fraction=adapter.guard.majority_fraction(),
+            labeled=int(labeled.sum()),
+            correct=int((result.predictions[labeled] == batch.labels[labeled]).sum()),
+            verdict=verdict.action if verdict.ok else f"{verdict.action}: {verdict.reason}",
+            snapshot_id=snapshot_id,
+        ),
+        aliases=aliases,
+    )
+    if verdict.ok:
+        confirmed = adapter.guard.promote(step, snapshot_id)
+        if confirmed is not None:
+            store.set_alias("last-good", confirmed[1], confirmed[0])
+    if step % config.history.keep_every == 0:
+        store.prune(config.history.keep_last, config.history.keep_every)
+
+
+def _count(progress: Progress, batch: Batch, result: StepResult) -> None:
+    progress.images_seen += len(batch)
+    progress.steps += 1
+    progress.entropy_sum += result.entropy.sum().item()
+    labeled = batch.labeled
+    progress.labeled += int(labeled.sum())
+    progress.correct += int((result.predictions[labeled] == batch.labels[labeled]).sum())
+
+
+def prediction_rows(batch: Batch, result: StepResult, class_names: list[str]) -> list[tuple[str, str, float, int, str]]:
+    """``(id, class, confidence, step, true class or "")`` for each input of the batch."""
+    columns = zip(batch.ids, result.predictions.tolist(), result.confidence.tolist(), batch.labels.tolist(), strict=True)
+    return [
+        (input_id, class_names[predicted], confidence, result.step, class_names[label] if label >= 0 else "")
+        for input_id, predicted, confidence, label in columns
+    ]

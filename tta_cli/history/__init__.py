@@ -1,5 +1,16 @@
-"""What a run leaves behind in its run directory."""
+"""What a run leaves behind: its history store, snapshots, predictions and summary."""
 
-from tta_cli.history.run_dir import PredictionWriter, RunDirectory, RunSummary
+from tta_cli.history.run_dir import PredictionWriter, RunDirectory, RunSummary, summarize
+from tta_cli.history.store import EventRecord, HistoryStore, RunLock, SnapshotRef, StepRecord
 
-__all__ = ["PredictionWriter", "RunDirectory", "RunSummary"]
+__all__ = [
+    "EventRecord",
+    "HistoryStore",
+    "PredictionWriter",
+    "RunDirectory",
+    "RunLock",
+    "RunSummary",
+    "SnapshotRef",
+    "StepRecord",
+    "summarize",
+]

@@ -17,9 +17,12 @@ from typing import IO
 from pydantic import BaseModel
 
 from tta_cli.errors import UsageError
+from tta_cli.history.store import HistoryStore
 
 
 class RunSummary(BaseModel):
+    """Totals over the whole run (every invocation of a resumed run included)."""
+
     method: str
     device: str
     images_seen: int
@@ -31,6 +34,7 @@ class RunSummary(BaseModel):
     mean_entropy: float | None
     online_accuracy: float | None
     labeled_images: int
+    rollbacks: int
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -65,19 +69,29 @@ class RunDirectory:
     def read_summary(self) -> RunSummary:
         return RunSummary.model_validate(json.loads((self.path / self.SUMMARY).read_text()))
 
-    def predictions(self) -> PredictionWriter:
-        return PredictionWriter(self.path / self.PREDICTIONS)
+    def predictions(self, keep_through_step: int = 0) -> PredictionWriter:
+        return PredictionWriter(self.path / self.PREDICTIONS, keep_through_step)
 
 
 class PredictionWriter:
-    """Appends prediction rows, flushed after every batch so a stopped run keeps them."""
+    """Appends prediction rows, flushed after every batch so a stopped run keeps them.
+
+    Rows are written before their step is committed to the history; when a run resumes, rows
+    of steps after ``keep_through_step`` (the last committed one) and any half-written last
+    line are dropped, so the file again matches the history.
+    """
 
     FIELDS = ("id", "class", "confidence", "step", "label")
 
-    def __init__(self, path: Path) -> None:
-        self._handle: IO[str] = path.open("w", newline="")
-        self._writer = csv.writer(self._handle)
-        self._writer.writerow(self.FIELDS)
+    def __init__(self, path: Path, keep_through_step: int = 0) -> None:
+        if keep_through_step > 0 and path.exists():
+            write_atomic(path, _rows_through_step(path, keep_through_step))
+            self._handle: IO[str] = path.open("a", newline="")
+            self._writer = csv.writer(self._handle)
+        else:
+            self._handle = path.open("w", newline="")
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(self.FIELDS)
 
     def write(self, rows: list[tuple[str, str, float, int, str]]) -> None:
         self._writer.writerows((i, c, f"{p:.5f}", s, label) for i, c, p, s, label in rows)
@@ -91,3 +105,38 @@ class PredictionWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _rows_through_step(path: Path, last_step: int) -> str:
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [lines[0]] if lines else [",".join(PredictionWriter.FIELDS) + "\n"]
+    for line in lines[1:]:
+        fields = line.rstrip("\n").split(",")
+        complete = line.endswith("\n") and len(fields) == len(PredictionWriter.FIELDS)
+        if complete and fields[3].isdigit() and int(fields[3]) <= last_step:
+            kept.append(line)
+    return "".join(kept)
+
+
+def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
+    """The run's totals, read back from its history."""
+    totals = store.totals()
+    events = store.events()
+    steps = store.steps()
+    seconds = sum(store.run_durations())
+    images = int(totals["images"])
+    return RunSummary(
+        method=method,
+        device=device,
+        images_seen=images,
+        images_skipped=int(totals["skipped"]),
+        skipped=[tuple(event.detail.split(": ", 1)) for event in events if event.kind == "skipped"],
+        steps=len(steps),
+        seconds=round(seconds, 3),
+        images_per_second=round(images / seconds, 2) if seconds > 0 else 0.0,
+        mean_entropy=totals["entropy_sum"] / images if images else None,
+        online_accuracy=totals["correct"] / totals["labeled"] if totals["labeled"] else None,
+        labeled_images=int(totals["labeled"]),
+        rollbacks=sum(event.kind == "rollback" for event in events),
+    )
+

@@ -15,11 +15,13 @@ UNLABELED = -1
 
 @dataclass
 class Batch:
-    """``images`` is ``N×3×H×W`` float, normalised; ``labels`` holds ``UNLABELED`` where unknown."""
+    """``images`` is ``N×3×H×W`` float, normalised; ``labels`` holds ``UNLABELED`` where unknown;
+    ``end_position`` is the stream position just after the batch's last frame."""
 
     ids: list[str]
     images: torch.Tensor
     labels: torch.Tensor
+    end_position: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -57,4 +59,4 @@ def batches(frames: Iterable[Frame], batch_size: int, preprocess: Preprocess) ->
 def _collate(frames: list[Frame], preprocess: Preprocess) -> Batch:
     images = preprocess(np.stack([frame.image for frame in frames]))
     labels = torch.tensor([UNLABELED if frame.label is None else frame.label for frame in frames])
-    return Batch([frame.id for frame in frames], images, labels.to(preprocess.device))
+    return Batch([frame.id for frame in frames], images, labels.to(preprocess.device), frames[-1].position + 1)

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class FolderStream:
-    """Images under ``root`` (recursive, sorted by path), optionally shuffled with a seed."""
+    """Images under ``root`` (recursive, sorted by path), optionally shuffled with a seed;
+    iteration begins at position ``start`` of that order."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class FolderStream:
         seed: int = 0,
         workers: int | None = None,
         limit: int | None = None,
+        start: int = 0,
     ) -> None:
         root = Path(root)
         if not root.exists():
@@ -50,6 +52,7 @@ class FolderStream:
             raise UsageError(f"Unknown order {order!r}; use 'sorted' or 'shuffled'.")
         if limit is not None:
             self.files = self.files[:limit]
+        self.start = start
         self.class_index = {name: index for index, name in enumerate(class_names)}
         self.workers = workers or min(8, (os.cpu_count() or 1) + 2)
         self.skipped = SkipLog()
@@ -73,25 +76,25 @@ class FolderStream:
         # whole folder in memory; results come back in order.
         window = 4 * self.workers
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-            pending: deque[tuple[Path, Future[np.ndarray]]] = deque()
-            files = iter(self.files)
-            for path in files:
-                pending.append((path, pool.submit(decode_image, path, self.input_size)))
+            pending: deque[tuple[int, Path, Future[np.ndarray]]] = deque()
+            files = enumerate(self.files[self.start :], start=self.start)
+            for position, path in files:
+                pending.append((position, path, pool.submit(decode_image, path, self.input_size)))
                 if len(pending) >= window:
                     break
             while pending:
-                path, future = pending.popleft()
-                next_path = next(files, None)
-                if next_path is not None:
-                    pending.append((next_path, pool.submit(decode_image, next_path, self.input_size)))
+                position, path, future = pending.popleft()
+                upcoming = next(files, None)
+                if upcoming is not None:
+                    pending.append((*upcoming, pool.submit(decode_image, upcoming[1], self.input_size)))
                 frame_id = self._id(path)
                 try:
                     image = future.result()
                 except UnreadableImage as error:
-                    self.skipped.add(frame_id, str(error))
+                    self.skipped.add(position, frame_id, str(error))
                     log.warning("skipped %s: %s", frame_id, error)
                     continue
-                yield Frame(frame_id, image, self.label_of(path))
+                yield Frame(frame_id, image, self.label_of(path), position)
 
     def _id(self, path: Path) -> str:
         return path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
