@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tta_cli import __version__
-from tta_cli.errors import TTAError
+from tta_cli.errors import TTAError, UsageError
 
 if TYPE_CHECKING:
     from tta_cli.engine import Progress as RunProgress
@@ -62,14 +62,29 @@ def adapt(
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,
     workers: Annotated[int | None, typer.Option(help="Image-decoding threads.")] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    snapshot_every: Annotated[int | None, typer.Option(help="Steps between snapshots (default 1).")] = None,
+    guard: Annotated[bool | None, typer.Option("--guard/--no-guard", help="Label-free guard (default on).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings; flags override it.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run directory from its current state, same settings.")
+    ] = None,
 ) -> None:
-    """Adapt a model on a stream of unlabeled images, writing predictions as it goes."""
-    overrides = {name: value for name, value in locals().items() if name != "config"}
+    """Adapt a model on a stream of unlabeled images, recording every step."""
+    overrides = {name: value for name, value in locals().items() if name not in ("config", "resume")}
+    overrides["history.snapshot_every"] = overrides.pop("snapshot_every")
+    overrides["guard.enabled"] = overrides.pop("guard")
     from tta_cli.config import load_config
     from tta_cli.engine import adapt as run_adaptation
+    from tta_cli.engine import resume as resume_run
 
-    settings = load_config(config, overrides)
+    if resume is not None:
+        given = [name for name, value in overrides.items() if value is not None] + (["config"] if config else [])
+        if given:
+            raise UsageError(f"--resume continues with the run's own settings; drop {', '.join(given)}.")
+        method_name = "resume"
+    else:
+        settings = load_config(config, overrides)
+        method_name = settings.method
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -78,7 +93,7 @@ def adapt(
         TimeElapsedColumn(),
         console=console,
     )
-    task = bar.add_task(settings.method, total=None, speed="-", entropy="-", accuracy="-")
+    task = bar.add_task(method_name, total=None, speed="-", entropy="-", accuracy="-")
 
     def show(progress: RunProgress) -> None:
         # Started on the first step, so that a configuration error leaves no empty bar behind.
@@ -93,10 +108,10 @@ def adapt(
         )
 
     try:
-        summary = run_adaptation(settings, on_step=show)
+        summary = resume_run(resume, on_step=show) if resume else run_adaptation(settings, on_step=show)
     finally:
         bar.stop()
-    table = Table(title=f"tta-cli adapt → {settings.run}", show_header=False)
+    table = Table(title=f"tta-cli adapt → {resume or settings.run}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     rows = {
@@ -108,6 +123,7 @@ def adapt(
         "images/s": f"{summary.images_per_second:.0f}",
         "mean entropy": _fmt(summary.mean_entropy),
         "online accuracy": _fmt(summary.online_accuracy, percent=True),
+        "guard rollbacks": str(summary.rollbacks),
     }
     for name, value in rows.items():
         table.add_row(name, value)
@@ -147,6 +163,68 @@ def prepare(
     console.print(
         f"Wrote bundle {out} ({spec.architecture}, {spec.num_classes} classes, features {spec.feature_layers})."
     )
+
+
+@app.command()
+def history(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    last: Annotated[int | None, typer.Option(help="Only the last N steps.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print steps, events and aliases as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of entropy, accuracy, update norm, majority.")] = None,
+) -> None:
+    """Show what happened in a run, step by step."""
+    import json
+
+    from tta_cli.history import read_history
+
+    record = read_history(run, last)
+    if json_output:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    if plot is not None:
+        from tta_cli.history.plot import plot_history
+
+        plot_history(read_history(run) if last else record, plot)
+        console.print(f"Wrote {plot}")
+    steps = Table(title=f"steps of {run}")
+    for column in ("step", "images", "losses", "update norm", "entropy", "majority", "accuracy", "verdict", "snapshot"):
+        steps.add_column(column, justify="left" if column in ("losses", "verdict", "snapshot") else "right")
+    for step in record["steps"]:
+        steps.add_row(
+            str(step["step"]),
+            str(step["batch_size"]),
+            " ".join(f"{name}={value:.4f}" for name, value in step["losses"].items()) or "-",
+            _fmt(step["update_norm"]),
+            _fmt(step["entropy"]),
+            _fmt(step["majority_fraction"], percent=True),
+            _fmt(step["accuracy"], percent=True),
+            step["verdict"],
+            (step["snapshot_id"] or "-")[:12],
+        )
+    out = Console()
+    out.print(steps)
+    events = Table(title="events")
+    for column in ("step", "kind", "detail", "snapshot"):
+        events.add_column(column)
+    for event in record["events"]:
+        events.add_row(str(event["step"]), event["kind"], event["detail"], (event["snapshot_id"] or "-")[:12])
+    out.print(events)
+    out.print(
+        "aliases: "
+        + ", ".join(f"{name} → step {ref['step']} ({ref['id'][:12]})" for name, ref in record["aliases"].items())
+    )
+
+
+@app.command()
+def rollback(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    to: Annotated[str, typer.Option("--to", help="A step number, a snapshot id (prefix) or an alias.")],
+) -> None:
+    """Point a run's current state at an earlier one (recorded as an event; nothing is deleted)."""
+    from tta_cli.history import rollback as rollback_run
+
+    target = rollback_run(run, to)
+    console.print(f"current → step {target.step} (snapshot {target.id[:12]}); continue with 'tta-cli adapt --resume'.")
 
 
 def _names(text: str | None) -> list[str]:

@@ -5,4 +5,4 @@ from tta_cli.engine.device import resolve_device
 from tta_cli.engine.methods import METHODS, Method, get_method
 from tta_cli.engine.run import Progress, adapt, resume
 
-__all__ = ["METHODS", "Adapter", "Method", "Progress", "StepResult", "adapt", "get_method", "resume", "resolve_device"]
+__all__ = ["METHODS", "Adapter", "Method", "Progress", "StepResult", "adapt", "get_method", "resolve_device", "resume"]

@@ -1,12 +1,12 @@
 """One adaptation step: predict, then (for methods that update) move θ.
 
-    1. logits, features = model(x)
-    2. predictions are taken here, before the update
-    3. losses = {name: objective(logits, features, batch)}
-    4. one gradient over θ per loss
-    5. g = harmonize(gradients)
-    6. θ ← update_rule(θ, g)
-    7. guard: finite? collapsing? → skip or roll back
+1. logits, features = model(x)
+2. predictions are taken here, before the update
+3. losses = {name: objective(logits, features, batch)}
+4. one gradient over θ per loss
+5. g = harmonize(gradients)
+6. θ ← update_rule(θ, g)
+7. guard: finite? collapsing? → skip or roll back
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Label-free health checks on every step, and the decision to skip or roll back.
 
-- A non-finite loss or gradient: the update is skipped. A non-finite parameter after the
-  update: the state rolls back to ``last-good``.
+- A non-finite loss or gradient: the update is skipped. Non-finite predictions, or a
+  non-finite parameter after the update: the state rolls back to ``last-good``.
 - Collapse, as SAR's reset rule (Niu et al., ICLR 2023, section 4): the moving average of
   the prediction entropy falls below a threshold; or one class takes most predictions over
   a window of recent inputs. Either rolls the state back to ``last-good``.
@@ -69,8 +69,10 @@ class Guard:
 
     def observe(self, predictions: torch.Tensor, entropy: torch.Tensor) -> Verdict:
         """Update the collapse signals with one batch's (pre-update) outputs."""
-        self.recent_predictions.extend(predictions.tolist())
         mean_entropy = entropy.mean().item()
+        if self.config.enabled and not math.isfinite(mean_entropy):
+            return Verdict("rollback", "non-finite predictions")
+        self.recent_predictions.extend(predictions.tolist())
         momentum = self.config.entropy_ema_momentum
         self.entropy_ema = (
             mean_entropy if self.entropy_ema is None else momentum * self.entropy_ema + (1 - momentum) * mean_entropy

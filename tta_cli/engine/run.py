@@ -71,15 +71,18 @@ def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None
     method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
     stream = _stream(config, bundle)
     run_dir = RunDirectory(config.run)
-    run_dir.create()
-    with RunLock(run_dir.path):
-        run_dir.write_config(dump_config(config))
-        store = HistoryStore(run_dir.path)
+    adapter = build_adapter(bundle, method, config, device)
+    with run_dir.creating() as staging:
+        RunDirectory(staging).write_config(dump_config(config))
+        store = HistoryStore(staging)
         store.begin_run(method.name, bundle.weights_sha256, dump_config(config))
-        adapter = build_adapter(bundle, method, config, device)
         source = store.write_snapshot(adapter.state_dict(), step=0, parent=None)
         for alias in ("source", "current", "last-good"):
             store.set_alias(alias, source, 0)
+        store.close()
+    with RunLock(run_dir.path):
+        store = HistoryStore.open(run_dir.path)
+        store.run_id = store.latest_run_id()
         return _run(config, bundle, stream, adapter, store, run_dir, on_step)
 
 
@@ -202,7 +205,9 @@ def _count(progress: Progress, batch: Batch, result: StepResult) -> None:
 
 def prediction_rows(batch: Batch, result: StepResult, class_names: list[str]) -> list[tuple[str, str, float, int, str]]:
     """``(id, class, confidence, step, true class or "")`` for each input of the batch."""
-    columns = zip(batch.ids, result.predictions.tolist(), result.confidence.tolist(), batch.labels.tolist(), strict=True)
+    columns = zip(
+        batch.ids, result.predictions.tolist(), result.confidence.tolist(), batch.labels.tolist(), strict=True
+    )
     return [
         (input_id, class_names[predicted], confidence, result.step, class_names[label] if label >= 0 else "")
         for input_id, predicted, confidence, label in columns

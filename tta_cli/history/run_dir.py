@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -54,11 +57,26 @@ class RunDirectory:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def create(self) -> None:
-        """Make a new run directory; an existing non-empty one is never overwritten."""
+    def check_new(self) -> None:
+        """An existing non-empty run directory is never overwritten."""
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise UsageError(f"Run directory {self.path} already exists and is not empty; choose a new --run.")
-        self.path.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def creating(self) -> Iterator[Path]:
+        """Yield a temporary folder to fill, then move it into place in one rename, so that a
+        run killed while starting leaves either no run directory or a complete one."""
+        self.check_new()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.starting-", dir=self.path.parent))
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if self.path.exists():
+            self.path.rmdir()  # empty, as check_new made sure
+        os.rename(staging, self.path)
 
     def write_config(self, text: str) -> None:
         write_atomic(self.path / self.CONFIG, text)
@@ -139,4 +157,3 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         labeled_images=int(totals["labeled"]),
         rollbacks=sum(event.kind == "rollback" for event in events),
     )
-

@@ -225,7 +225,7 @@ class HistoryStore:
         payload = path.read_bytes()
         if hashlib.sha256(payload).hexdigest() != snapshot_id:
             raise UsageError(f"Snapshot file {path} is corrupt (its sha256 does not match its name).")
-        from safetensors import safe_open  # noqa: PLC0415 - only to read the metadata
+        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
             skeleton = json.loads(handle.metadata()["skeleton"])
@@ -323,6 +323,10 @@ class HistoryStore:
             "SELECT runs.started, max(steps.time) FROM runs JOIN steps ON steps.run_id = runs.id GROUP BY runs.id"
         ).fetchall()
         return [end - start for start, end in rows]
+
+    def latest_run_id(self) -> int | None:
+        row = self.db.execute("SELECT max(id) FROM runs").fetchone()
+        return row[0]
 
     def bundle_sha256(self) -> str:
         return self.db.execute("SELECT bundle_sha256 FROM runs ORDER BY id LIMIT 1").fetchone()[0]
