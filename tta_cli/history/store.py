@@ -64,7 +64,7 @@ class StepRecord(BaseModel):
     position: int  # stream position after the batch's last input
     losses: dict[str, float]
     update_norm: float | None
-    entropy: float  # mean over the batch, before the update
+    entropy: float | None  # mean over the batch, before the update (None when not finite)
     majority_fraction: float
     labeled: int = 0
     correct: int = 0

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import write_image_folder
+from tta_cli.config import AdaptConfig, GuardConfig
+from tta_cli.engine import Adapter, adapt
+from tta_cli.engine.guard import Guard
+from tta_cli.history import HistoryStore, read_history
+
+
+def test_collapse_signals() -> None:
+    guard = Guard(GuardConfig(entropy_ema_min=0.2, entropy_ema_momentum=0.5, majority_window=4), num_classes=3)
+    assert guard.observe(torch.tensor([0, 1]), torch.tensor([1.0, 1.0])).ok
+    verdict = guard.observe(torch.tensor([2, 0]), torch.tensor([0.0, 0.0]))  # EMA 0.5: still fine
+    assert verdict.ok
+    verdict = guard.observe(torch.tensor([1, 2]), torch.tensor([0.0, 0.0]))  # EMA 0.25
+    assert verdict.ok
+    verdict = guard.observe(torch.tensor([0, 1]), torch.tensor([0.1, 0.1]))  # EMA 0.175
+    assert verdict.action == "rollback" and "entropy moving average 0.175" in verdict.reason
+
+    guard = Guard(GuardConfig(majority_max=0.7, majority_window=4), num_classes=3)
+    assert guard.observe(torch.tensor([1, 1, 1]), torch.ones(3)).ok  # window not full yet
+    verdict = guard.observe(torch.tensor([1]), torch.ones(1))
+    assert verdict.action == "rollback" and "100%" in verdict.reason
+    assert guard.majority_fraction() == 1.0
+
+    assert guard.observe(torch.tensor([0]), torch.tensor([float("nan")])).action == "rollback"
+    assert guard.check_gradient(float("inf"), torch.zeros(3)).action == "skip"
+    assert guard.check_gradient(1.0, torch.tensor([0.0, float("nan")])).action == "skip"
+    assert guard.check_state([torch.tensor([float("nan")])]).action == "rollback"
+
+
+def test_last_good_trails_by_confirm_steps() -> None:
+    guard = Guard(GuardConfig(confirm_steps=2), num_classes=2)
+    assert guard.promote(1, "a") is None
+    assert guard.promote(2, "b") is None
+    assert guard.promote(3, "c") == (1, "a")
+    guard.reset()
+    assert guard.promote(4, "d") is None
+
+
+def test_a_disabled_guard_says_ok() -> None:
+    guard = Guard(GuardConfig(enabled=False), num_classes=2)
+    assert guard.observe(torch.tensor([0]), torch.tensor([float("nan")])).ok
+    assert guard.check_gradient(float("nan"), torch.zeros(1)).ok
+
+
+def test_nan_in_a_parameter_rolls_back_to_last_good(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original_step = Adapter.step
+
+    def poisoned_step(self: Adapter, batch):  # noqa: ANN001, ANN202
+        if self.step_count == 5:
+            with torch.no_grad():
+                self.params[0][0] = float("nan")
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Adapter, "step", poisoned_step)
+    data = write_image_folder(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    config = AdaptConfig(model=bundle_path, source=data, run=run, method="tent", batch_size=3)
+    config.guard.confirm_steps = 2
+    summary = adapt(config)
+    assert summary.rollbacks == 1
+    history = read_history(run)
+    (event,) = [event for event in history["events"] if event["kind"] == "rollback"]
+    assert event["step"] == 6 and "non-finite predictions" in event["detail"]
+    assert event["snapshot_id"] == history["steps"][2]["snapshot_id"], "last-good was step 3 (5 - 2)"
+    store = HistoryStore.open(run)
+    final = store.load_snapshot(store.aliases()["current"].id)
+    assert all(torch.isfinite(value).all() for value in final["params"].values())
+
+
+def test_a_degenerate_stream_triggers_the_guard(bundle_path: Path, tmp_path: Path) -> None:
+    for index in range(24):
+        path = tmp_path / "data" / "cat" / f"{index:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(path)
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[adapt.guard]\nmajority_window = 8\nmajority_max = 0.75\n")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "tta_cli", "adapt", "--model", str(bundle_path), "--source", str(tmp_path / "data")]
+    result = subprocess.run(
+        [*command, "--run", str(run), "--config", str(settings), "--batch-size", "4"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    history = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "tta_cli", "history", str(run), "--json"], capture_output=True, text=True
+        ).stdout
+    )
+    rollbacks = [event for event in history["events"] if event["kind"] == "rollback"]
+    assert rollbacks and "one class took 100% of the last 8 predictions" in rollbacks[0]["detail"]
+    assert rollbacks[0]["snapshot_id"] == history["aliases"]["source"]["id"]
