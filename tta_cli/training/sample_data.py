@@ -1,0 +1,51 @@
+"""Build ``sample_models/data``: shifted CIFAR-10 test images in class sub-folders.
+
+    python -m tta_cli.training.sample_data --test .cache/cifar10/test --out sample_models/data
+
+For each class, the first ``per_class`` test images are split evenly over four CIFAR-10-C
+corruptions at severity 5, one of each family (noise, blur, weather, digital), and saved
+losslessly as ``<class>/<corruption>-<NNNN>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tta_cli.corruptions import corrupt, image_rng
+from tta_cli.corruptions.folder import class_images, save_png
+
+SHIFTS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
+
+
+def build(test: Path, out: Path, per_class: int = 100, severity: int = 5, seed: int = 0) -> int:
+    written = 0
+    for class_folder in sorted(path for path in test.iterdir() if path.is_dir()):
+        for index, source in enumerate(class_images(class_folder)[:per_class]):
+            shift = SHIFTS[index % len(SHIFTS)]
+            with Image.open(source) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            relative = source.relative_to(test)
+            shifted = corrupt(pixels, shift, severity, image_rng(seed, shift, severity, relative))
+            target = out / class_folder.name / f"{shift}-{source.stem}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_png(shifted, target)
+            written += 1
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--test", type=Path, required=True, help="clean test folder with class sub-folders")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"wrote {build(args.test, args.out, args.per_class, seed=args.seed)} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
