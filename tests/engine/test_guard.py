@@ -12,9 +12,10 @@ from PIL import Image
 
 from tests.conftest import write_image_folder
 from tta_cli.config import AdaptConfig, GuardConfig
-from tta_cli.engine import Adapter, adapt
+from tta_cli.engine import Adapter, StepResult, adapt
 from tta_cli.engine.guard import Guard
 from tta_cli.history import HistoryStore, read_history
+from tta_cli.streams import Batch
 
 
 def test_collapse_signals() -> None:
@@ -59,7 +60,7 @@ def test_nan_in_a_parameter_rolls_back_to_last_good(
 ) -> None:
     original_step = Adapter.step
 
-    def poisoned_step(self: Adapter, batch):  # noqa: ANN001, ANN202
+    def poisoned_step(self: Adapter, batch: Batch) -> StepResult:
         if self.step_count == 5:
             with torch.no_grad():
                 self.params[0][0] = float("nan")
@@ -89,7 +90,8 @@ def test_a_degenerate_stream_triggers_the_guard(bundle_path: Path, tmp_path: Pat
     settings = tmp_path / "settings.toml"
     settings.write_text("[adapt.guard]\nmajority_window = 8\nmajority_max = 0.75\n")
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "tta_cli", "adapt", "--model", str(bundle_path), "--source", str(tmp_path / "data")]
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "tta_cli", "adapt", "--model", str(bundle_path), "--source", str(data)]
     result = subprocess.run(
         [*command, "--run", str(run), "--config", str(settings), "--batch-size", "4"], capture_output=True, text=True
     )
