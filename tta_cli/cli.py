@@ -52,7 +52,7 @@ def _global(
 def adapt(
     model: Annotated[Path | None, typer.Option(help="Model bundle folder (from 'tta-cli prepare').")] = None,
     source: Annotated[Path | None, typer.Option(help="Folder or image file to adapt on.")] = None,
-    run: Annotated[Path | None, typer.Option(help="New run directory for predictions and summary.")] = None,
+    run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
     method: Annotated[str | None, typer.Option(help="source, norm or tent.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
