@@ -70,6 +70,8 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
 
 def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None) -> RunSummary:
     """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
+    # Absolute, so that resume and export find the bundle from any working directory.
+    config = config.model_copy(update={"model": Path(config.model).resolve()})
     method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
     stream = _stream(config, bundle)
     run_dir = RunDirectory(config.run)
