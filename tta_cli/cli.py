@@ -212,6 +212,8 @@ def history(
     for event in record["events"]:
         events.add_row(str(event["step"]), event["kind"], event["detail"], (event["snapshot_id"] or "-")[:12])
     out.print(events)
+    if record["conflict_fraction"] is not None:
+        out.print(f"objectives in conflict (cos(g1, g2) < 0) on {record['conflict_fraction']:.0%} of steps")
     out.print(
         "aliases: "
         + ", ".join(f"{name} → step {ref['step']} ({ref['id'][:12]})" for name, ref in record["aliases"].items())
