@@ -58,7 +58,9 @@ class Progress:
 def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
     model = bundle.model.to(device)
     objectives = [OBJECTIVES[name](bundle) for name in method.objectives]
-    guard = Guard(config.guard, bundle.spec.num_classes)
+    # Only a state that updates itself can drift; for the others the guard just watches.
+    guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and method.updates})
+    guard = Guard(guard_config, bundle.spec.num_classes)
     harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
     if method.updates:
