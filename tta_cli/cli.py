@@ -41,11 +41,14 @@ def _global(
     if version:
         typer.echo(__version__)
         raise typer.Exit()
+    # Libraries stay at WARNING (the ONNX tool chain is chatty at INFO); tta-cli's own log shows
+    # skipped inputs and other notes at INFO.
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
+    logging.getLogger("tta_cli").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 @app.command()
