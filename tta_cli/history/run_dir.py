@@ -38,6 +38,10 @@ class RunSummary(BaseModel):
     online_accuracy: float | None
     labeled_images: int
     rollbacks: int
+    frames_dropped: int = 0  # stale frames of a live source that no step used
+    reconnects: int = 0
+    stopped_by: str | None = None  # SIGINT or SIGTERM when this invocation was asked to stop
+    source_lost: str | None = None  # why a live source ended the run, when it did
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -156,4 +160,6 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         online_accuracy=totals["correct"] / totals["labeled"] if totals["labeled"] else None,
         labeled_images=int(totals["labeled"]),
         rollbacks=sum(event.kind == "rollback" for event in events),
+        frames_dropped=sum(int(step.diagnostics.get("frames_dropped", 0)) for step in steps),
+        reconnects=sum(event.kind == "reconnect" for event in events),
     )
