@@ -332,9 +332,9 @@ class Reader(threading.Thread):
                     return delivered, frame_number, None
         last_frame = time.monotonic()
         while not self.done:
-            for _ in range(stream.stride - 1):
-                if not capture.grab():
-                    break
+            # Frames between kept ones are grabbed, not decoded into images; frame numbers
+            # that are multiples of the stride are kept.
+            while frame_number % stream.stride and capture.grab():
                 frame_number += 1
             ok, image = capture.read()
             self._heartbeat = time.monotonic()
