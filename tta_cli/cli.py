@@ -68,7 +68,7 @@ def adapt(
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,
     workers: Annotated[int | None, typer.Option(help="Image-decoding threads.")] = None,
     stride: Annotated[int | None, typer.Option(help="Keep every N-th frame or image (default 1).")] = None,
-    max_frames: Annotated[
+    limit: Annotated[
         int | None, typer.Option("--max-frames", "--limit", help="Stop after this many frames or images.")
     ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop reading after this many seconds.")] = None,

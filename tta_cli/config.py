@@ -68,10 +68,10 @@ class AdaptConfig(BaseModel):
     seed: int = 0
     workers: int | None = Field(None, ge=1)
     stride: int = Field(1, ge=1, description="keep every N-th frame or image")
-    max_frames: int | None = Field(
+    limit: int | None = Field(
         None,
         ge=1,
-        validation_alias=AliasChoices("max_frames", "limit"),
+        validation_alias=AliasChoices("limit", "max_frames"),
         description="stop after this many frames or images of the source (after stride)",
     )
     duration: float | None = Field(None, gt=0, description="stop reading after this many seconds")

@@ -121,7 +121,7 @@ def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> Stream:
         workers=config.workers,
         start=start,
         stride=config.stride,
-        max_frames=config.max_frames,
+        max_frames=config.limit,
         duration=config.duration,
         **config.live.model_dump(),
     )

@@ -114,6 +114,8 @@ class PredictionWriter:
             self._handle = path.open("w", newline="")
             self._writer = csv.writer(self._handle)
             self._writer.writerow(self.FIELDS)
+            # A run stopped before its first step still leaves a file with its header.
+            self._handle.flush()
 
     def write(self, rows: list[tuple[str, str, float, int, str]]) -> None:
         self._writer.writerows((i, c, f"{p:.5f}", s, label) for i, c, p, s, label in rows)
