@@ -13,6 +13,10 @@ from tta_cli.errors import UsageError
 from tta_cli.streams import CaptureStream, FolderStream, open_source
 
 
+def index_of(frame_id: str) -> int:
+    return int(frame_id.split("@")[0])
+
+
 def test_the_grammar_names_each_kind_of_source(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=2)
     video = write_video(tmp_path / "clip.avi", 3)
@@ -59,7 +63,7 @@ def test_folder_stride_and_max_frames(tmp_path: Path) -> None:
 def test_a_video_file_gives_every_frame_in_order(tmp_path: Path, suffix: str) -> None:
     video = write_video(tmp_path / f"clip{suffix}", 40)
     frames = list(CaptureStream(video.as_posix(), (32, 32), live=False, queue_size=4))
-    assert [frame.id for frame in frames] == [str(index) for index in range(40)]
+    assert [frame.id for frame in frames] == [f"{index}@{index / 30:.3f}s" for index in range(40)]
     assert [frame.position for frame in frames] == list(range(40))
     assert all(frame.image.shape == (32, 32, 3) and frame.label is None for frame in frames)
     means = np.array([frame.image.mean() for frame in frames])
@@ -70,8 +74,8 @@ def test_video_stride_max_frames_and_resume_are_frame_exact(tmp_path: Path) -> N
     video = write_video(tmp_path / "clip.avi", 30)
     stream = open_source(video, (32, 32), stride=4, max_frames=6)
     assert stream.length == 6
-    assert [(frame.id, frame.position) for frame in stream] == [(str(4 * p), p) for p in range(6)]
+    assert [(index_of(frame.id), frame.position) for frame in stream] == [(4 * p, p) for p in range(6)]
     resumed = open_source(video, (32, 32), stride=4, max_frames=6, start=4)
     frames = list(resumed)
-    assert [(frame.id, frame.position) for frame in frames] == [("16", 4), ("20", 5)]
+    assert [(frame.id, frame.position) for frame in frames] == [("16@0.533s", 4), ("20@0.667s", 5)]
     assert abs(frames[0].image.mean() - level(16)) < 3

@@ -118,9 +118,10 @@ def _opens_as_video(path: Path) -> bool:
 class CaptureStream(Stream):
     """Frames from an OpenCV capture (video file, camera, URL), read in a thread.
 
-    Frame ids: for a file, the frame's index in the file; for a live source, the index of the
-    frame among those read in this invocation (dropped and strided frames included, so gaps
-    show them) and the UTC time it was read, as ``1234@2026-11-23T20:15:01.123Z``.
+    Frame ids are ``INDEX@TIME``. For a file: the frame's index in the file and its time in the
+    video, as ``90@3.000s``. For a live source: the frame's index among those read in this
+    invocation (dropped and strided frames included, so gaps show them) and the UTC time it
+    was read, as ``1234@2026-11-23T20:15:01.123Z``.
     """
 
     def __init__(
@@ -344,9 +345,11 @@ class Reader(threading.Thread):
                     return delivered, frame_number, f"no frame for {silent:.1f} s" if silent > 1 else "read failed"
                 return delivered, frame_number, None
             last_frame = self._heartbeat
-            frame_id = str(frame_number)
             if stream.live:
-                frame_id += "@" + datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            else:
+                stamp = f"{capture.get(cv2.CAP_PROP_POS_MSEC) / 1000:.3f}s"
+            frame_id = f"{frame_number}@{stamp}"
             frame = Frame(frame_id, stream._to_input(image), None, frame_number // stream.stride)
             frame_number += 1
             stream.frames_read = frame_number
