@@ -8,7 +8,8 @@ JPEGs (the shipped shifted images, scaled up) at ``--fps``. For each batch size,
 reads the stream's URL as a user's run would, through the live reader (newest frame wins),
 for ``--seconds``. Rates are taken between the first and the last step, so start-up
 (imports, the first backward pass) does not count; the server's count of frames sent gives
-the rate actually offered.
+the rate actually offered. Latency runs from a frame's reading to the commit of the step
+that adapted on it, so it includes the wait for the rest of its batch.
 
 On a CPU that other work shares, ``--threads 1`` can be much faster than torch's default: its
 intra-op threads wait at a barrier for whichever of them the scheduler has set aside.
@@ -17,12 +18,14 @@ intra-op threads wait at a barrier for whichever of them the scheduler has set a
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import torch
 from tta_cli.bench.mjpeg import MjpegServer, encode_jpegs
 from tta_cli.config import AdaptConfig
 from tta_cli.engine import Progress, adapt
+from tta_cli.history import read_history
 from tta_cli.streams import list_images
 
 
@@ -61,12 +65,13 @@ def measure(
     batch_size: int,
     method: str,
 ) -> dict[str, Any]:
-    steps: list[tuple[float, int, int]] = []  # (time, images adapted, frames dropped) after each step
-
-    def record(progress: Progress) -> None:
-        steps.append((time.perf_counter(), progress.images_seen, progress.frames_dropped))
-
+    # After each step: (time, frames adapted, frames dropped, frames the camera has sent).
+    steps: list[tuple[float, int, int, int]] = []
     with MjpegServer(jpegs, fps=fps, max_seconds=seconds + 120) as camera, tempfile.TemporaryDirectory() as scratch:
+
+        def record(progress: Progress) -> None:
+            steps.append((time.perf_counter(), progress.images_seen, progress.frames_dropped, camera.frames_sent))
+
         config = AdaptConfig(
             model=model,
             source=camera.url,
@@ -76,15 +81,12 @@ def measure(
             device="cpu",
             duration=seconds,
         )
-        sent_before = camera.frames_sent
-        started = time.perf_counter()
         summary = adapt(config, on_step=record)
-        wall = time.perf_counter() - started
-        sent = camera.frames_sent - sent_before
+        latencies = frame_latencies(config.run)
     if len(steps) < 2:
         raise SystemExit(f"batch size {batch_size}: only {len(steps)} step(s) in {seconds} s; run longer.")
-    (first_time, first_images, first_dropped), (last_time, last_images, last_dropped) = steps[0], steps[-1]
-    window = last_time - first_time
+    first, last = steps[0], steps[-1]
+    window = last[0] - first[0]
     step_seconds = [later[0] - earlier[0] for earlier, later in pairwise(steps)]
     return {
         "batch_size": batch_size,
@@ -92,12 +94,27 @@ def measure(
         "frames_adapted": summary.images_seen,
         "frames_dropped": summary.frames_dropped,
         "reconnects": summary.reconnects,
-        "adapted_per_second": round((last_images - first_images) / window, 2),
-        "dropped_per_second": round((last_dropped - first_dropped) / window, 2),
-        "offered_per_second": round(sent / wall, 2),
-        "median_step_ms": round(1000 * statistics.median(step_seconds), 1),
+        "adapted_per_second": round((last[1] - first[1]) / window, 2),
+        "dropped_per_second": round((last[2] - first[2]) / window, 2),
+        "offered_per_second": round((last[3] - first[3]) / window, 2),
+        "median_ms_between_steps": round(1000 * statistics.median(step_seconds), 1),
+        "median_latency_ms": round(1000 * statistics.median(latencies), 1),
+        "p95_latency_ms": round(1000 * statistics.quantiles(latencies, n=20)[-1], 1),
         "steady_window_seconds": round(window, 2),
     }
+
+
+def frame_latencies(run: Path) -> list[float]:
+    """Seconds from reading each frame to committing the step that adapted on it (the read
+    time is in the frame's id, the commit time in the step's record)."""
+    committed = {step["step"]: step["time"] for step in read_history(run)["steps"]}
+    with (run / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        committed[int(row["step"])] - datetime.fromisoformat(row["id"].split("@", 1)[1]).timestamp()
+        for row in rows
+        if int(row["step"]) in committed
+    ]
 
 
 def main() -> None:
@@ -115,6 +132,8 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     width, height = (int(value) for value in args.frame_size.lower().split("x"))
+    # Other work on the machine slows the model: record how busy it was.
+    load_before = os.getloadavg()[0]
     jpegs = camera_frames(args.data, (height, width), count=120)
     results = []
     for batch_size in (int(value) for value in args.batch_sizes.split(",")):
@@ -131,6 +150,8 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "opencv": cv2.__version__,
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
         },
         "settings": {"fps": args.fps, "seconds": args.seconds, "frame_size": args.frame_size, "method": args.method},
         "results": results,
