@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.streams.helpers import card_jpegs
@@ -15,7 +16,7 @@ from tta_cli.bench.mjpeg import MjpegServer
 from tta_cli.config import AdaptConfig, LiveConfig
 from tta_cli.engine import Progress, adapt
 from tta_cli.history import read_history
-from tta_cli.streams import open_source
+from tta_cli.streams import CaptureStream, open_source
 
 FAST_RECONNECT = {"watchdog_timeout": 1.0, "reconnect_attempts": 2, "backoff": 0.1, "backoff_max": 0.2}
 
@@ -94,3 +95,40 @@ def test_duration_ends_a_live_run(bundle_path: Path, tmp_path: Path, camera: Mjp
     )
     assert time.monotonic() - started < 10
     assert summary.steps >= 1 and summary.source_lost is None and summary.stopped_by is None
+
+
+class FakeCapture:
+    """A capture that hangs inside ``read`` (a wedged driver) or gives grey frames."""
+
+    def __init__(self, hang: threading.Event | None) -> None:
+        self.hang = hang
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        if self.hang is not None:
+            self.hang.wait(10)
+            return False, None
+        time.sleep(0.01)
+        return True, np.full((48, 64, 3), 100, np.uint8)
+
+    def grab(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_reader_stuck_in_the_driver_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    wedged = threading.Event()
+    captures = iter([FakeCapture(wedged), FakeCapture(None)])
+    monkeypatch.setattr(CaptureStream, "_open", lambda self: next(captures))
+    stream = CaptureStream(0, (32, 32), live=True, watchdog_timeout=0.3, backoff=0.05, reconnect_attempts=2)
+    started = time.monotonic()
+    frame = next(iter(stream))
+    stream.close()
+    wedged.set()
+    assert frame.image.shape == (32, 32, 3) and 0.6 <= time.monotonic() - started < 3
+    assert stream.reconnects == 1
+    assert [kind for kind, _ in stream.events.drain()] == ["reconnect"]

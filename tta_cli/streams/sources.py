@@ -155,6 +155,7 @@ class CaptureStream(Stream):
         self.queue_size = queue_size
         self._length: int | None = None
         self._dropped_before = 0  # by readers replaced after a stall
+        self.failures = 0  # in a row: reset by every frame that comes through
         self.frames_read = 0 if live else start * stride  # the next frame's number; a replacing reader goes on from it
         self._readers: list[threading.Thread] = []
         if not live:
@@ -263,22 +264,16 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         stream = self.stream
-        failures = 0
-        reason = self._first_reason
-        if reason is not None:
-            failures = 1
-            if not self._back_off(failures, reason):
-                return
+        if self._first_reason is not None and not self._after_failure(self._first_reason):
+            return
         frame_number = stream.frames_read
         while not self.done:
             self._heartbeat = time.monotonic()
             capture = stream._open()
             self._heartbeat = time.monotonic()
             if capture.isOpened():
-                delivered, frame_number, reason = self._pump(capture, frame_number)
+                frame_number, reason = self._pump(capture, frame_number)
                 capture.release()
-                if delivered:
-                    failures = 0
             else:
                 reason = f"could not open {stream.name}"
             if self.done:
@@ -290,26 +285,24 @@ class Reader(threading.Thread):
                 self.failure = f"reading {stream.name} failed: {reason}"
                 self.outbox.finish()
                 return
-            failures += 1
-            if failures > stream.reconnect_attempts:
-                self.failure = (
-                    f"gave up on {stream.name} after {stream.reconnect_attempts} reconnect attempts ({reason})"
-                )
-                log.error("%s", self.failure)
-                stream.events.add("source-lost", self.failure)
-                self.outbox.finish()
-                return
-            if not self._back_off(failures, reason):
+            if not self._after_failure(reason):
                 return
 
-    def _back_off(self, failures: int, reason: str) -> bool:
-        """Wait before reconnect attempt ``failures``; ``False`` when told to stop meanwhile."""
+    def _after_failure(self, reason: str) -> bool:
+        """Count a failure (in a row, across replaced readers) and wait out its back-off;
+        ``False`` when the reader should end: out of attempts, or told to stop meanwhile."""
         stream = self.stream
-        delay = min(stream.backoff * 2 ** (failures - 1), stream.backoff_max)
+        stream.failures += 1
+        if stream.failures > stream.reconnect_attempts:
+            self.failure = f"gave up on {stream.name} after {stream.reconnect_attempts} reconnect attempts ({reason})"
+            log.error("%s", self.failure)
+            stream.events.add("source-lost", self.failure)
+            self.outbox.finish()
+            return False
+        delay = min(stream.backoff * 2 ** (stream.failures - 1), stream.backoff_max)
         stream.reconnects += 1
-        detail = (
-            f"{stream.name}: {reason}; reconnect attempt {failures} of {stream.reconnect_attempts} in {delay:.1f} s"
-        )
+        attempt = f"reconnect attempt {stream.failures} of {stream.reconnect_attempts}"
+        detail = f"{stream.name}: {reason}; {attempt} in {delay:.1f} s"
         log.warning("%s", detail)
         stream.events.add("reconnect", detail)
         until = time.monotonic() + delay
@@ -320,17 +313,16 @@ class Reader(threading.Thread):
             time.sleep(min(POLL_SECONDS, max(0.0, until - time.monotonic())))
         return not self.done
 
-    def _pump(self, capture: cv2.VideoCapture, frame_number: int) -> tuple[bool, int, str | None]:
+    def _pump(self, capture: cv2.VideoCapture, frame_number: int) -> tuple[int, str | None]:
         """Read until the source ends (reason ``None``), fails (the reason) or the reader is
-        told to stop; returns whether any frame came through and the next frame number."""
+        told to stop; returns the next frame number and the reason."""
         stream = self.stream
-        delivered = False
         if not stream.live:
             # Frame-exact: skip to the resume point frame by frame (seeking can land on a
             # key frame instead).
             for _ in range(frame_number):
                 if self.done or not capture.grab():
-                    return delivered, frame_number, None
+                    return frame_number, None
         last_frame = time.monotonic()
         while not self.done:
             # Frames between kept ones are grabbed, not decoded into images; frame numbers
@@ -342,8 +334,8 @@ class Reader(threading.Thread):
             if not ok or image is None:
                 if stream.live:
                     silent = self._heartbeat - last_frame
-                    return delivered, frame_number, f"no frame for {silent:.1f} s" if silent > 1 else "read failed"
-                return delivered, frame_number, None
+                    return frame_number, f"no frame for {silent:.1f} s" if silent > 1 else "read failed"
+                return frame_number, None
             last_frame = self._heartbeat
             if stream.live:
                 stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -353,11 +345,11 @@ class Reader(threading.Thread):
             frame = Frame(frame_id, stream._to_input(image), None, frame_number // stream.stride)
             frame_number += 1
             stream.frames_read = frame_number
-            delivered = True
+            stream.failures = 0
             if not self.outbox.put(frame, lambda: self.done):
                 break
             self._heartbeat = time.monotonic()
-        return delivered, frame_number, None
+        return frame_number, None
 
 
 class Outbox:
