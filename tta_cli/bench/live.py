@@ -46,14 +46,16 @@ def camera_frames(data: Path | None, size: tuple[int, int], count: int, seed: in
     height, width = size
     rng = np.random.default_rng(seed)
     if data is None:
-        images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+        images: list[np.ndarray] = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
     else:
         files = list_images(data)
         chosen = rng.choice(len(files), size=min(count, len(files)), replace=False)
         images = []
         for index in sorted(chosen):
             bgr = cv2.imread(str(files[index]), cv2.IMREAD_COLOR)
-            images.append(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)[..., ::-1])
+            if bgr is None:
+                raise SystemExit(f"{files[index]} is not an image OpenCV can read.")
+            images.append(np.asarray(cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)[..., ::-1]))
     return encode_jpegs(images)
 
 

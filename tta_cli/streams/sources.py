@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -65,13 +66,13 @@ def open_source(
     text = str(text)
     if stride < 1:
         raise UsageError(f"Stride must be at least 1, got {stride}.")
-    live = {
+    live: dict[str, Any] = {
         "watchdog_timeout": watchdog_timeout,
         "reconnect_attempts": reconnect_attempts,
         "backoff": backoff,
         "backoff_max": backoff_max,
     }
-    bounds = {"start": start, "stride": stride, "max_frames": max_frames, "duration": duration}
+    bounds: dict[str, Any] = {"start": start, "stride": stride, "max_frames": max_frames, "duration": duration}
     scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
     if scheme:
         if scheme.group(1).lower() not in URL_SCHEMES:
@@ -157,7 +158,7 @@ class CaptureStream(Stream):
         self._dropped_before = 0  # by readers replaced after a stall
         self.failures = 0  # in a row: reset by every frame that comes through
         self.frames_read = 0 if live else start * stride  # the next frame's number; a replacing reader goes on from it
-        self._readers: list[threading.Thread] = []
+        self._readers: list[Reader] = []
         if not live:
             capture = self._open()
             if not capture.isOpened():
