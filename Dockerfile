@@ -1,6 +1,7 @@
 # tta-cli for x86_64 machines with an NVIDIA GPU (for Jetson boards see Dockerfile.jetson).
-# PyTorch's wheels carry their own CUDA libraries, so the base image only has to provide the
-# driver interface and Python 3.11+; the host needs the NVIDIA Container Toolkit.
+# PyTorch's and onnxruntime-gpu's wheels carry their own CUDA libraries, so the base image only
+# has to provide the driver interface and Python 3.11+; the host needs the NVIDIA Container
+# Toolkit.
 #   docker build -t tta-cli .
 #   docker run --gpus all -v "$PWD/runs:/runs" tta-cli adapt --model /opt/tta-cli/sample_models/cifar10-airnet \
 #       --source /opt/tta-cli/sample_models/data --run /runs/demo

@@ -63,6 +63,7 @@ class AdaptConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "sgd"] | None = None
     lr: float | None = Field(None, gt=0)
+    harmonizer: str | None = Field(None, description="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda")
     device: str = "auto"
     order: Literal["sorted", "shuffled"] = "sorted"
     seed: int = 0

@@ -18,6 +18,7 @@ class Method:
     objectives: tuple[str, ...] = ()
     optimizer: str = "adam"
     lr: float = 1e-3
+    harmonizer: str = "sum"
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -37,6 +38,15 @@ METHODS: dict[str, Method] = {
             objectives=("entropy",),
             optimizer="adam",
             lr=1e-3,
+        ),
+        Method(
+            "harmonized",
+            "entropy + feature alignment to the source, gradients harmonized (GH++ by default), Adam",
+            batch_statistics=True,
+            objectives=("entropy", "alignment"),
+            optimizer="adam",
+            lr=1e-3,
+            harmonizer="gh++",
         ),
     )
 }

@@ -23,6 +23,7 @@ from tta_cli.engine.guard import Guard
 from tta_cli.engine.methods import Method, get_method
 from tta_cli.engine.stopping import stop_on_signals
 from tta_cli.errors import UsageError
+from tta_cli.harmonize import make_harmonizer
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.objectives import OBJECTIVES
@@ -61,8 +62,11 @@ class Progress:
 def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
     model = bundle.model.to(device)
     objectives = [OBJECTIVES[name](bundle) for name in method.objectives]
-    guard = Guard(config.guard, bundle.spec.num_classes)
-    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard)
+    # Only a state that updates itself can drift; for the others the guard just watches.
+    guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and method.updates})
+    guard = Guard(guard_config, bundle.spec.num_classes)
+    harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
+    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
     if method.updates:
         adapter.update_rule = make_optimizer_rule(
             config.optimizer or method.optimizer, adapter.params, config.lr or method.lr
@@ -72,6 +76,8 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
 
 def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None) -> RunSummary:
     """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
+    # Absolute, so that resume and export find the bundle from any working directory.
+    config = config.model_copy(update={"model": Path(config.model).resolve()})
     method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
     stream = _stream(config, bundle)
     run_dir = RunDirectory(config.run)
@@ -217,7 +223,7 @@ def _record(
             correct=int((result.predictions[labeled] == batch.labels[labeled]).sum()),
             verdict=verdict.action if verdict.ok else f"{verdict.action}: {verdict.reason}",
             snapshot_id=snapshot_id,
-            diagnostics={"frames_dropped": frames_dropped} if frames_dropped else {},
+            diagnostics=result.diagnostics | ({"frames_dropped": frames_dropped} if frames_dropped else {}),
         ),
         aliases=aliases,
     )

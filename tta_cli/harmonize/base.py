@@ -33,7 +33,7 @@ class Harmonizer:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned (an empty dict restores the reset state)."""
 
 
 def weighted(gradients: torch.Tensor, weights: torch.Tensor, **diagnostics: float) -> Harmonized:

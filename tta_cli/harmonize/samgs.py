@@ -65,9 +65,15 @@ class SAMGS(Harmonizer):
         return Harmonized(gradient, weights, {"similarity": mean_similarity, "modulated": branch})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "momentum": self.momentum, "second_moment": self.second_moment}
+        state: dict[str, Any] = {"steps": self.steps, "second_moment": self.second_moment}
+        if self.momentum is not None:
+            state["momentum"] = self.momentum.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            self.reset()
+            return
         self.steps = int(state["steps"])
         self.momentum = state["momentum"].clone() if state.get("momentum") is not None else None
         self.second_moment = float(state["second_moment"])

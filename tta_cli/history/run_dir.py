@@ -20,6 +20,7 @@ from typing import IO
 from pydantic import BaseModel
 
 from tta_cli.errors import UsageError
+from tta_cli.files import write_atomic
 from tta_cli.history.store import HistoryStore
 
 
@@ -42,15 +43,6 @@ class RunSummary(BaseModel):
     reconnects: int = 0
     stopped_by: str | None = None  # SIGINT or SIGTERM when this invocation was asked to stop
     source_lost: str | None = None  # why a live source ended the run, when it did
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old or the new file, never half."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
 
 
 class RunDirectory:
