@@ -29,6 +29,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 _debug = False
+# Exit codes of 'adapt' besides 0 and 2 (bad usage): 3 when a live source was lost and
+# could not be reconnected, 130 after SIGINT and 143 after SIGTERM (128 + signal number).
+SOURCE_LOST_EXIT_CODE = 3
 
 
 @app.callback()
@@ -54,7 +57,10 @@ def _global(
 @app.command()
 def adapt(
     model: Annotated[Path | None, typer.Option(help="Model bundle folder (from 'tta-cli prepare').")] = None,
-    source: Annotated[Path | None, typer.Option(help="Folder or image file to adapt on.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Folder, glob, image, video file, camera index (0) or device (/dev/video0), rtsp/http URL."),
+    ] = None,
     run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
     method: Annotated[str | None, typer.Option(help="source, norm, tent or harmonized.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
@@ -67,7 +73,17 @@ def adapt(
     order: Annotated[str | None, typer.Option(help="sorted or shuffled (with --seed) (default sorted).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,
     workers: Annotated[int | None, typer.Option(help="Image-decoding threads.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Keep every N-th frame or image (default 1).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--max-frames", "--limit", help="Stop after this many frames or images.")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop reading after this many seconds.")] = None,
+    watchdog_timeout: Annotated[
+        float | None, typer.Option(help="Live sources: seconds without a frame before reconnecting (default 5).")
+    ] = None,
+    reconnect_attempts: Annotated[
+        int | None, typer.Option(help="Live sources: reconnects in a row before the run ends (default 5).")
+    ] = None,
     snapshot_every: Annotated[int | None, typer.Option(help="Steps between snapshots (default 1).")] = None,
     guard: Annotated[bool | None, typer.Option("--guard/--no-guard", help="Label-free guard (default on).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings; flags override it.")] = None,
@@ -79,9 +95,12 @@ def adapt(
     overrides = {name: value for name, value in locals().items() if name not in ("config", "resume")}
     overrides["history.snapshot_every"] = overrides.pop("snapshot_every")
     overrides["guard.enabled"] = overrides.pop("guard")
+    overrides["live.watchdog_timeout"] = overrides.pop("watchdog_timeout")
+    overrides["live.reconnect_attempts"] = overrides.pop("reconnect_attempts")
     from tta_cli.config import load_config
     from tta_cli.engine import adapt as run_adaptation
     from tta_cli.engine import resume as resume_run
+    from tta_cli.engine.stopping import EXIT_CODES
 
     if resume is not None:
         given = [name for name, value in overrides.items() if value is not None] + (["config"] if config else [])
@@ -95,11 +114,14 @@ def adapt(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[speed]} img/s  entropy {task.fields[entropy]}  acc {task.fields[accuracy]}"),
+        TextColumn(
+            "{task.fields[speed]} img/s  entropy {task.fields[entropy]}  acc {task.fields[accuracy]}"
+            "  dropped {task.fields[dropped]}"
+        ),
         TimeElapsedColumn(),
         console=console,
     )
-    task = bar.add_task(method_name, total=None, speed="-", entropy="-", accuracy="-")
+    task = bar.add_task(method_name, total=None, speed="-", entropy="-", accuracy="-", dropped="0")
 
     def show(progress: RunProgress) -> None:
         # Started on the first step, so that a configuration error leaves no empty bar behind.
@@ -111,6 +133,7 @@ def adapt(
             speed=f"{progress.images_per_second:.0f}",
             entropy=_fmt(progress.mean_entropy),
             accuracy=_fmt(progress.accuracy, percent=True),
+            dropped=str(progress.frames_dropped),
         )
 
     try:
@@ -130,10 +153,29 @@ def adapt(
         "mean entropy": _fmt(summary.mean_entropy),
         "online accuracy": _fmt(summary.online_accuracy, percent=True),
         "guard rollbacks": str(summary.rollbacks),
+        "frames dropped": str(summary.frames_dropped),
+        "reconnects": str(summary.reconnects),
     }
     for name, value in rows.items():
         table.add_row(name, value)
     Console().print(table)
+    run_path = resume or settings.run
+    if summary.stopped_by is not None:
+        console.print(
+            f"[yellow]Stopped by {summary.stopped_by}[/yellow] after step {summary.steps}; the history is complete. "
+            f"Continue with 'tta-cli adapt --resume {escape(str(run_path))}'.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_CODES[summary.stopped_by])
+    if summary.source_lost is not None:
+        console.print(
+            f"[red]Source lost:[/red] {escape(summary.source_lost)}; the history is complete up to step "
+            f"{summary.steps}.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(SOURCE_LOST_EXIT_CODE)
 
 
 @app.command()
