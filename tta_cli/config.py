@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +11,7 @@ import tomli_w
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tta_cli.errors import UsageError
+from tta_cli.files import tomllib
 
 
 class GuardConfig(BaseModel):

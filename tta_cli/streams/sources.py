@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +339,7 @@ class Reader(threading.Thread):
                 return frame_number, None
             last_frame = self._heartbeat
             if stream.live:
-                stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             else:
                 stamp = f"{capture.get(cv2.CAP_PROP_POS_MSEC) / 1000:.3f}s"
             frame_id = f"{frame_number}@{stamp}"
