@@ -1,0 +1,17 @@
+"""The Meta Gradient Generator of MGTTA: the learned optimiser, its update rule and its pre-training."""
+
+from tta_cli.mgg.generator import Memory, MetaGradientGenerator
+from tta_cli.mgg.rule import MGGRule, load_generator, read_metadata, save_generator
+from tta_cli.mgg.train import TrainProgress, TrainReport, train_mgg
+
+__all__ = [
+    "MGGRule",
+    "Memory",
+    "MetaGradientGenerator",
+    "TrainProgress",
+    "TrainReport",
+    "load_generator",
+    "read_metadata",
+    "save_generator",
+    "train_mgg",
+]
