@@ -38,8 +38,8 @@ def standardise(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x̂ = (x − μ)/σ`` over the last dimension (population variance, ε = 1e-6) and ``1/σ``.
 
     >>> normalised, inverse_std = standardise(torch.tensor([[1.0, 3.0]]))
-    >>> normalised.tolist(), round(inverse_std.item(), 4)
-    ([[-1.0, 1.0]], 1.0)
+    >>> [round(value, 4) for value in normalised[0].tolist()], round(inverse_std.item(), 4)
+    ([-1.0, 1.0], 1.0)
     """
     inverse_std = (values.var(dim=-1, keepdim=True, correction=0) + LN_EPS).rsqrt()
     return (values - values.mean(dim=-1, keepdim=True)) * inverse_std, inverse_std
