@@ -12,6 +12,7 @@ from tta_cli.engine import Adapter, Method
 from tta_cli.engine.guard import Guard
 from tta_cli.errors import UsageError
 from tta_cli.mgg import MetaGradientGenerator, MGGRule, TrainProgress, load_generator, read_metadata, train_mgg
+from tta_cli.mgg.train import FunctionalModel, meta_backward
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
 from tta_cli.streams import FolderStream, Preprocess, batches
@@ -107,3 +108,25 @@ def test_the_rule_snapshots_and_restores_through_the_adapter(
     again = [adapter.step(batch).probabilities for batch in stream[2:5]]
     assert all(torch.equal(a, b) for a, b in zip(later, again, strict=True))
     adapter.close()
+
+
+def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, clean_folder: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
+    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, objectives)
+    batch = next(batches(FolderStream(clean_folder, (32, 32), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD)))
+    torch.manual_seed(0)
+    generator = MetaGradientGenerator()
+    features = torch.randn(len(model.source), 2)
+    theta = model.source - 1e-2 * generator(features)[0]
+
+    _, losses = model.losses(theta, batch)
+    meta_backward(theta, FunctionalModel.gradients(losses, theta))
+    through_theta = [param.grad.clone() for param in generator.parameters()]
+
+    generator.zero_grad()
+    _, losses = model.losses(model.source - 1e-2 * generator(features)[0], batch)
+    direct = torch.autograd.grad(losses.sum(), list(generator.parameters()))
+    for expected, got in zip(direct, through_theta, strict=True):
+        torch.testing.assert_close(got, expected)
+    model.close()

@@ -283,10 +283,8 @@ class _Trainer:
             gradients = self.model.gradients(losses, theta)
             meta_loss = None
             if theta.grad_fn is not None:
-                # θ_t came from the MGG's previous proposal: d(Σ losses)/dθ_t, pushed back
-                # through θ_t = θ_{t−1} − α·MGG(…), is the meta-gradient of the MGG's weights.
                 optimizer.zero_grad(set_to_none=True)
-                theta.backward(gradients.sum(dim=0))
+                meta_backward(theta, gradients)
                 optimizer.step()
                 meta_loss = losses.sum().item()
             direction = rule.direction(harmonizer(gradients.detach()).gradient)
@@ -335,6 +333,17 @@ class _Trainer:
                 correct += int((predictions == batch.labels).sum())
                 total += len(batch.labels)
         return correct / total
+
+
+def meta_backward(theta: torch.Tensor, gradients: torch.Tensor) -> None:
+    """Accumulate into the MGG's ``.grad`` the gradient of the test-time objective Σ_k L_k(θ_t)
+    with respect to its weights, where ``θ_t = θ_{t−1} − α·MGG(…)`` is still in its graph.
+
+    By the chain rule that is ``(Σ_k ∂L_k/∂θ_t)ᵀ · ∂θ_t/∂φ``: the per-loss gradients already
+    computed for harmonisation are reused, so the meta-gradient costs no second pass through
+    the network, only one through the tiny MGG (the public code's backward hooks do the same).
+    """
+    theta.backward(gradients.sum(dim=0))
 
 
 def _report(on_progress: Callable[[TrainProgress], None] | None, progress: TrainProgress) -> None:
