@@ -11,7 +11,15 @@ from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, Method
 from tta_cli.engine.guard import Guard
 from tta_cli.errors import UsageError
-from tta_cli.mgg import MetaGradientGenerator, MGGRule, TrainProgress, load_generator, read_metadata, train_mgg
+from tta_cli.mgg import (
+    MetaGradientGenerator,
+    MGGRule,
+    TrainProgress,
+    load_generator,
+    read_metadata,
+    rule_for_bundle,
+    train_mgg,
+)
 from tta_cli.mgg.train import FunctionalModel, meta_backward
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
@@ -70,7 +78,12 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
         (bundle_copy / file.name).write_bytes(file.read_bytes())
     report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **TINY | {"epochs": 1})
     assert report.path == bundle_copy / "mgg.safetensors" == load_bundle(bundle_copy).mgg_path
-    assert load_generator(report.path).uses_memory is False
+    assert rule_for_bundle(load_bundle(bundle_copy)).generator.uses_memory is False
+
+
+def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> None:
+    with pytest.raises(UsageError, match="train-mgg"):
+        rule_for_bundle(load_bundle(bundle_path))
 
 
 @pytest.mark.parametrize(

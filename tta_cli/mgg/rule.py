@@ -25,6 +25,8 @@ from safetensors.torch import save
 from tta_cli.errors import UsageError
 from tta_cli.history.run_dir import write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
+from tta_cli.models import Bundle
+from tta_cli.models.bundle import MGG_FILE
 
 FORMAT = "tta-cli/mgg"
 FORMAT_VERSION = "1"
@@ -109,6 +111,18 @@ class MGGRule:
         if "memory" in state:
             memory = state["memory"]
             self.memory = Memory(memory["weight"].to(device).clone(), memory["bias"].to(device).clone())
+
+
+def rule_for_bundle(bundle: Bundle, step_size: float = DEFAULT_STEP_SIZE) -> MGGRule:
+    """The MGG rule of a loaded bundle, with the generator shipped in its ``mgg.safetensors``,
+    on the device of the bundle's model."""
+    if bundle.mgg_path is None:
+        raise UsageError(
+            f"Model bundle {bundle.path} has no {MGG_FILE}; "
+            f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
+        )
+    device = next(bundle.model.parameters()).device
+    return MGGRule(load_generator(bundle.mgg_path).to(device), step_size=step_size)
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:

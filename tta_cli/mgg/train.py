@@ -176,25 +176,13 @@ def train_mgg(
     )
     trainer = _Trainer(bundle, data, target_device, harmonizer, batch_size, eval_batch_size, step_size, train_step_size)
     generator = MetaGradientGenerator(memory=memory).to(target_device)
-    optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
-    source_accuracy = trainer.source_accuracy()
-    norm_accuracy = trainer.norm_accuracy()
-
-    accuracies: list[float] = []
-    per_shift: list[dict[str, float]] = []
-    best_state, best_epoch = copy.deepcopy(generator.state_dict()), 0
-    for epoch in range(1, epochs + 1):
-        for step, steps, meta_loss in trainer.train_epoch(generator, optimizer, random.Random(seed * 100_003 + epoch)):
-            _report(on_progress, TrainProgress(epoch, epochs, step, steps, "train", meta_loss, accuracies))
-        shift_accuracy = trainer.evaluate(generator)
-        per_shift.append(shift_accuracy)
-        accuracies.append(sum(shift_accuracy.values()) / len(shift_accuracy))
-        if accuracies[-1] > max(accuracies[:-1], default=-1.0):
-            best_state, best_epoch = copy.deepcopy(generator.state_dict()), epoch
-        _report(on_progress, TrainProgress(epoch, epochs, 0, 0, "evaluate", None, list(accuracies)))
+    baselines = {"source_accuracy": trainer.source_accuracy(), "norm_accuracy": trainer.norm_accuracy()}
+    # cuDNN may otherwise pick non-deterministic kernels for the backward passes; no effect on a CPU.
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
+        history = trainer.fit(generator, torch.optim.Adam(generator.parameters(), lr=lr), epochs, seed, on_progress)
     trainer.close()
+    generator.load_state_dict(history.best_state)
 
-    generator.load_state_dict(best_state)
     seconds = time.perf_counter() - started
     metadata = {
         "held_out": list(held_out),
@@ -208,11 +196,10 @@ def train_mgg(
         "step_size": step_size,
         "train_step_size": train_step_size,
         "seed": seed,
-        "best_epoch": best_epoch,
-        "held_out_accuracy": accuracies,
-        "held_out_accuracy_per_shift": per_shift,
-        "source_accuracy": source_accuracy,
-        "norm_accuracy": norm_accuracy,
+        "best_epoch": history.best_epoch,
+        "held_out_accuracy": history.accuracy,
+        "held_out_accuracy_per_shift": history.accuracy_per_shift,
+        **baselines,
         "bundle": bundle.spec.name,
         "bundle_weights_sha256": bundle.weights_sha256,
         "harmonizer": harmonizer,
@@ -224,7 +211,25 @@ def train_mgg(
         "torch_version": torch.__version__,
     }
     save_generator(generator, path, metadata)
-    return TrainReport(path, best_epoch, accuracies, source_accuracy, norm_accuracy, seconds, metadata)
+    return TrainReport(
+        path,
+        history.best_epoch,
+        history.accuracy,
+        baselines["source_accuracy"],
+        baselines["norm_accuracy"],
+        seconds,
+        metadata,
+    )
+
+
+@dataclass
+class _History:
+    """Held-out accuracy after every epoch and the weights of the best epoch (1-based)."""
+
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int = 0
+    accuracy: list[float] = field(default_factory=list)
+    accuracy_per_shift: list[dict[str, float]] = field(default_factory=list)
 
 
 class _Trainer:
@@ -252,6 +257,28 @@ class _Trainer:
 
     def close(self) -> None:
         self.model.close()
+
+    def fit(
+        self,
+        generator: MetaGradientGenerator,
+        optimizer: torch.optim.Optimizer,
+        epochs: int,
+        seed: int,
+        on_progress: Callable[[TrainProgress], None] | None,
+    ) -> _History:
+        """``epochs`` L2O epochs, each followed by a held-out adaptation pass; keeps the best."""
+        history = _History(copy.deepcopy(generator.state_dict()))
+        for epoch in range(1, epochs + 1):
+            order = random.Random(seed * 100_003 + epoch)
+            for step, steps, meta_loss in self.train_epoch(generator, optimizer, order):
+                _report(on_progress, TrainProgress(epoch, epochs, step, steps, "train", meta_loss, history.accuracy))
+            per_shift = self.evaluate(generator)
+            history.accuracy_per_shift.append(per_shift)
+            history.accuracy.append(sum(per_shift.values()) / len(per_shift))
+            if history.accuracy[-1] > max(history.accuracy[:-1], default=-1.0):
+                history.best_state, history.best_epoch = copy.deepcopy(generator.state_dict()), epoch
+            _report(on_progress, TrainProgress(epoch, epochs, 0, 0, "evaluate", None, list(history.accuracy)))
+        return history
 
     def _batches(self, images: ShiftedImages, size: int, drop_last: bool = False) -> Iterator[Batch]:
         stop = len(images) - len(images) % size if drop_last else len(images)
