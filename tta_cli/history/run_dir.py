@@ -47,6 +47,8 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
+    # Temporary files are private (0600); the result is an ordinary file others may read.
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
 
 
