@@ -109,6 +109,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         assert torch.equal(value, loaded.state_dict()[name])
     assert not any(param.requires_grad for param in loaded.parameters())
     assert not list(tmp_path.glob(".mgg*")), "no temporary file is left behind"
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_load_generator_refuses_bad_files(tmp_path: Path) -> None:
