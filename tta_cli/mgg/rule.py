@@ -59,7 +59,13 @@ class MGGRule:
         self.memory: Memory | None = None
 
     def features(self, gradient: torch.Tensor) -> torch.Tensor:
-        """Update the moments with ``gradient`` (shape ``(D,)``) and return the ``(D, 2)`` input."""
+        """Update the moments with ``gradient`` (shape ``(D,)``) and return the ``(D, 2)`` input.
+
+        On the first step m̂ = g and v̂ = g², so both features are sign(g):
+
+        >>> MGGRule(MetaGradientGenerator()).features(torch.tensor([2.0, -0.5])).tolist()
+        [[1.0, 1.0], [-1.0, -1.0]]
+        """
         gradient = gradient.detach()
         if self.first_moment is None or self.second_moment is None:
             self.first_moment = torch.zeros_like(gradient)
