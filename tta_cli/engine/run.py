@@ -24,7 +24,7 @@ from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, Ste
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.objectives import OBJECTIVES
 from tta_cli.streams import Batch, FolderStream, Preprocess, batches
-from tta_cli.update import make_optimizer_rule
+from tta_cli.update import make_update_rule
 
 
 @dataclass
@@ -56,12 +56,17 @@ class Progress:
 
 def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
     model = bundle.model.to(device)
-    objectives = [OBJECTIVES[name](bundle) for name in method.objectives]
+    built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
+    objectives = [objective for objective in built if objective is not None]
     guard = Guard(config.guard, bundle.spec.num_classes)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard)
     if method.updates:
-        adapter.update_rule = make_optimizer_rule(
-            config.optimizer or method.optimizer, adapter.params, config.lr or method.lr
+        adapter.update_rule = make_update_rule(
+            method.update,
+            config.optimizer or method.optimizer,
+            adapter.params,
+            config.lr or method.lr,
+            method.update_options,
         )
     return adapter
 
@@ -166,6 +171,8 @@ def _record(config: AdaptConfig, adapter: Adapter, store: HistoryStore, batch: B
         aliases = ()
     elif verdict.action == "skip":
         store.record_event(step, "skip", f"guard: {verdict.reason}")
+    if result.note:
+        store.record_event(step, "update", result.note)
     if verdict.action != "rollback" and step % config.history.snapshot_every == 0:
         snapshot_id = store.write_snapshot(adapter.state_dict(), step, parent=store.aliases()["current"].id)
     labeled = batch.labeled
