@@ -227,6 +227,88 @@ def rollback(
     console.print(f"current → step {target.step} (snapshot {target.id[:12]}); continue with 'tta-cli adapt --resume'.")
 
 
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")],
+    data: Annotated[Path, typer.Option(help="Labeled clean folder (<class>/<image>), e.g. CIFAR-10's test split.")],
+    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and bench.png.")],
+    corruptions: Annotated[str | None, typer.Option(help="Comma-separated (default all 15).")] = None,
+    severity: Annotated[int, typer.Option(help="Corruption severity, 1-5.")] = 5,
+    num_examples: Annotated[int | None, typer.Option(help="Images per corruption (default all).")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "source,norm,tent,eata,sar",
+    protocols: Annotated[str, typer.Option(help="reset and/or continual, comma-separated.")] = "reset,continual",
+    batch_size: Annotated[int, typer.Option(help="Images per adaptation step.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed for the image choice, the stream order and corruptions.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    source_data: Annotated[
+        Path | None, typer.Option(help="Clean labeled source images for EATA's Fisher term (else EATA runs as ETA).")
+    ] = None,
+    fisher_examples: Annotated[int, typer.Option(help="Source images for the Fisher information.")] = 2000,
+    cache_dir: Annotated[Path | None, typer.Option(help="Where corrupted streams are cached.")] = None,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure step time against the floor.")] = True,
+) -> None:
+    """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""
+    from pydantic import ValidationError
+
+    from tta_cli.bench.run import BenchConfig, BenchProgress, run_bench
+
+    try:
+        settings = BenchConfig(
+            model=model,
+            data=data,
+            out=out,
+            severity=severity,
+            num_examples=num_examples,
+            methods=tuple(_names(methods)),
+            protocols=tuple(_names(protocols)),
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            source_data=source_data,
+            fisher_examples=fisher_examples,
+            cache_dir=cache_dir,
+            speed=speed,
+            **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
+        )
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise UsageError(
+            f"Option --{'-'.join(map(str, problem['loc'])).replace('_', '-')}: {problem['msg']}."
+        ) from error
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[str, int] = {}
+
+    def show(progress: BenchProgress) -> None:
+        bar.start()
+        if progress.phase not in tasks:
+            tasks[progress.phase] = bar.add_task(progress.description, total=progress.total)
+        bar.update(tasks[progress.phase], description=progress.description, completed=progress.completed)
+
+    try:
+        result = run_bench(settings, on_progress=show)
+    finally:
+        bar.stop()
+    from tta_cli.bench.report import error_table
+
+    output = Console()
+    for protocol in settings.protocols:
+        rows = error_table(result, protocol)
+        table = Table(title=f"online error (%), {protocol}")
+        for index, column in enumerate(rows[0]):
+            table.add_column(column, justify="left" if index == 0 else "right")
+        for row in rows[1:]:
+            table.add_row(*(cell.strip("*") for cell in row))
+        output.print(table)
+    output.print(f"EATA's Fisher information: {result['fisher']}.")
+    output.print(f"Wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}.")
+
+
 def _names(text: str | None) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()] if text else []
 

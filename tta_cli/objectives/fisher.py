@@ -24,7 +24,9 @@ FisherInformation = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """Per parameter name: (Fisher diagonal, source value θ0)."""
 
 
-def measure_fisher(model: nn.Module, params: dict[str, nn.Parameter], images: Iterable[torch.Tensor]) -> FisherInformation:
+def measure_fisher(
+    model: nn.Module, params: dict[str, nn.Parameter], images: Iterable[torch.Tensor]
+) -> FisherInformation:
     """Fisher diagonal of ``params`` over batches of clean, preprocessed source ``images``.
 
     ``model`` must already be configured as it adapts (``configure_model``); gradients of

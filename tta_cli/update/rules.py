@@ -22,7 +22,9 @@ class UpdateRule(Protocol):
     SAR's reset to the source state.
     """
 
-    def apply(self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None) -> str: ...
+    def apply(
+        self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None
+    ) -> str: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
