@@ -52,11 +52,14 @@ def _global(
 def adapt(
     model: Annotated[Path | None, typer.Option(help="Model bundle folder (from 'tta-cli prepare').")] = None,
     source: Annotated[Path | None, typer.Option(help="Folder or image file to adapt on.")] = None,
-    run: Annotated[Path | None, typer.Option(help="New run directory for predictions and summary.")] = None,
-    method: Annotated[str | None, typer.Option(help="source, norm or tent.")] = None,
+    run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
+    method: Annotated[str | None, typer.Option(help="source, norm, tent or harmonized.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default the method's).")] = None,
+    harmonizer: Annotated[
+        str | None, typer.Option(help="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda (default the method's).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto).")] = None,
     order: Annotated[str | None, typer.Option(help="sorted or shuffled (with --seed) (default sorted).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tta_cli.errors import UsageError
@@ -42,11 +43,15 @@ class AdaptConfig(BaseModel):
 
     model: Path = Field(description="model bundle folder")
     source: Path = Field(description="folder or image file to adapt on")
-    run: Path = Field(description="run directory for predictions, summary and configuration")
+    run: Path = Field(
+        default_factory=lambda: new_run_path(Path("runs")),
+        description="run directory for history, predictions, summary and configuration",
+    )
     method: str = "tent"
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "sgd"] | None = None
     lr: float | None = Field(None, gt=0)
+    harmonizer: str | None = Field(None, description="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda")
     device: str = "auto"
     order: Literal["sorted", "shuffled"] = "sorted"
     seed: int = 0
@@ -54,6 +59,16 @@ class AdaptConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="stop after this many images")
     guard: GuardConfig = GuardConfig()
     history: HistoryConfig = HistoryConfig()
+
+
+def new_run_path(parent: Path) -> Path:
+    """``parent/adapt-YYYYmmdd-HHMMSS``, with a suffix if that already exists."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, number = parent / f"adapt-{stamp}", 1
+    while path.exists():
+        number += 1
+        path = parent / f"adapt-{stamp}-{number}"
+    return path
 
 
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptConfig:

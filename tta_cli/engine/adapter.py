@@ -25,6 +25,7 @@ from torch import nn
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.methods import Method
 from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
+from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
 from tta_cli.objectives import Objective, entropy
 from tta_cli.streams import Batch
@@ -41,6 +42,7 @@ class StepResult:
     losses: dict[str, float] = field(default_factory=dict)
     update_norm: float = 0.0
     verdict: Verdict = OK
+    diagnostics: dict[str, float] = field(default_factory=dict)
     note: str = ""
     """What the update did besides the usual, e.g. "no update" or a reset to the source state."""
 
@@ -64,12 +66,14 @@ class Adapter:
         update_rule: UpdateRule | None,
         feature_layers: list[str],
         guard: Guard,
+        harmonizer: Harmonizer | None = None,
     ) -> None:
         self.model = model
         self.method = method
         self.objectives = objectives
         self.update_rule = update_rule
         self.guard = guard
+        self.harmonizer = harmonizer or Sum()
         self.named_params = norm_affine_parameters(model) if method.updates else {}
         self.params = list(self.named_params.values())
         configure_model(model, method.batch_statistics, self.params)
@@ -96,7 +100,10 @@ class Adapter:
             result.note = f"{losses} selected no sample; no update"
             return result
         result.losses = {name: loss.item() for name, loss in losses.items()}
-        gradient = self._sum_of_gradients(list(losses.values()))
+        gradients = self._per_loss_gradients(list(losses.values()))
+        harmonized = self.harmonizer(gradients)
+        gradient = harmonized.gradient
+        result.diagnostics = self._diagnostics(gradients, harmonized)
         result.verdict = self.guard.check_gradient(sum(result.losses.values()), gradient)
         if not result.verdict.ok:
             return result
@@ -118,18 +125,39 @@ class Adapter:
         return losses
 
     def _reevaluate(self, batch: Batch) -> tuple[float, torch.Tensor] | None:
-        """The closure handed to the update rule: the batch's summed loss and gradient at the current θ."""
+        """The closure handed to the update rule: the batch's loss and gradient at the current θ.
+
+        The gradients are summed, not harmonized: a stateful harmonizer sees each step once.
+        """
         with torch.enable_grad():
             logits = self.model(batch.images)
             losses = self._losses(logits, batch, revisit=True)
             if isinstance(losses, str):
                 return None
-            return sum(loss.item() for loss in losses.values()), self._sum_of_gradients(list(losses.values()))
+            gradient = self._per_loss_gradients(list(losses.values())).sum(dim=0)
+            return sum(loss.item() for loss in losses.values()), gradient
 
-    def _sum_of_gradients(self, losses: list[torch.Tensor]) -> torch.Tensor:
-        total = torch.stack(losses).sum()
-        gradients = torch.autograd.grad(total, self.params)
-        return torch.cat([gradient.flatten() for gradient in gradients])
+    def _per_loss_gradients(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """A ``K × |θ|`` stack: one backward pass per loss through the shared graph."""
+        rows = []
+        for index, loss in enumerate(losses):
+            grads = torch.autograd.grad(loss, self.params, retain_graph=index < len(losses) - 1, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).flatten()
+                        for g, p in zip(grads, self.params, strict=True)
+                    ]
+                )
+            )
+        return torch.stack(rows)
+
+    def _diagnostics(self, gradients: torch.Tensor, harmonized: Harmonized) -> dict[str, float]:
+        if len(gradients) < 2:
+            return {}
+        diagnostics = conflict_diagnostics(gradients) | harmonized.diagnostics
+        diagnostics |= {f"weight_{k + 1}": weight for k, weight in enumerate(harmonized.weights.tolist())}
+        return diagnostics
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that adapts: θ, normalisation running statistics, the update rule's state."""
@@ -137,6 +165,7 @@ class Adapter:
             "params": {name: param.detach().clone() for name, param in self.named_params.items()},
             "buffers": {name: buffer.clone() for name, buffer in norm_buffers(self.model).items()},
             "update_rule": self.update_rule.state_dict() if self.update_rule is not None else {},
+            "harmonizer": self.harmonizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -149,6 +178,8 @@ class Adapter:
                 buffers[name].copy_(value)
         if self.update_rule is not None:
             self.update_rule.load_state_dict(state["update_rule"])
+        self.harmonizer.reset()
+        self.harmonizer.load_state_dict(state.get("harmonizer", {}))
 
     def close(self) -> None:
         self._hooks.close()

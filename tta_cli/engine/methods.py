@@ -24,6 +24,7 @@ class Method:
     objectives: tuple[str, ...] = ()
     optimizer: str = "adam"
     lr: float = 1e-3
+    harmonizer: str = "sum"
     extra: dict[str, float] = field(default_factory=dict)
     objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword options per objective name, passed to its factory."""
@@ -48,6 +49,15 @@ METHODS: dict[str, Method] = {
             objectives=("entropy",),
             optimizer="adam",
             lr=1e-3,
+        ),
+        Method(
+            "harmonized",
+            "entropy + feature alignment to the source, gradients harmonized (GH++ by default), Adam",
+            batch_statistics=True,
+            objectives=("entropy", "alignment"),
+            optimizer="adam",
+            lr=1e-3,
+            harmonizer="gh++",
         ),
         # EATA's ImageNet defaults are ε = 0.05, λ = 2000, SGD lr 2.5e-4 momentum 0.9, batch 64.
         # ε must grow as C shrinks: two probability vectors over C classes are never orthogonal

@@ -20,6 +20,7 @@ from tta_cli.engine.device import resolve_device
 from tta_cli.engine.guard import Guard
 from tta_cli.engine.methods import Method, get_method
 from tta_cli.errors import UsageError
+from tta_cli.harmonize import make_harmonizer
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.objectives import OBJECTIVES
@@ -59,7 +60,8 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
     built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
     objectives = [objective for objective in built if objective is not None]
     guard = Guard(config.guard, bundle.spec.num_classes)
-    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard)
+    harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
+    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
     if method.updates:
         adapter.update_rule = make_update_rule(
             method.update,
@@ -190,6 +192,7 @@ def _record(config: AdaptConfig, adapter: Adapter, store: HistoryStore, batch: B
             correct=int((result.predictions[labeled] == batch.labels[labeled]).sum()),
             verdict=verdict.action if verdict.ok else f"{verdict.action}: {verdict.reason}",
             snapshot_id=snapshot_id,
+            diagnostics=result.diagnostics,
         ),
         aliases=aliases,
     )

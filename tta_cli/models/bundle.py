@@ -9,10 +9,10 @@ BUNDLE/mgg.safetensors          optional: the pre-trained Meta Gradient Generato
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
 import torch
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors.torch import load_file

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from tta_cli.objectives.alignment import FeatureAlignment
 from tta_cli.objectives.base import Objective
 from tta_cli.objectives.entropy import Entropy, entropy
 from tta_cli.objectives.fisher import FisherInformation, FisherRegulariser, measure_fisher
@@ -12,6 +13,7 @@ from tta_cli.objectives.reliable import ReliableEntropy
 # objective needs (EATA's Fisher regulariser without source data); the method then runs without it.
 OBJECTIVES: dict[str, Callable[..., Objective | None]] = {
     "entropy": lambda bundle: Entropy(),
+    "alignment": lambda bundle: FeatureAlignment(bundle.source_stats),
     "reliable-entropy": lambda bundle, **options: ReliableEntropy(bundle.spec.num_classes, **options),
     "fisher": lambda bundle, weight: (
         FisherRegulariser(bundle.model, bundle.fisher, weight) if bundle.fisher is not None else None
@@ -21,6 +23,7 @@ OBJECTIVES: dict[str, Callable[..., Objective | None]] = {
 __all__ = [
     "OBJECTIVES",
     "Entropy",
+    "FeatureAlignment",
     "FisherInformation",
     "FisherRegulariser",
     "Objective",

@@ -1,0 +1,15 @@
+"""Export: rebuild an adapted model, write it as checked ONNX with its metadata, verify it."""
+
+from tta_cli.export.rebuild import build_export_model, reestimate_batchnorm_statistics
+from tta_cli.export.to_onnx import export_onnx, read_metadata
+from tta_cli.export.verify import Parity, onnxruntime_warning, verify_onnx
+
+__all__ = [
+    "Parity",
+    "build_export_model",
+    "export_onnx",
+    "onnxruntime_warning",
+    "read_metadata",
+    "reestimate_batchnorm_statistics",
+    "verify_onnx",
+]

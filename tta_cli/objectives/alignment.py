@@ -1,0 +1,33 @@
+"""Feature-statistics alignment to the clean source (MGTTA, Deng et al., AAAI 2025, eq. 4):
+
+    L_align = λ · Σ_l ( ‖σ_l(x) − σ_l^src‖² + ‖μ_l(x) − μ_l^src‖² ) / n_layers
+
+``μ_l, σ_l`` are the mean and standard deviation over the batch of layer l's pooled features;
+the source values come from the bundle's ``source_stats.safetensors``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tta_cli.streams import Batch
+
+
+class FeatureAlignment:
+    name = "alignment"
+
+    def __init__(self, source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]], weight: float = 0.4) -> None:
+        self.source_stats = source_stats
+        self.weight = weight
+
+    def __call__(
+        self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch, revisit: bool = False
+    ) -> torch.Tensor:
+        total = logits.new_zeros(())
+        for layer, (source_mean, source_std) in self.source_stats.items():
+            values = features[layer]
+            # Population statistics: defined for a batch of one, as edge devices may send.
+            mean = values.mean(dim=0)
+            std = values.var(dim=0, correction=0).add(1e-8).sqrt()
+            total = total + (std - source_std.to(std)).pow(2).sum() + (mean - source_mean.to(mean)).pow(2).sum()
+        return self.weight * total / len(self.source_stats)
