@@ -53,7 +53,7 @@ def adapt(
     model: Annotated[Path | None, typer.Option(help="Model bundle folder (from 'tta-cli prepare').")] = None,
     source: Annotated[Path | None, typer.Option(help="Folder or image file to adapt on.")] = None,
     run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
-    method: Annotated[str | None, typer.Option(help="source, norm, tent or harmonized.")] = None,
+    method: Annotated[str | None, typer.Option(help="source, norm, tent, eata, sar or harmonized.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default the method's).")] = None,
@@ -247,8 +247,12 @@ def bench(
         Path | None, typer.Option(help="Clean labeled source images for EATA's Fisher term (else EATA runs as ETA).")
     ] = None,
     fisher_examples: Annotated[int, typer.Option(help="Source images for the Fisher information.")] = 2000,
-    cache_dir: Annotated[Path | None, typer.Option(help="Where corrupted streams are cached.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache of corrupted streams (default $TTA_CLI_CACHE/bench or ~/.cache/tta-cli/bench)."),
+    ] = None,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure step time against the floor.")] = True,
+    speed_repeats: Annotated[int, typer.Option(help="Timed steps per method and batch size (median).")] = 10,
 ) -> None:
     """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""
     from pydantic import ValidationError
@@ -271,6 +275,7 @@ def bench(
             fisher_examples=fisher_examples,
             cache_dir=cache_dir,
             speed=speed,
+            speed_repeats=speed_repeats,
             **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
         )
     except ValidationError as error:

@@ -88,6 +88,7 @@ def step_against_floor(
                 adapter.close()
                 bundle.model.load_state_dict(original)
                 forward_ms, floor_ms = _floor(bundle, method.batch_statistics, batch, device, repeats, warmup)
+                bundle.model.load_state_dict(original)
                 rows.append(
                     {
                         "method": name,
