@@ -15,7 +15,9 @@ samples selected on the first pass are candidates, and the entropy filter is app
 the new θ; the running average is not touched.
 
 The loss is the (weighted) mean over selected samples; ``None`` when no sample is selected, which
-tells the engine there is nothing to learn from this batch (EATA and SAR then skip the update).
+tells the engine there is nothing to learn from this batch, and θ does not move. EATA's public
+code does the same; SAR's takes the mean of an empty selection (NaN, zero gradients) and so still
+moves θ by the SGD momentum alone on such a batch, a corner case not reproduced here.
 """
 
 from __future__ import annotations
