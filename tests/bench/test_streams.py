@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import CLASSES, write_image_folder
 from tta_cli.bench import streams as bench_streams
@@ -56,3 +57,19 @@ def test_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
         build_streams(data, CLASSES, ("fogg",), 5, (32, 32), cache_dir=tmp_path / "c")
     with pytest.raises(UsageError, match="one sub-folder per class"):
         build_streams(data, ("cat", "dog"), ("fog",), 5, (32, 32), cache_dir=tmp_path / "c")
+
+
+def test_images_that_are_not_32_pixels_get_imagenet_c_parameters(tmp_path: Path) -> None:
+    """Gaussian noise at severity 5: σ 0.10 for CIFAR-10-C, 0.38 for ImageNet-C (of the [0, 1] range)."""
+    spreads = {}
+    for size in (32, 48):
+        data = tmp_path / f"gray{size}"
+        (data / "cat").mkdir(parents=True)
+        Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(data / "cat" / "0.png")
+        [stream] = build_streams(data, CLASSES, ("gaussian_noise",), 5, (32, 32), cache_dir=tmp_path / "cache")
+        with Image.open(stream.folder / stream.ids[0]) as written:
+            pixels = np.asarray(written, dtype=np.float64) / 255
+        assert pixels.shape[:2] == (size, size)  # corrupted at the folder's own size
+        spreads[size] = pixels.std()
+    assert spreads[32] == pytest.approx(0.10, abs=0.02)
+    assert spreads[48] == pytest.approx(0.38, abs=0.06)
