@@ -212,6 +212,8 @@ def history(
     for event in record["events"]:
         events.add_row(str(event["step"]), event["kind"], event["detail"], (event["snapshot_id"] or "-")[:12])
     out.print(events)
+    if record["conflict_fraction"] is not None:
+        out.print(f"objectives in conflict (cos(g1, g2) < 0) on {record['conflict_fraction']:.0%} of steps")
     out.print(
         "aliases: "
         + ", ".join(f"{name} → step {ref['step']} ({ref['id'][:12]})" for name, ref in record["aliases"].items())
@@ -317,6 +319,63 @@ def bench(
     output.print(f"Wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}.")
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    step: Annotated[int | None, typer.Option(help="Export the state after this step.")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Export this snapshot (id or unique prefix).")] = None,
+    alias: Annotated[str | None, typer.Option(help="Export this alias: current (default), last-good, source.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Symbolic batch axis.")] = True,
+    simplify: Annotated[str, typer.Option(help="onnxslim or none.")] = "onnxslim",
+    bn_stats: Annotated[
+        str, typer.Option(help="BatchNorm statistics: source, or target (re-estimated on recent images).")
+    ] = "source",
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Verify with onnxruntime.")] = True,
+    atol: Annotated[float, typer.Option(help="Largest logit difference the check accepts.")] = 1e-4,
+    images: Annotated[Path | None, typer.Option(help="Images to verify on (default: the run's latest).")] = None,
+    num_images: Annotated[int, typer.Option(help="How many images to verify on.")] = 256,
+    bundle: Annotated[Path | None, typer.Option(help="The run's bundle, if it has moved.")] = None,
+) -> None:
+    """Export a recorded state of a run to ONNX and verify it against PyTorch."""
+    from tta_cli.export import export_run, onnxruntime_warning
+
+    chosen = [value for value in (step, snapshot, alias) if value is not None]
+    if len(chosen) > 1:
+        raise UsageError("Give at most one of --step, --snapshot and --alias.")
+    if simplify not in ("onnxslim", "none") or bn_stats not in ("source", "target"):
+        raise UsageError("--simplify takes onnxslim or none; --bn-stats takes source or target.")
+    warning = onnxruntime_warning()
+    if warning:
+        console.print(f"[yellow]Warning:[/yellow] {warning}")
+    report = export_run(
+        run,
+        out,
+        str(chosen[0]) if chosen else "current",
+        bundle_path=bundle,
+        images=images,
+        num_images=num_images,
+        opset=opset,
+        dynamic_batch=dynamic_batch,
+        simplify=simplify,  # type: ignore[arg-type]
+        bn_stats=bn_stats,  # type: ignore[arg-type]
+        check=check,
+        atol=atol,
+    )
+    table = Table(title=f"tta-cli export → {report.out}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("step", str(report.step))
+    table.add_row("snapshot", report.snapshot_id[:12])
+    table.add_row("BatchNorm statistics", report.bn_stats)
+    if report.parity is not None:
+        table.add_row("verified on", f"{report.parity.images} images ({report.parity.provider})")
+        table.add_row("max |Δlogit|", f"{report.parity.max_abs_diff:.2e}")
+        table.add_row("top-1 agreement", f"{report.parity.top1_agreement:.2%}")
+    Console().print(table)
+
+
 def _names(text: str | None) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()] if text else []
 
@@ -347,7 +406,7 @@ def main() -> None:
         if _debug:
             console.print_exception()
         console.print(f"[red]Error:[/red] {escape(str(error))}", soft_wrap=True, highlight=False)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow]")
         sys.exit(130)

@@ -24,7 +24,7 @@ from tta_cli.export import (
     verify_onnx,
 )
 from tta_cli.export.rebuild import require_running_statistics
-from tta_cli.history.run_dir import write_atomic
+from tta_cli.files import write_atomic
 from tta_cli.models import Bundle, ModelSpec, build_architecture, load_bundle, prepare_bundle
 from tta_cli.streams import FolderStream, Preprocess, batches
 

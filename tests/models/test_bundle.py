@@ -95,3 +95,14 @@ def test_zoo_models_classify_32px_images(name: str) -> None:
 
 def test_weights_file_is_safetensors(bundle_path: Path) -> None:
     assert load_file(str(bundle_path / "weights.safetensors"))
+
+
+def test_prepare_finds_feature_layers_of_a_model_that_names_none(tmp_path: Path, clean_folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    reference = "tests.models.factories:two_layer"
+    weights = tmp_path / "w.safetensors"
+    save_file(build_architecture(reference, 3).state_dict(), str(weights))
+    spec = prepare_bundle(reference, weights, clean_folder, tmp_path / "b", mean=MEAN, std=STD, num_images=9)
+    assert spec.feature_layers == ["1", "2", "3"]  # the last three children with spatial outputs
+    assert load_bundle(tmp_path / "b").source_stats["3"][0].shape == (8,)

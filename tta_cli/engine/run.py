@@ -59,7 +59,9 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
     model = bundle.model.to(device)
     built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
     objectives = [objective for objective in built if objective is not None]
-    guard = Guard(config.guard, bundle.spec.num_classes)
+    # Only a state that updates itself can drift; for the others the guard just watches.
+    guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and method.updates})
+    guard = Guard(guard_config, bundle.spec.num_classes)
     harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
     if method.updates:
@@ -75,6 +77,8 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
 
 def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None) -> RunSummary:
     """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
+    # Absolute, so that resume and export find the bundle from any working directory.
+    config = config.model_copy(update={"model": Path(config.model).resolve()})
     method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
     stream = _stream(config, bundle)
     run_dir = RunDirectory(config.run)

@@ -26,7 +26,7 @@ from torch import nn
 from tta_cli import __version__
 from tta_cli.errors import TTAError, UsageError
 from tta_cli.export.rebuild import model_device
-from tta_cli.history.run_dir import write_atomic
+from tta_cli.files import write_atomic
 from tta_cli.models import ModelSpec
 
 INPUT_NAME = "images"

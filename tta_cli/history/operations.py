@@ -28,7 +28,9 @@ def read_history(run_dir: Path, last: int | None = None) -> dict[str, Any]:
     store = HistoryStore.open(run_dir)
     try:
         steps = store.steps(last)
+        cosines = [step.diagnostics["cosine"] for step in steps if "cosine" in step.diagnostics]
         return {
+            "conflict_fraction": sum(cosine < 0 for cosine in cosines) / len(cosines) if cosines else None,
             "steps": [step.model_dump() | {"accuracy": step.accuracy} for step in steps],
             "events": [event.model_dump() for event in store.events()],
             "aliases": {name: ref.model_dump() for name, ref in store.aliases().items()},

@@ -20,6 +20,7 @@ from typing import IO
 from pydantic import BaseModel
 
 from tta_cli.errors import UsageError
+from tta_cli.files import write_atomic
 from tta_cli.history.store import HistoryStore
 
 
@@ -38,22 +39,6 @@ class RunSummary(BaseModel):
     online_accuracy: float | None
     labeled_images: int
     rollbacks: int
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``path`` so that a reader sees the old or the new file, never
-    half; a failed write leaves no temporary file behind."""
-    mode = "wb" if isinstance(text, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        try:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
 
 
 class RunDirectory:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import tomli_w
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from tta_cli.errors import UsageError
+from tta_cli.files import write_atomic
 from tta_cli.models.architectures import build_architecture
 from tta_cli.models.bundle import MODEL_FILE, SOURCE_STATS_FILE, WEIGHTS_FILE, ModelSpec
 from tta_cli.models.checkpoints import load_state_dict
@@ -75,9 +76,9 @@ def prepare_bundle(
         feature_layers=layers,
     )
     out.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(out / WEIGHTS_FILE))
-    save_file(stats, str(out / SOURCE_STATS_FILE))
-    (out / MODEL_FILE).write_text(tomli_w.dumps(spec.model_dump(mode="json")))
+    write_atomic(out / WEIGHTS_FILE, save({key: value.contiguous() for key, value in model.state_dict().items()}))
+    write_atomic(out / SOURCE_STATS_FILE, save(stats))
+    write_atomic(out / MODEL_FILE, tomli_w.dumps(spec.model_dump(mode="json")))
     return spec
 
 

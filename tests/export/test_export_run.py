@@ -1,0 +1,96 @@
+"""``tta-cli export`` on a run: any recorded state, verified, with the run's metadata."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_image_folder
+from tta_cli.config import AdaptConfig
+from tta_cli.engine import adapt
+from tta_cli.errors import UsageError
+from tta_cli.export import export_run, read_metadata
+from tta_cli.history import HistoryStore
+
+
+@pytest.fixture(scope="module")
+def run(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export-run")
+    data = write_image_folder(root / "data", per_class=12)
+    run = root / "run"
+    adapt(AdaptConfig(model=bundle_path, source=data, run=run, method="tent", batch_size=6, lr=5e-2))
+    return run
+
+
+def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def test_two_steps_export_to_files_that_differ_as_their_states_do(run: Path, tmp_path: Path) -> None:
+    first = export_run(run, tmp_path / "step1.onnx", "1", num_images=32)
+    last = export_run(run, tmp_path / "step6.onnx", "6", num_images=32)
+    for report in (first, last):
+        assert report.parity is not None and report.parity.passed
+        assert report.parity.max_abs_diff < 1e-4 and report.parity.top1_agreement == 1.0
+    images = np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    assert not np.allclose(onnx_logits(first.out, images), onnx_logits(last.out, images), atol=1e-4)
+    metadata = read_metadata(last.out)
+    store = HistoryStore.open(run)
+    assert metadata["tta_cli.step"] == "6"
+    assert metadata["tta_cli.snapshot_id"] == store.resolve("6").id
+    assert metadata["tta_cli.bundle_sha256"] == store.bundle_sha256()
+
+
+def test_the_source_alias_gives_the_original_model(run: Path, bundle_path: Path, tmp_path: Path) -> None:
+    import torch
+
+    from tta_cli.models import load_bundle
+
+    report = export_run(run, tmp_path / "source.onnx", "source", num_images=16)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = load_bundle(bundle_path).model(images).numpy()
+    np.testing.assert_allclose(onnx_logits(report.out, images.numpy()), expected, atol=1e-5)
+
+
+def test_target_statistics_and_clear_errors(run: Path, tmp_path: Path) -> None:
+    report = export_run(run, tmp_path / "target.onnx", "current", bn_stats="target", num_images=24)
+    assert read_metadata(report.out)["tta_cli.bn_stats"] == "target"
+    with pytest.raises(UsageError, match="Step 42 has no snapshot"):
+        export_run(run, tmp_path / "x.onnx", "42")
+    with pytest.raises(UsageError, match="not a run directory"):
+        export_run(tmp_path, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    command = [sys.executable, "-m", "tta_cli", "export", str(run), "--out", str(out), "--num-images", "16"]
+    ok = subprocess.run([*command, "--step", "3"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "top-1 agreement" in ok.stdout and out.is_file()
+    both = subprocess.run([*command, "--step", "1", "--alias", "source"], capture_output=True, text=True)
+    assert both.returncode == 2 and "at most one" in both.stderr
+
+
+def test_a_failed_verification_writes_nothing_and_exits_1(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tta_cli.export import Parity, VerificationFailed, run_export
+
+    def disagreeing(*args: object, **kwargs: object) -> Parity:
+        return Parity(images=16, max_abs_diff=0.5, top1_agreement=0.9, provider="CPU", atol=1e-4, passed=False)
+
+    monkeypatch.setattr(run_export, "verify_onnx", disagreeing)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(VerificationFailed, match="nothing was written") as caught:
+        export_run(run, out, num_images=16)
+    assert caught.value.exit_code == 1
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,108 @@
+"""``tta-cli export``: one recorded state of a run → a verified ONNX file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from tta_cli.config import read_config
+from tta_cli.errors import TTAError, UsageError
+from tta_cli.export.rebuild import BnStats, build_export_model
+from tta_cli.export.to_onnx import Simplify, export_onnx
+from tta_cli.export.verify import Parity, verify_onnx
+from tta_cli.history import HistoryStore
+from tta_cli.models import Bundle, load_bundle
+from tta_cli.streams import FolderStream, Preprocess, batches
+
+
+class VerificationFailed(TTAError):
+    """onnxruntime did not reproduce PyTorch within tolerance (exit code 1)."""
+
+    exit_code = 1
+
+
+class ExportReport(BaseModel):
+    out: Path
+    snapshot_id: str
+    step: int
+    bn_stats: str
+    parity: Parity | None
+
+
+def export_run(
+    run_dir: Path,
+    out: Path,
+    selector: str = "current",
+    *,
+    bundle_path: Path | None = None,
+    images: Path | None = None,
+    num_images: int = 256,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    simplify: Simplify = "onnxslim",
+    bn_stats: BnStats = "source",
+    check: bool = True,
+    atol: float = 1e-4,
+) -> ExportReport:
+    """Export the state ``selector`` names (a step, snapshot id or alias) and, with ``check``,
+    verify it against PyTorch on ``num_images`` images: ``images`` if given, else the inputs
+    the run saw last. The file appears at ``out`` only once it passed."""
+    store = HistoryStore.open(run_dir)
+    try:
+        target = store.resolve(selector)
+        snapshot = store.load_snapshot(target.id)
+        config = read_config(store.first_config())
+        position = store.stream_position()
+        bundle = load_bundle(bundle_path or config.model)
+        if bundle.weights_sha256 != store.bundle_sha256():
+            raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
+    finally:
+        store.close()
+
+    needs_images = check or bn_stats == "target"
+    recent = _recent_images(bundle, images or config.source, position, num_images) if needs_images else None
+    state = snapshot["params"] | snapshot["buffers"]
+    model = build_export_model(bundle, state, bn_stats, _chunks(recent) if bn_stats == "target" else None)
+    metadata = {
+        "tta_cli.bundle_sha256": bundle.weights_sha256,
+        "tta_cli.snapshot_id": target.id,
+        "tta_cli.step": str(target.step),
+        "tta_cli.bn_stats": bn_stats,
+    }
+    out = Path(out)
+    pending = out.with_name(f".{out.name}.unverified")
+    export_onnx(
+        model, bundle.spec, pending, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify, metadata=metadata
+    )
+    parity = None
+    if check and recent is not None:
+        parity = verify_onnx(pending, model, recent, atol=atol)
+        if not parity.passed:
+            pending.unlink(missing_ok=True)
+            raise VerificationFailed(
+                f"onnxruntime differs from PyTorch (max |Δlogit| {parity.max_abs_diff:.2e} > {atol:g} "
+                f"or top-1 agreement {parity.top1_agreement:.2%}); nothing was written to {out}."
+            )
+    os.replace(pending, out)
+    return ExportReport(out=out, snapshot_id=target.id, step=target.step, bn_stats=bn_stats, parity=parity)
+
+
+def _recent_images(bundle: Bundle, source: Path, position: int, count: int) -> torch.Tensor:
+    """Up to ``count`` readable images: those just before ``position`` in the run's stream
+    (the newest target data), or the start of another folder."""
+    if not Path(source).exists():
+        raise UsageError(f"The images to verify against ({source}) are gone; pass a folder with --images.")
+    stream = FolderStream(source, bundle.spec.input_size, bundle.spec.class_names)
+    stream.start = max(0, min(position, len(stream)) - count)
+    preprocess = Preprocess(bundle.spec.mean, bundle.spec.std)
+    chunks = [batch.images for batch in batches(stream, 64, preprocess)]
+    if not chunks:
+        raise UsageError(f"No readable images in {source} to verify the export against.")
+    return torch.cat(chunks)[:count]
+
+
+def _chunks(images: torch.Tensor | None, size: int = 64) -> list[torch.Tensor] | None:
+    return None if images is None else list(images.split(size))
