@@ -293,8 +293,15 @@ def bench(
         console=console,
     )
     tasks: dict[str, int] = {}
+    last_logged = [""]
 
     def show(progress: BenchProgress) -> None:
+        if not console.is_terminal:
+            # Into a log file: one line whenever the work moves to another corruption or phase.
+            if progress.description != last_logged[0]:
+                last_logged[0] = progress.description
+                console.print(f"{progress.description}: {progress.completed}/{progress.total}", highlight=False)
+            return
         bar.start()
         if progress.phase not in tasks:
             tasks[progress.phase] = bar.add_task(progress.description, total=progress.total)
