@@ -62,7 +62,7 @@ def adapt(
         typer.Option(help="Folder, glob, image, video file, camera index (0) or device (/dev/video0), rtsp/http URL."),
     ] = None,
     run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
-    method: Annotated[str | None, typer.Option(help="source, norm, tent or harmonized.")] = None,
+    method: Annotated[str | None, typer.Option(help="Method name (see tta-cli methods; default tent).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default the method's).")] = None,
@@ -179,6 +179,19 @@ def adapt(
 
 
 @app.command()
+def methods() -> None:
+    """List the adaptation methods."""
+    from tta_cli.engine import METHODS
+
+    table = Table(title="methods")
+    table.add_column("name", style="bold")
+    table.add_column("what it does")
+    for method in METHODS.values():
+        table.add_row(method.name, method.summary)
+    Console().print(table)
+
+
+@app.command()
 def prepare(
     arch: Annotated[str, typer.Option(help="Zoo name, torchvision:NAME, timm:NAME or package.module:factory.")],
     weights: Annotated[Path, typer.Option(help="Trained weights (.safetensors, or .pt/.pth with --trust-pickle).")],
@@ -278,6 +291,100 @@ def rollback(
 
 
 @app.command()
+def bench(
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")],
+    data: Annotated[Path, typer.Option(help="Labeled clean folder (<class>/<image>), e.g. CIFAR-10's test split.")],
+    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and bench.png.")],
+    corruptions: Annotated[str | None, typer.Option(help="Comma-separated (default all 15).")] = None,
+    severity: Annotated[int, typer.Option(help="Corruption severity, 1-5.")] = 5,
+    num_examples: Annotated[int | None, typer.Option(help="Images per corruption (default all).")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "source,norm,tent,eata,sar",
+    protocols: Annotated[str, typer.Option(help="reset and/or continual, comma-separated.")] = "reset,continual",
+    batch_size: Annotated[int, typer.Option(help="Images per adaptation step.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed for the image choice, the stream order and corruptions.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    source_data: Annotated[
+        Path | None, typer.Option(help="Clean labeled source images for EATA's Fisher term (else EATA runs as ETA).")
+    ] = None,
+    fisher_examples: Annotated[int, typer.Option(help="Source images for the Fisher information.")] = 2000,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache of corrupted streams (default $TTA_CLI_CACHE/bench or ~/.cache/tta-cli/bench)."),
+    ] = None,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure step time against the floor.")] = True,
+    speed_repeats: Annotated[int, typer.Option(help="Timed steps per method and batch size (median).")] = 10,
+) -> None:
+    """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""
+    from pydantic import ValidationError
+
+    from tta_cli.bench.run import BenchConfig, BenchProgress, run_bench
+
+    try:
+        settings = BenchConfig(
+            model=model,
+            data=data,
+            out=out,
+            severity=severity,
+            num_examples=num_examples,
+            methods=tuple(_names(methods)),
+            protocols=tuple(_names(protocols)),
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            source_data=source_data,
+            fisher_examples=fisher_examples,
+            cache_dir=cache_dir,
+            speed=speed,
+            speed_repeats=speed_repeats,
+            **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
+        )
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise UsageError(
+            f"Option --{'-'.join(map(str, problem['loc'])).replace('_', '-')}: {problem['msg']}."
+        ) from error
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[str, int] = {}
+    last_logged = [""]
+
+    def show(progress: BenchProgress) -> None:
+        if not console.is_terminal:
+            # Into a log file: one line whenever the work moves to another corruption or phase.
+            if progress.description != last_logged[0]:
+                last_logged[0] = progress.description
+                console.print(f"{progress.description}: {progress.completed}/{progress.total}", highlight=False)
+            return
+        bar.start()
+        if progress.phase not in tasks:
+            tasks[progress.phase] = bar.add_task(progress.description, total=progress.total)
+        bar.update(tasks[progress.phase], description=progress.description, completed=progress.completed)
+
+    try:
+        result = run_bench(settings, on_progress=show)
+    finally:
+        bar.stop()
+    from tta_cli.bench.report import error_table
+
+    output = Console()
+    for protocol in settings.protocols:
+        rows = error_table(result, protocol)
+        table = Table(title=f"online error (%), {protocol}")
+        for index, column in enumerate(rows[0]):
+            table.add_column(column, justify="left" if index == 0 else "right")
+        for row in rows[1:]:
+            table.add_row(*(cell.strip("*") for cell in row))
+        output.print(table)
+    output.print(f"EATA's Fisher information: {result['fisher']}.")
+    output.print(f"Wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'bench.png'}.")
+
+
+@app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
@@ -332,6 +439,47 @@ def export(
         table.add_row("max |Δlogit|", f"{report.parity.max_abs_diff:.2e}")
         table.add_row("top-1 agreement", f"{report.parity.top1_agreement:.2%}")
     Console().print(table)
+
+
+@app.command("train-mgg")
+def train_mgg(
+    model: Annotated[Path, typer.Option(help="Model bundle to pre-train a Meta Gradient Generator for.")],
+    data: Annotated[Path, typer.Option(help="Clean *training* images in class sub-folders.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write (default BUNDLE/mgg.safetensors).")] = None,
+    num_images: Annotated[int, typer.Option(help="Training images under the held-out shifts.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Passes over them.")] = 40,
+    batch_size: Annotated[int, typer.Option(help="Images per inner step.")] = 2,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the generator.")] = 1e-2,
+    harmonizer: Annotated[str, typer.Option(help="Harmonizer of the two objectives' gradients.")] = "gh++",
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="TTT-Linear gradient memory.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed (deterministic on a given device).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Pre-train the bundle's Meta Gradient Generator on held-out shifts of training images."""
+    from tta_cli.mgg import train_mgg as run_training
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("train-mgg", total=epochs)
+        report = run_training(
+            model,
+            data,
+            out=out,
+            num_images=num_images,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            harmonizer=harmonizer,
+            memory=memory,
+            on_progress=lambda progress: bar.update(task, completed=progress.epoch - (progress.phase == "train")),
+        )
+    console.print(
+        f"Wrote {report.path}: best epoch {report.best_epoch}, held-out accuracy "
+        f"{max(report.held_out_accuracy):.2%} (source {report.source_accuracy:.2%}, norm {report.norm_accuracy:.2%})."
+    )
 
 
 def _names(text: str | None) -> list[str]:

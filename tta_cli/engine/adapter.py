@@ -5,8 +5,12 @@
 3. losses = {name: objective(logits, features, batch)}
 4. one gradient over θ per loss
 5. g = harmonize(gradients)
-6. θ ← update_rule(θ, g)
+6. θ ← update_rule(θ, g), with a closure that evaluates the same batch again at the current θ
+   for rules that need the loss elsewhere (SAM)
 7. guard: finite? collapsing? → skip or roll back
+
+An objective that finds nothing to learn from a batch (no reliable sample) returns ``None``,
+and the step then makes no update.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class StepResult:
     update_norm: float = 0.0
     verdict: Verdict = OK
     diagnostics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    """What the update did besides the usual, e.g. "no update" or a reset to the source state."""
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -89,7 +95,10 @@ class Adapter:
         result.verdict = self.guard.observe(result.predictions, result.entropy)
         if not self.method.updates or self.update_rule is None or not result.verdict.ok:
             return result
-        losses = {objective.name: objective(logits, self._features, batch) for objective in self.objectives}
+        losses = self._losses(logits, batch, revisit=False)
+        if isinstance(losses, str):
+            result.note = f"{losses} selected no sample; no update"
+            return result
         result.losses = {name: loss.item() for name, loss in losses.items()}
         gradients = self._per_loss_gradients(list(losses.values()))
         harmonized = self.harmonizer(gradients)
@@ -99,11 +108,34 @@ class Adapter:
         if not result.verdict.ok:
             return result
         before = torch.cat([param.detach().flatten() for param in self.params])
-        self.update_rule.apply(self.params, gradient)
+        result.note = self.update_rule.apply(self.params, gradient, closure=lambda: self._reevaluate(batch))
         after = torch.cat([param.detach().flatten() for param in self.params])
         result.update_norm = (after - before).norm().item()
         result.verdict = self.guard.check_state(self.params)
         return result
+
+    def _losses(self, logits: torch.Tensor, batch: Batch, revisit: bool) -> dict[str, torch.Tensor] | str:
+        """Each objective's loss, or the name of the first objective that found nothing to learn from."""
+        losses = {}
+        for objective in self.objectives:
+            loss = objective(logits, self._features, batch, revisit=revisit)
+            if loss is None:
+                return objective.name
+            losses[objective.name] = loss
+        return losses
+
+    def _reevaluate(self, batch: Batch) -> tuple[float, torch.Tensor] | None:
+        """The closure handed to the update rule: the batch's loss and gradient at the current θ.
+
+        The gradients are summed, not harmonized: a stateful harmonizer sees each step once.
+        """
+        with torch.enable_grad():
+            logits = self.model(batch.images)
+            losses = self._losses(logits, batch, revisit=True)
+            if isinstance(losses, str):
+                return None
+            gradient = self._per_loss_gradients(list(losses.values())).sum(dim=0)
+            return sum(loss.item() for loss in losses.values()), gradient
 
     def _per_loss_gradients(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """A ``K × |θ|`` stack: one backward pass per loss through the shared graph."""

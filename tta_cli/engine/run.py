@@ -25,10 +25,11 @@ from tta_cli.engine.stopping import stop_on_signals
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import make_harmonizer
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
+from tta_cli.mgg import rule_for_bundle
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.objectives import OBJECTIVES
 from tta_cli.streams import Batch, Preprocess, Stream, batches, open_source
-from tta_cli.update import make_optimizer_rule
+from tta_cli.update import make_update_rule
 
 
 @dataclass
@@ -61,15 +62,22 @@ class Progress:
 
 def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
     model = bundle.model.to(device)
-    objectives = [OBJECTIVES[name](bundle) for name in method.objectives]
+    built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
+    objectives = [objective for objective in built if objective is not None]
     # Only a state that updates itself can drift; for the others the guard just watches.
     guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and method.updates})
     guard = Guard(guard_config, bundle.spec.num_classes)
     harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
-    if method.updates:
-        adapter.update_rule = make_optimizer_rule(
-            config.optimizer or method.optimizer, adapter.params, config.lr or method.lr
+    if method.update == "mgg":
+        adapter.update_rule = rule_for_bundle(bundle, method.update_options["generator"], config.lr or method.lr)
+    elif method.updates:
+        adapter.update_rule = make_update_rule(
+            method.update,
+            config.optimizer or method.optimizer,
+            adapter.params,
+            config.lr or method.lr,
+            method.update_options,
         )
     return adapter
 
@@ -206,6 +214,8 @@ def _record(
         aliases = ()
     elif verdict.action == "skip":
         store.record_event(step, "skip", f"guard: {verdict.reason}")
+    if result.note:
+        store.record_event(step, "update", result.note)
     if verdict.action != "rollback" and step % config.history.snapshot_every == 0:
         snapshot_id = store.write_snapshot(adapter.state_dict(), step, parent=store.aliases()["current"].id)
     labeled = batch.labeled

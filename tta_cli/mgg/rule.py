@@ -27,6 +27,7 @@ from tta_cli.files import write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
 from tta_cli.models.bundle import MGG_FILE
+from tta_cli.update.rules import Closure
 
 FORMAT = "tta-cli/mgg"
 FORMAT_VERSION = "1"
@@ -89,7 +90,9 @@ class MGGRule:
         self.memory = memory.detach() if memory is not None else None
         return output
 
-    def apply(self, params: list[torch.nn.Parameter], gradient: torch.Tensor) -> None:
+    def apply(self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None) -> str:
+        """θ ← θ − α·MGG(ĝ, m̂); the generator needs no second look at the batch, so ``closure``
+        is not called."""
         with torch.no_grad():
             update = self.step_size * self.direction(gradient)
             offset = 0
@@ -97,6 +100,7 @@ class MGGRule:
                 size = param.numel()
                 param.sub_(update[offset : offset + size].view_as(param))
                 offset += size
+        return ""
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"steps": self.steps}
@@ -119,16 +123,17 @@ class MGGRule:
             self.memory = Memory(memory["weight"].to(device).clone(), memory["bias"].to(device).clone())
 
 
-def rule_for_bundle(bundle: Bundle, step_size: float = DEFAULT_STEP_SIZE) -> MGGRule:
-    """The MGG rule of a loaded bundle, with the generator shipped in its ``mgg.safetensors``,
-    on the device of the bundle's model."""
-    if bundle.mgg_path is None:
+def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float = DEFAULT_STEP_SIZE) -> MGGRule:
+    """The MGG rule of a loaded bundle, with the generator shipped in its ``file`` (by default
+    ``mgg.safetensors``), on the device of the bundle's model."""
+    path = bundle.path / file
+    if not path.is_file():
         raise UsageError(
-            f"Model bundle {bundle.path} has no {MGG_FILE}; "
+            f"Model bundle {bundle.path} has no {file}; "
             f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
         )
     device = next(bundle.model.parameters()).device
-    return MGGRule(load_generator(bundle.mgg_path).to(device), step_size=step_size)
+    return MGGRule(load_generator(path).to(device), step_size=step_size)
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:

@@ -60,6 +60,9 @@ class Bundle:
     model: nn.Module
     source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]]
     weights_sha256: str
+    fisher: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    """EATA's Fisher diagonal and source value per adapted parameter, when measured on clean
+    source images for this session (``tta_cli.objectives.measure_fisher``); not stored in the folder."""
 
     @property
     def mgg_path(self) -> Path | None:

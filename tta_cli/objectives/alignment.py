@@ -20,7 +20,9 @@ class FeatureAlignment:
         self.source_stats = source_stats
         self.weight = weight
 
-    def __call__(self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch, revisit: bool = False
+    ) -> torch.Tensor:
         total = logits.new_zeros(())
         for layer, (source_mean, source_std) in self.source_stats.items():
             values = features[layer]

@@ -10,8 +10,16 @@ from tta_cli.streams import Batch
 
 
 class Objective(Protocol):
-    """A label-free loss on the model's outputs for one batch."""
+    """A label-free loss on the model's outputs for one batch.
+
+    ``revisit`` is true when an update rule evaluates the same batch again at other parameters
+    (SAM's second pass): an objective that selects samples or keeps running statistics then
+    reuses its first-pass selection and leaves its statistics alone. ``None`` means that the
+    batch holds nothing to learn from, and the engine skips the update.
+    """
 
     name: str
 
-    def __call__(self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor: ...
+    def __call__(
+        self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch, revisit: bool = False
+    ) -> torch.Tensor | None: ...

@@ -22,5 +22,7 @@ class Entropy:
 
     name = "entropy"
 
-    def __call__(self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch, revisit: bool = False
+    ) -> torch.Tensor:
         return entropy(logits).mean()

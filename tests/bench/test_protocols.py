@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CLASSES
+from tta_cli.bench.protocols import run_method
+from tta_cli.bench.streams import ShiftedStream
+from tta_cli.engine import get_method
+from tta_cli.models import load_bundle
+from tta_cli.streams import Preprocess, list_images
+from tta_cli.streams.decode import decode_image
+
+# Tent with a large step, so that adapting visibly moves θ within a few batches.
+FAST_TENT = replace(get_method("tent"), lr=0.05)
+
+
+def clean_stream(folder: Path, name: str, size: int | None = None) -> ShiftedStream:
+    files = list_images(folder)[:size]
+    images = np.stack([decode_image(path, (32, 32)) for path in files])
+    labels = np.array([CLASSES.index(path.parent.name) for path in files])
+    return ShiftedStream(name, 5, folder, [path.name for path in files], images, labels)
+
+
+def theta(adapter) -> torch.Tensor:
+    return torch.cat([param.detach().flatten().clone() for param in adapter.params])
+
+
+@pytest.mark.parametrize("protocol", ["reset", "continual"])
+def test_reset_starts_every_corruption_from_the_source_and_continual_does_not(
+    bundle_path: Path, clean_folder: Path, protocol: str
+) -> None:
+    bundle = load_bundle(bundle_path)
+    before = {name: value.clone() for name, value in bundle.model.state_dict().items()}
+    streams = [clean_stream(clean_folder, name) for name in ("first", "second", "third")]
+    starts: list[torch.Tensor] = []
+    run_method(
+        bundle,
+        FAST_TENT,
+        streams,
+        protocol,
+        batch_size=6,
+        device=torch.device("cpu"),
+        on_corruption_start=lambda name, adapter: starts.append(theta(adapter)),
+    )
+    source = starts[0]
+    moved = [not torch.equal(start, source) for start in starts[1:]]
+    assert moved == ([False, False] if protocol == "reset" else [True, True])
+    for name, value in bundle.model.state_dict().items():  # the bundle's model is left as it was
+        assert torch.equal(value, before[name]), name
+
+
+def test_predictions_are_counted_before_each_update(bundle_path: Path, clean_folder: Path) -> None:
+    """One batch per stream: Tent's prediction of it is Norm's, whatever the update does after."""
+    bundle = load_bundle(bundle_path)
+    stream = clean_stream(clean_folder, "clean")
+    device = torch.device("cpu")
+    [tent] = run_method(bundle, FAST_TENT, [stream], "reset", batch_size=len(stream), device=device)
+    [norm] = run_method(bundle, get_method("norm"), [stream], "reset", batch_size=len(stream), device=device)
+    assert tent.images == norm.images == len(stream)
+    assert tent.errors == norm.errors
+    # The same batch twice in a continual stream: the second time it is predicted by the model
+    # after exactly one update, computed here by hand (Tent: Adam on BatchNorm's affine θ).
+    first, second = run_method(bundle, FAST_TENT, [stream, stream], "continual", len(stream), device)
+    assert first.errors == norm.errors
+    model = load_bundle(bundle_path).model.train()
+    model.requires_grad_(False)
+    params = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in (m.weight, m.bias)]
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=FAST_TENT.lr)
+    images = Preprocess(bundle.spec.mean, bundle.spec.std)(stream.images)
+    logits = model(images)
+    (-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()).backward()
+    optimizer.step()
+    with torch.no_grad():
+        expected = int((model(images).argmax(1) != torch.from_numpy(stream.labels)).sum())
+    assert second.errors == expected
+
+
+def test_cells_count_images_steps_and_errors(bundle_path: Path, clean_folder: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    stream = clean_stream(clean_folder, "clean", size=10)
+    [cell] = run_method(bundle, get_method("source"), [stream], "reset", batch_size=4, device=torch.device("cpu"))
+    assert (cell.images, cell.steps) == (10, 3)
+    assert 0 <= cell.errors <= 10 and cell.error_percent == pytest.approx(100 * cell.errors / 10)
+    assert cell.step_ms > 0 and cell.images_per_second > 0 and cell.peak_gpu_memory_mb is None

@@ -1,0 +1,147 @@
+"""The two evaluation protocols of the CIFAR-10-C benchmark, with online evaluation.
+
+- ``reset``: every corruption starts from the source model (θ, normalisation statistics, a fresh
+  optimizer and fresh method state), as in Tent's and EATA's per-corruption results.
+- ``continual``: the corruptions follow each other in one stream and nothing is reset between
+  them, as in CoTTA's continual protocol.
+
+Online evaluation: each batch is predicted as the method predicts it at that moment, and only
+then adapted on; the error counts those predictions (``StepResult.probabilities`` are taken
+before the update). No label is ever seen by a method.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tta_cli.bench.streams import ShiftedStream
+from tta_cli.config import AdaptConfig, GuardConfig
+from tta_cli.engine import Adapter, Method
+from tta_cli.engine.run import build_adapter
+from tta_cli.models import Bundle
+from tta_cli.streams import Batch, Preprocess
+
+PROTOCOLS = ("reset", "continual")
+
+
+@dataclass
+class CellResult:
+    """One method on one corruption under one protocol."""
+
+    method: str
+    protocol: str
+    corruption: str
+    images: int = 0
+    errors: int = 0
+    steps: int = 0
+    step_seconds: float = 0.0
+    total_seconds: float = 0.0
+    peak_gpu_memory_mb: float | None = None
+    notes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def error_percent(self) -> float:
+        return 100 * self.errors / self.images if self.images else float("nan")
+
+    @property
+    def images_per_second(self) -> float:
+        """Images over the wall time of preprocessing and adapter steps."""
+        return self.images / self.total_seconds if self.total_seconds else float("nan")
+
+    @property
+    def step_ms(self) -> float:
+        return 1000 * self.step_seconds / self.steps if self.steps else float("nan")
+
+
+def bench_adapter(bundle: Bundle, method: Method, device: torch.device) -> Adapter:
+    """An adapter as the method's paper runs it: the method's own settings and no guard."""
+    config = AdaptConfig(
+        model=bundle.path, source=bundle.path, run=bundle.path, method=method.name, guard=GuardConfig(enabled=False)
+    )
+    return build_adapter(bundle, method, config, device)
+
+
+def run_method(
+    bundle: Bundle,
+    method: Method,
+    streams: Sequence[ShiftedStream],
+    protocol: str,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[CellResult, int], None] | None = None,
+    on_corruption_start: Callable[[str, Adapter], None] | None = None,
+) -> list[CellResult]:
+    """Run ``method`` through ``streams`` under ``protocol``; the bundle's model is left as it was.
+
+    ``on_batch(cell, images)`` follows every batch; ``on_corruption_start(name, adapter)`` is
+    called before a corruption's first batch, with the adapter about to see it.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    original = copy.deepcopy(bundle.model.state_dict())
+    preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
+    adapter = bench_adapter(bundle, method, device)
+    source_state = adapter.state_dict()
+    results = []
+    try:
+        for index, stream in enumerate(streams):
+            if protocol == "reset" and index > 0:
+                # A new adapter over the restored model: fresh optimizer and method state too.
+                adapter.load_state_dict(source_state)
+                adapter.close()
+                adapter = bench_adapter(bundle, method, device)
+            if on_corruption_start is not None:
+                on_corruption_start(stream.corruption, adapter)
+            results.append(_run_stream(adapter, stream, protocol, batch_size, preprocess, device, on_batch))
+    finally:
+        adapter.close()
+        bundle.model.load_state_dict(original)
+    return results
+
+
+def _run_stream(
+    adapter: Adapter,
+    stream: ShiftedStream,
+    protocol: str,
+    batch_size: int,
+    preprocess: Preprocess,
+    device: torch.device,
+    on_batch: Callable[[CellResult, int], None] | None,
+) -> CellResult:
+    cell = CellResult(adapter.method.name, protocol, stream.corruption)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for start in range(0, len(stream), batch_size):
+        end = min(start + batch_size, len(stream))
+        began = time.perf_counter()
+        images = preprocess(stream.images[start:end])
+        labels = torch.from_numpy(stream.labels[start:end]).to(device)
+        batch = Batch(stream.ids[start:end], images, labels, end)
+        if cuda:
+            torch.cuda.synchronize(device)
+        stepped = time.perf_counter()
+        result = adapter.step(batch)
+        errors = int((result.predictions != labels).sum())
+        if cuda:
+            torch.cuda.synchronize(device)
+        finished = time.perf_counter()
+        cell.step_seconds += finished - stepped
+        cell.total_seconds += finished - began
+        cell.steps += 1
+        cell.images += end - start
+        cell.errors += errors
+        if result.note:
+            cell.notes[result.note.split(":")[0]] += 1
+        if on_batch is not None:
+            on_batch(cell, end - start)
+    if cuda:
+        cell.peak_gpu_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    return cell

@@ -1,0 +1,174 @@
+"""Target streams for the benchmark: a labeled clean folder under each corruption, cached on disk.
+
+The clean folder (``<class>/<image>``; for CIFAR-10 the test split) gives the images. A seeded
+shuffle fixes the stream order and, with ``num_examples``, which images are used: the same
+images, in the same order, under every corruption, as in the published CIFAR-10-C files. Each
+image is corrupted with its own generator (``tta_cli.corruptions.image_rng``), with CIFAR-10-C's
+parameters for 32×32 images and ImageNet-C's otherwise, and stored as PNG under
+
+    CACHE/<hash of data, selection and seed>/<corruption>-<severity>/<class>/<stem>.png
+
+A folder counts as built once its ``complete.json`` exists (written last, after an atomic
+rename of the whole folder) and records the same corruption parameters as the code now has;
+otherwise it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tta_cli.corruptions import CIFAR_PARAMETERS, IMAGENET_PARAMETERS, check_corruption, corrupt, image_rng
+from tta_cli.corruptions.folder import save_png
+from tta_cli.errors import UsageError
+from tta_cli.streams.decode import IMAGE_SUFFIXES, decode_image
+
+COMPLETE = "complete.json"
+CACHE_VERSION = 1
+
+
+@dataclass
+class ShiftedStream:
+    """One corruption's images in stream order, decoded at the model's input size."""
+
+    corruption: str
+    severity: int
+    folder: Path
+    ids: list[str]
+    images: np.ndarray  # N×H×W×3 uint8
+    labels: np.ndarray  # N, int64
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def default_cache_dir() -> Path:
+    """``$TTA_CLI_CACHE`` if set, else ``$XDG_CACHE_HOME/tta-cli`` (``~/.cache/tta-cli``), plus ``bench``."""
+    if os.environ.get("TTA_CLI_CACHE"):
+        return Path(os.environ["TTA_CLI_CACHE"]) / "bench"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tta-cli" / "bench"
+
+
+def select_images(data: Path, class_names: Sequence[str], num_examples: int | None, seed: int) -> list[Path]:
+    """The clean images used, relative to ``data``, in stream order."""
+    data = Path(data)
+    if not data.is_dir():
+        raise UsageError(f"Clean data folder {data} does not exist.")
+    folders = sorted(path for path in data.iterdir() if path.is_dir())
+    unknown = [folder.name for folder in folders if folder.name not in class_names]
+    if not folders or unknown:
+        raise UsageError(
+            f"{data} must hold one sub-folder per class of the model ({', '.join(class_names)}); "
+            f"found {', '.join(unknown[:3]) or 'none'}."
+        )
+    files = [
+        path.relative_to(data)
+        for folder in folders
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    if not files:
+        raise UsageError(f"{data} holds no images under its class folders.")
+    random.Random(seed).shuffle(files)
+    return files[:num_examples] if num_examples else files
+
+
+def stream_key(data: Path, files: Sequence[Path], seed: int) -> str:
+    """Names the clean images (path, size and time of each) and the seed."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{Path(data).resolve()}|{seed}".encode())
+    for relative in files:
+        stat = (Path(data) / relative).stat()
+        digest.update(f"|{relative.as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_streams(
+    data: Path,
+    class_names: Sequence[str],
+    corruptions: Sequence[str],
+    severity: int,
+    input_size: tuple[int, int],
+    num_examples: int | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    on_image: Callable[[str], None] | None = None,
+) -> list[ShiftedStream]:
+    """One stream per corruption, built on first use and read from the cache afterwards.
+
+    ``on_image(corruption)`` is called after each image corrupted (not for cached ones).
+    """
+    for name in corruptions:
+        try:
+            check_corruption(name, severity)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    files = select_images(data, class_names, num_examples, seed)
+    root = Path(cache_dir or default_cache_dir()) / stream_key(data, files, seed)
+    streams = []
+    for name in corruptions:
+        folder = root / f"{name}-{severity}"
+        if not _is_complete(folder, name, severity):
+            _build(Path(data), files, name, severity, seed, folder, on_image)
+        streams.append(_load(folder, name, severity, class_names, input_size))
+    return streams
+
+
+def _parameters(name: str, severity: int) -> dict[str, list[float]]:
+    return {
+        "cifar": list(CIFAR_PARAMETERS[name][severity - 1]),
+        "imagenet": list(IMAGENET_PARAMETERS[name][severity - 1]),
+    }
+
+
+def _is_complete(folder: Path, name: str, severity: int) -> bool:
+    marker = folder / COMPLETE
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("parameters") == _parameters(name, severity)
+
+
+def _build(
+    data: Path,
+    files: Sequence[Path],
+    name: str,
+    severity: int,
+    seed: int,
+    folder: Path,
+    on_image: Callable[[str], None] | None,
+) -> None:
+    staging = folder.with_name(f".{folder.name}.partial{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    order = []
+    for relative in files:
+        with Image.open(data / relative) as opened:
+            pixels = np.asarray(opened.convert("RGB"))
+        corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
+        target = relative.parent / f"{relative.stem}.png"
+        save_png(corrupted, staging / target)
+        order.append(target.as_posix())
+        if on_image is not None:
+            on_image(name)
+    marker = {"corruption": name, "severity": severity, "seed": seed, "parameters": _parameters(name, severity)}
+    (staging / COMPLETE).write_text(json.dumps({**marker, "order": order}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+
+
+def _load(
+    folder: Path, name: str, severity: int, class_names: Sequence[str], input_size: tuple[int, int]
+) -> ShiftedStream:
+    order = json.loads((folder / COMPLETE).read_text())["order"]
+    class_index = {class_name: index for index, class_name in enumerate(class_names)}
+    images = np.stack([decode_image(folder / relative, input_size) for relative in order])
+    labels = np.array([class_index[Path(relative).parts[0]] for relative in order], dtype=np.int64)
+    return ShiftedStream(name, severity, folder, list(order), images, labels)
