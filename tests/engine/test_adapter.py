@@ -89,3 +89,13 @@ def test_device_parsing() -> None:
 def test_unknown_method() -> None:
     with pytest.raises(UsageError, match="Unknown method 'tnet'"):
         get_method("tnet")
+
+
+def test_method_variants_name_another_harmonizer() -> None:
+    variant = get_method("harmonized:sam-gs")
+    assert variant.harmonizer == "sam-gs" and variant.name == "harmonized:sam-gs"
+    assert variant.objectives == get_method("harmonized").objectives
+    with pytest.raises(UsageError, match="nothing to harmonize"):
+        get_method("tent:gh")
+    with pytest.raises(UsageError, match="Unknown harmonizer"):
+        get_method("harmonized:average")

@@ -10,7 +10,7 @@ where they do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tta_cli.errors import UsageError
@@ -126,6 +126,18 @@ METHODS: dict[str, Method] = {
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise UsageError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.")
-    return METHODS[name]
+    """A preset by name; ``NAME:HARMONIZER`` is that preset with another harmonizer (for the
+    methods with two objectives), so that benchmarks can set variants side by side."""
+    base, _, harmonizer = name.partition(":")
+    if base not in METHODS:
+        raise UsageError(f"Unknown method {base!r}; choose one of {', '.join(METHODS)}.")
+    method = METHODS[base]
+    if not harmonizer:
+        return method
+    if len(method.objectives) < 2:
+        raise UsageError(f"Method {base!r} has one objective; there is nothing to harmonize.")
+    from tta_cli.harmonize import HARMONIZERS
+
+    if harmonizer not in HARMONIZERS:
+        raise UsageError(f"Unknown harmonizer {harmonizer!r}; choose one of {', '.join(HARMONIZERS)}.")
+    return replace(method, name=name, harmonizer=harmonizer)
