@@ -22,7 +22,7 @@ from tta_cli.bench.report import write_report
 from tta_cli.bench.speed import measure_speed
 from tta_cli.bench.streams import build_streams, select_images
 from tta_cli.corruptions import CORRUPTIONS
-from tta_cli.engine import METHODS, get_method, resolve_device
+from tta_cli.engine import get_method, resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.errors import UsageError
 from tta_cli.models import Bundle, load_bundle
@@ -67,8 +67,7 @@ class BenchProgress:
 def check_config(config: BenchConfig) -> None:
     """Unknown names are a one-sentence usage error before any work starts."""
     for name in config.methods:
-        if name not in METHODS:
-            raise UsageError(f"Unknown method {name!r}; choose from {', '.join(METHODS)}.")
+        get_method(name)
     for name in config.corruptions:
         if name not in CORRUPTIONS:
             raise UsageError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}.")
