@@ -29,6 +29,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 _debug = False
+# Exit codes of 'adapt' besides 0 and 2 (bad usage): 3 when a live source was lost and
+# could not be reconnected, 130 after SIGINT and 143 after SIGTERM (128 + signal number).
+SOURCE_LOST_EXIT_CODE = 3
 
 
 @app.callback()
@@ -41,19 +44,25 @@ def _global(
     if version:
         typer.echo(__version__)
         raise typer.Exit()
+    # Libraries stay at WARNING (the ONNX tool chain is chatty at INFO); tta-cli's own log shows
+    # skipped inputs and other notes at INFO.
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
+    logging.getLogger("tta_cli").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 @app.command()
 def adapt(
     model: Annotated[Path | None, typer.Option(help="Model bundle folder (from 'tta-cli prepare').")] = None,
-    source: Annotated[Path | None, typer.Option(help="Folder or image file to adapt on.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Folder, glob, image, video file, camera index (0) or device (/dev/video0), rtsp/http URL."),
+    ] = None,
     run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
-    method: Annotated[str | None, typer.Option(help="source, norm, tent, eata, sar or harmonized.")] = None,
+    method: Annotated[str | None, typer.Option(help="Method name (see tta-cli methods; default tent).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default the method's).")] = None,
@@ -64,7 +73,17 @@ def adapt(
     order: Annotated[str | None, typer.Option(help="sorted or shuffled (with --seed) (default sorted).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,
     workers: Annotated[int | None, typer.Option(help="Image-decoding threads.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Stop after this many images.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Keep every N-th frame or image (default 1).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--max-frames", "--limit", help="Stop after this many frames or images.")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop reading after this many seconds.")] = None,
+    watchdog_timeout: Annotated[
+        float | None, typer.Option(help="Live sources: seconds without a frame before reconnecting (default 5).")
+    ] = None,
+    reconnect_attempts: Annotated[
+        int | None, typer.Option(help="Live sources: reconnects in a row before the run ends (default 5).")
+    ] = None,
     snapshot_every: Annotated[int | None, typer.Option(help="Steps between snapshots (default 1).")] = None,
     guard: Annotated[bool | None, typer.Option("--guard/--no-guard", help="Label-free guard (default on).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings; flags override it.")] = None,
@@ -76,9 +95,12 @@ def adapt(
     overrides = {name: value for name, value in locals().items() if name not in ("config", "resume")}
     overrides["history.snapshot_every"] = overrides.pop("snapshot_every")
     overrides["guard.enabled"] = overrides.pop("guard")
+    overrides["live.watchdog_timeout"] = overrides.pop("watchdog_timeout")
+    overrides["live.reconnect_attempts"] = overrides.pop("reconnect_attempts")
     from tta_cli.config import load_config
     from tta_cli.engine import adapt as run_adaptation
     from tta_cli.engine import resume as resume_run
+    from tta_cli.engine.stopping import EXIT_CODES
 
     if resume is not None:
         given = [name for name, value in overrides.items() if value is not None] + (["config"] if config else [])
@@ -92,11 +114,14 @@ def adapt(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[speed]} img/s  entropy {task.fields[entropy]}  acc {task.fields[accuracy]}"),
+        TextColumn(
+            "{task.fields[speed]} img/s  entropy {task.fields[entropy]}  acc {task.fields[accuracy]}"
+            "  dropped {task.fields[dropped]}"
+        ),
         TimeElapsedColumn(),
         console=console,
     )
-    task = bar.add_task(method_name, total=None, speed="-", entropy="-", accuracy="-")
+    task = bar.add_task(method_name, total=None, speed="-", entropy="-", accuracy="-", dropped="0")
 
     def show(progress: RunProgress) -> None:
         # Started on the first step, so that a configuration error leaves no empty bar behind.
@@ -108,6 +133,7 @@ def adapt(
             speed=f"{progress.images_per_second:.0f}",
             entropy=_fmt(progress.mean_entropy),
             accuracy=_fmt(progress.accuracy, percent=True),
+            dropped=str(progress.frames_dropped),
         )
 
     try:
@@ -127,9 +153,41 @@ def adapt(
         "mean entropy": _fmt(summary.mean_entropy),
         "online accuracy": _fmt(summary.online_accuracy, percent=True),
         "guard rollbacks": str(summary.rollbacks),
+        "frames dropped": str(summary.frames_dropped),
+        "reconnects": str(summary.reconnects),
     }
     for name, value in rows.items():
         table.add_row(name, value)
+    Console().print(table)
+    run_path = resume or settings.run
+    if summary.stopped_by is not None:
+        console.print(
+            f"[yellow]Stopped by {summary.stopped_by}[/yellow] after step {summary.steps}; the history is complete. "
+            f"Continue with 'tta-cli adapt --resume {escape(str(run_path))}'.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_CODES[summary.stopped_by])
+    if summary.source_lost is not None:
+        console.print(
+            f"[red]Source lost:[/red] {escape(summary.source_lost)}; the history is complete up to step "
+            f"{summary.steps}.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(SOURCE_LOST_EXIT_CODE)
+
+
+@app.command()
+def methods() -> None:
+    """List the adaptation methods."""
+    from tta_cli.engine import METHODS
+
+    table = Table(title="methods")
+    table.add_column("name", style="bold")
+    table.add_column("what it does")
+    for method in METHODS.values():
+        table.add_row(method.name, method.summary)
     Console().print(table)
 
 
@@ -382,6 +440,47 @@ def export(
         table.add_row("max |Δlogit|", f"{report.parity.max_abs_diff:.2e}")
         table.add_row("top-1 agreement", f"{report.parity.top1_agreement:.2%}")
     Console().print(table)
+
+
+@app.command("train-mgg")
+def train_mgg(
+    model: Annotated[Path, typer.Option(help="Model bundle to pre-train a Meta Gradient Generator for.")],
+    data: Annotated[Path, typer.Option(help="Clean *training* images in class sub-folders.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write (default BUNDLE/mgg.safetensors).")] = None,
+    num_images: Annotated[int, typer.Option(help="Training images under the held-out shifts.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Passes over them.")] = 40,
+    batch_size: Annotated[int, typer.Option(help="Images per inner step.")] = 2,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the generator.")] = 1e-2,
+    harmonizer: Annotated[str, typer.Option(help="Harmonizer of the two objectives' gradients.")] = "gh++",
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="TTT-Linear gradient memory.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed (deterministic on a given device).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Pre-train the bundle's Meta Gradient Generator on held-out shifts of training images."""
+    from tta_cli.mgg import train_mgg as run_training
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("train-mgg", total=epochs)
+        report = run_training(
+            model,
+            data,
+            out=out,
+            num_images=num_images,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            harmonizer=harmonizer,
+            memory=memory,
+            on_progress=lambda progress: bar.update(task, completed=progress.epoch - (progress.phase == "train")),
+        )
+    console.print(
+        f"Wrote {report.path}: best epoch {report.best_epoch}, held-out accuracy "
+        f"{max(report.held_out_accuracy):.2%} (source {report.source_accuracy:.2%}, norm {report.norm_accuracy:.2%})."
+    )
 
 
 def _names(text: str | None) -> list[str]:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tta_cli.errors import UsageError
+from tta_cli.files import tomllib
 
 
 class GuardConfig(BaseModel):
@@ -36,13 +37,24 @@ class HistoryConfig(BaseModel):
     keep_every: int = Field(100, ge=1, description="and of every N-th step before them")
 
 
+class LiveConfig(BaseModel):
+    """How a live source (camera, URL) is watched and reconnected (see ``tta_cli.streams.sources``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    watchdog_timeout: float = Field(5.0, gt=0, description="seconds without a frame before reconnecting")
+    reconnect_attempts: int = Field(5, ge=0, description="failed reconnects in a row before the run ends")
+    backoff: float = Field(0.5, ge=0, description="seconds before the first reconnect; doubles every attempt")
+    backoff_max: float = Field(10.0, ge=0, description="longest wait between reconnects")
+
+
 class AdaptConfig(BaseModel):
     """Everything ``tta-cli adapt`` needs; ``run.toml`` in the run directory holds it resolved."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: Path = Field(description="model bundle folder")
-    source: Path = Field(description="folder or image file to adapt on")
+    source: str = Field(description="folder, glob, image, video file, camera index or device, or URL")
     run: Path = Field(
         default_factory=lambda: new_run_path(Path("runs")),
         description="run directory for history, predictions, summary and configuration",
@@ -56,9 +68,22 @@ class AdaptConfig(BaseModel):
     order: Literal["sorted", "shuffled"] = "sorted"
     seed: int = 0
     workers: int | None = Field(None, ge=1)
-    limit: int | None = Field(None, ge=1, description="stop after this many images")
+    stride: int = Field(1, ge=1, description="keep every N-th frame or image")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=AliasChoices("limit", "max_frames"),
+        description="stop after this many frames or images of the source (after stride)",
+    )
+    duration: float | None = Field(None, gt=0, description="stop reading after this many seconds")
     guard: GuardConfig = GuardConfig()
     history: HistoryConfig = HistoryConfig()
+    live: LiveConfig = LiveConfig()
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def new_run_path(parent: Path) -> Path:

@@ -1,10 +1,19 @@
-"""The one way tta-cli writes a file that someone may be reading."""
+"""Files: the one way tta-cli writes a file that someone may be reading, and TOML reading on
+every supported Python (JetPack 6 ships 3.10, which lacks ``tomllib``)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["tomllib", "write_atomic"]
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:

@@ -29,7 +29,8 @@ class Method:
     objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword options per objective name, passed to its factory."""
     update: str = "step"
-    """"step": the optimizer's step on the gradient; "sam": sharpness-aware (SAR)."""
+    """"step": the optimizer's step on the gradient; "sam": sharpness-aware (SAR); "mgg": the
+    bundle's Meta Gradient Generator (``update_options["generator"]`` names its file)."""
     update_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -58,6 +59,39 @@ METHODS: dict[str, Method] = {
             optimizer="adam",
             lr=1e-3,
             harmonizer="gh++",
+        ),
+        # MGTTA (Deng et al., AAAI 2025): the learned update rule on the harmonized gradient of
+        # entropy + alignment; α = 1e-3 as the public code's run script. Two ablations beside it
+        # ("harmonized" above is the third: harmonization without the MGG).
+        Method(
+            "mgtta",
+            "entropy + alignment, GH++-harmonized, applied by the pre-trained Meta Gradient Generator",
+            batch_statistics=True,
+            objectives=("entropy", "alignment"),
+            lr=1e-3,
+            harmonizer="gh++",
+            update="mgg",
+            update_options={"generator": "mgg.safetensors"},
+        ),
+        Method(
+            "mgtta-sum",
+            "MGTTA without harmonization: the MGG on the plain sum of the two gradients",
+            batch_statistics=True,
+            objectives=("entropy", "alignment"),
+            lr=1e-3,
+            harmonizer="sum",
+            update="mgg",
+            update_options={"generator": "mgg.safetensors"},
+        ),
+        Method(
+            "mgtta-nomem",
+            "MGTTA without the gradient memory: a plain per-coordinate MLP, pre-trained the same way",
+            batch_statistics=True,
+            objectives=("entropy", "alignment"),
+            lr=1e-3,
+            harmonizer="gh++",
+            update="mgg",
+            update_options={"generator": "mgg-no-memory.safetensors"},
         ),
         # EATA's ImageNet defaults are ε = 0.05, λ = 2000, SGD lr 2.5e-4 momentum 0.9, batch 64.
         # ε must grow as C shrinks: two probability vectors over C classes are never orthogonal

@@ -2,13 +2,15 @@
 
 Per batch: the adapter steps; predictions are appended to ``predictions.csv``; the state is
 snapshotted; the step's row and the ``current`` alias are committed together. A guard alarm
-restores ``last-good`` through the history, as a user's rollback would.
+restores ``last-good`` through the history, as a user's rollback would. SIGINT and SIGTERM
+end the run after the step in flight is committed (``tta_cli.engine.stopping``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +21,14 @@ from tta_cli.engine.adapter import Adapter, StepResult
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.guard import Guard
 from tta_cli.engine.methods import Method, get_method
+from tta_cli.engine.stopping import stop_on_signals
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import make_harmonizer
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
+from tta_cli.mgg import rule_for_bundle
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.objectives import OBJECTIVES
-from tta_cli.streams import Batch, FolderStream, Preprocess, batches
+from tta_cli.streams import Batch, Preprocess, Stream, batches, open_source
 from tta_cli.update import make_update_rule
 
 
@@ -32,9 +36,10 @@ from tta_cli.update import make_update_rule
 class Progress:
     """Running totals of this invocation, handed to the caller after every step."""
 
-    total_images: int
+    total_images: int | None  # None for a live source or one of unknown length
     images_seen: int = 0
     images_skipped: int = 0
+    frames_dropped: int = 0
     steps: int = 0
     entropy_sum: float = 0.0
     labeled: int = 0
@@ -64,7 +69,9 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
     guard = Guard(guard_config, bundle.spec.num_classes)
     harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
-    if method.updates:
+    if method.update == "mgg":
+        adapter.update_rule = rule_for_bundle(bundle, method.update_options["generator"], config.lr or method.lr)
+    elif method.updates:
         adapter.update_rule = make_update_rule(
             method.update,
             config.optimizer or method.optimizer,
@@ -117,24 +124,27 @@ def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunS
         return _run(config, bundle, stream, adapter, store, run_dir, on_step)
 
 
-def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> FolderStream:
+def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> Stream:
     spec = bundle.spec
-    return FolderStream(
+    return open_source(
         config.source,
         spec.input_size,
         spec.class_names,
         order=config.order,
         seed=config.seed,
         workers=config.workers,
-        limit=config.limit,
         start=start,
+        stride=config.stride,
+        max_frames=config.limit,
+        duration=config.duration,
+        **config.live.model_dump(),
     )
 
 
 def _run(
     config: AdaptConfig,
     bundle: Bundle,
-    stream: FolderStream,
+    stream: Stream,
     adapter: Adapter,
     store: HistoryStore,
     run_dir: RunDirectory,
@@ -142,29 +152,56 @@ def _run(
 ) -> RunSummary:
     torch.manual_seed(config.seed + adapter.step_count)
     class_names = bundle.spec.class_names
-    progress = Progress(total_images=len(stream) - stream.start, started=time.perf_counter())
+    total = None if stream.length is None else stream.length - stream.start
+    progress = Progress(total_images=total, started=time.perf_counter())
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, next(adapter.model.parameters()).device)
-    with run_dir.predictions(keep_through_step=adapter.step_count) as predictions:
-        for batch in batches(stream, config.batch_size, preprocess):
+    dropped = 0
+    with (
+        run_dir.predictions(keep_through_step=adapter.step_count) as predictions,
+        stop_on_signals(stream.stop) as stop,
+        closing(stream),
+        closing(batches(stream, config.batch_size, preprocess)) as stream_batches,
+    ):
+        for batch in stream_batches:
+            # Frames gathered after a stop request are left for a resumed run.
+            if stop.requested:
+                break
             result = adapter.step(batch)
             predictions.write(prediction_rows(batch, result, class_names))
             for input_id, reason in stream.skipped.drain(before=batch.end_position):
                 store.record_event(result.step, "skipped", f"{input_id}: {reason}")
-            _record(config, adapter, store, batch, result)
+            for kind, detail in stream.events.drain():
+                store.record_event(result.step, kind, detail)
+            _record(config, adapter, store, batch, result, frames_dropped=stream.dropped - dropped)
+            dropped = stream.dropped
             _count(progress, batch, result)
             progress.images_skipped = stream.skipped.total
+            progress.frames_dropped = dropped
             if on_step is not None:
                 on_step(progress)
+        stream.close()
         for input_id, reason in stream.skipped.drain():
             store.record_event(adapter.step_count, "skipped", f"{input_id}: {reason}")
+        for kind, detail in stream.events.drain():
+            store.record_event(adapter.step_count, kind, detail)
+        if stop.requested:
+            store.record_event(adapter.step_count, "stopped", f"{stop.signal} after step {adapter.step_count}")
     adapter.close()
     summary = summarize(store, adapter.method.name, str(next(adapter.model.parameters()).device))
+    summary = summary.model_copy(update={"stopped_by": stop.signal, "source_lost": stream.failure})
     run_dir.write_summary(summary)
     store.close()
     return summary
 
 
-def _record(config: AdaptConfig, adapter: Adapter, store: HistoryStore, batch: Batch, result: StepResult) -> None:
+def _record(
+    config: AdaptConfig,
+    adapter: Adapter,
+    store: HistoryStore,
+    batch: Batch,
+    result: StepResult,
+    frames_dropped: int = 0,
+) -> None:
     """Snapshot and commit one step; carry out the guard's verdict."""
     verdict, step = result.verdict, result.step
     aliases: tuple[str, ...] = ("current",)
@@ -196,7 +233,7 @@ def _record(config: AdaptConfig, adapter: Adapter, store: HistoryStore, batch: B
             correct=int((result.predictions[labeled] == batch.labels[labeled]).sum()),
             verdict=verdict.action if verdict.ok else f"{verdict.action}: {verdict.reason}",
             snapshot_id=snapshot_id,
-            diagnostics=result.diagnostics,
+            diagnostics=result.diagnostics | ({"frames_dropped": frames_dropped} if frames_dropped else {}),
         ),
         aliases=aliases,
     )

@@ -12,6 +12,7 @@ converted the captured graph tells which module it came from.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,10 @@ from tta_cli.errors import TTAError, UsageError
 from tta_cli.export.rebuild import model_device
 from tta_cli.files import write_atomic
 from tta_cli.models import ModelSpec
+
+# The exporter notes at WARNING every torchvision operator it cannot register when torchvision
+# is absent; image classifiers here need none of them.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

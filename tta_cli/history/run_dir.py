@@ -39,6 +39,10 @@ class RunSummary(BaseModel):
     online_accuracy: float | None
     labeled_images: int
     rollbacks: int
+    frames_dropped: int = 0  # stale frames of a live source that no step used
+    reconnects: int = 0
+    stopped_by: str | None = None  # SIGINT or SIGTERM when this invocation was asked to stop
+    source_lost: str | None = None  # why a live source ended the run, when it did
 
 
 class RunDirectory:
@@ -102,6 +106,8 @@ class PredictionWriter:
             self._handle = path.open("w", newline="")
             self._writer = csv.writer(self._handle)
             self._writer.writerow(self.FIELDS)
+            # A run stopped before its first step still leaves a file with its header.
+            self._handle.flush()
 
     def write(self, rows: list[tuple[str, str, float, int, str]]) -> None:
         self._writer.writerows((i, c, f"{p:.5f}", s, label) for i, c, p, s, label in rows)
@@ -148,4 +154,6 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         online_accuracy=totals["correct"] / totals["labeled"] if totals["labeled"] else None,
         labeled_images=int(totals["labeled"]),
         rollbacks=sum(event.kind == "rollback" for event in events),
+        frames_dropped=sum(int(step.diagnostics.get("frames_dropped", 0)) for step in steps),
+        reconnects=sum(event.kind == "reconnect" for event in events),
     )

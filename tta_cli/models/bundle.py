@@ -9,7 +9,6 @@ BUNDLE/mgg.safetensors          optional: the pre-trained Meta Gradient Generato
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tta_cli.errors import UsageError
+from tta_cli.files import tomllib
 from tta_cli.models.architectures import build_architecture
 
 MODEL_FILE = "model.toml"

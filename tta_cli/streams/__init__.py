@@ -1,7 +1,21 @@
-"""Where frames come from: folders of images (and later video files, cameras, URLs)."""
+"""Where frames come from: folders, globs, video files, cameras and network streams."""
 
 from tta_cli.streams.batching import UNLABELED, Batch, Preprocess, batches
 from tta_cli.streams.folder import FolderStream, list_images
-from tta_cli.streams.frames import Frame, SkipLog
+from tta_cli.streams.frames import EventLog, Frame, SkipLog, Stream
+from tta_cli.streams.sources import CaptureStream, open_source
 
-__all__ = ["UNLABELED", "Batch", "FolderStream", "Frame", "Preprocess", "SkipLog", "batches", "list_images"]
+__all__ = [
+    "UNLABELED",
+    "Batch",
+    "CaptureStream",
+    "EventLog",
+    "FolderStream",
+    "Frame",
+    "Preprocess",
+    "SkipLog",
+    "Stream",
+    "batches",
+    "list_images",
+    "open_source",
+]

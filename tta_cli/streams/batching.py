@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,7 @@ class Preprocess:
         return (pixels - self.mean) / self.std
 
 
-def batches(frames: Iterable[Frame], batch_size: int, preprocess: Preprocess) -> Iterator[Batch]:
+def batches(frames: Iterable[Frame], batch_size: int, preprocess: Preprocess) -> Generator[Batch, None, None]:
     """Consecutive frames in groups of ``batch_size`` (the last group may be smaller)."""
     group: list[Frame] = []
     for frame in frames:

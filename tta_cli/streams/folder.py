@@ -1,4 +1,4 @@
-"""A folder (or one file) of images, read in sorted order with decoding in worker threads.
+"""A folder, a glob or one image file, read in sorted order with decoding in worker threads.
 
 Class sub-folders whose names match the bundle's class names give labels, so a labeled
 folder reports online accuracy; anything else is unlabeled.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,18 +19,20 @@ import numpy as np
 
 from tta_cli.errors import UsageError
 from tta_cli.streams.decode import IMAGE_SUFFIXES, UnreadableImage, decode_image
-from tta_cli.streams.frames import Frame, SkipLog
+from tta_cli.streams.frames import Frame, Stream
 
 log = logging.getLogger(__name__)
 
 
-class FolderStream:
-    """Images under ``root`` (recursive, sorted by path), optionally shuffled with a seed;
-    iteration begins at position ``start`` of that order."""
+class FolderStream(Stream):
+    """Images under ``root`` (recursive, sorted by path) or matching a glob such as
+    ``shots/*/*.jpg``, optionally shuffled with a seed, every ``stride``-th one kept, cut
+    after ``limit``; iteration begins at position ``start`` of that order and ends early
+    after ``duration`` seconds."""
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         input_size: tuple[int, int],
         class_names: Sequence[str] = (),
         order: str = "sorted",
@@ -37,27 +40,39 @@ class FolderStream:
         workers: int | None = None,
         limit: int | None = None,
         start: int = 0,
+        stride: int = 1,
+        duration: float | None = None,
     ) -> None:
-        root = Path(root)
-        if not root.exists():
-            raise UsageError(f"Source {root} does not exist.")
-        self.root = root
-        self.input_size = input_size
-        self.files = list_images(root)
+        super().__init__(start)
+        if is_glob(str(root)) and not Path(root).exists():
+            self.root, pattern = glob_root(str(root))
+            self.files = sorted(
+                path for path in self.root.glob(pattern) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+            )
+        else:
+            self.root = Path(root)
+            if not self.root.exists():
+                raise UsageError(f"Source {root} does not exist.")
+            self.files = list_images(self.root)
         if not self.files:
             raise UsageError(f"Source {root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        self.input_size = input_size
         if order == "shuffled":
             random.Random(seed).shuffle(self.files)
         elif order != "sorted":
             raise UsageError(f"Unknown order {order!r}; use 'sorted' or 'shuffled'.")
+        self.files = self.files[::stride]
         if limit is not None:
             self.files = self.files[:limit]
-        self.start = start
+        self.duration = duration
         self.class_index = {name: index for index, name in enumerate(class_names)}
         self.workers = workers or min(8, (os.cpu_count() or 1) + 2)
-        self.skipped = SkipLog()
 
     def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def length(self) -> int | None:
         return len(self.files)
 
     @property
@@ -75,6 +90,7 @@ class FolderStream:
         # A bounded window of decodes in flight keeps the model fed without holding the
         # whole folder in memory; results come back in order.
         window = 4 * self.workers
+        deadline = None if self.duration is None else time.monotonic() + self.duration
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             pending: deque[tuple[int, Path, Future[np.ndarray]]] = deque()
             files = enumerate(self.files[self.start :], start=self.start)
@@ -82,7 +98,9 @@ class FolderStream:
                 pending.append((position, path, pool.submit(decode_image, path, self.input_size)))
                 if len(pending) >= window:
                     break
-            while pending:
+            while pending and not self.stopping:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 position, path, future = pending.popleft()
                 upcoming = next(files, None)
                 if upcoming is not None:
@@ -96,8 +114,22 @@ class FolderStream:
                     continue
                 yield Frame(frame_id, image, self.label_of(path), position)
 
+            for _, _, future in pending:
+                future.cancel()
+
     def _id(self, path: Path) -> str:
         return path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
+
+
+def is_glob(text: str) -> bool:
+    return any(character in text for character in "*?[")
+
+
+def glob_root(pattern: str) -> tuple[Path, str]:
+    """Split ``data/*/frame-??.png`` into the folder before the first wildcard and the rest."""
+    parts = Path(pattern).parts
+    fixed = next(index for index, part in enumerate(parts) if is_glob(part))
+    return Path(*parts[:fixed]) if fixed else Path("."), str(Path(*parts[fixed:]))
 
 
 def list_images(root: Path) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,3 +37,57 @@ class SkipLog:
         taken = [entry for entry in self.pending if before is None or entry[0] < before]
         self.pending = [entry for entry in self.pending if not (before is None or entry[0] < before)]
         return [(input_id, reason) for _, input_id, reason in taken]
+
+
+class EventLog:
+    """Things a source reports while it runs (reconnects, a lost source), for the history.
+
+    A reader thread adds and the run loop drains, so both go through a lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str]] = []
+
+    def add(self, kind: str, detail: str) -> None:
+        with self._lock:
+            self._pending.append((kind, detail))
+
+    def drain(self) -> list[tuple[str, str]]:
+        with self._lock:
+            taken, self._pending = self._pending, []
+        return taken
+
+
+class Stream:
+    """What the run loop sees of any source: iteration over ``Frame``s from position
+    ``start``, ``length`` (``None`` when unknown or live), the inputs it skipped, the events it
+    reports, and counters for stale frames dropped and reconnects. ``stop()`` may be called
+    from a signal handler or another thread; iteration then ends at the next frame boundary."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+        self.skipped = SkipLog()
+        self.events = EventLog()
+        self.dropped = 0
+        self.reconnects = 0
+        self.failure: str | None = None  # why the source ended early, when it did
+        self._stop = threading.Event()
+
+    @property
+    def length(self) -> int | None:
+        return None
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Stop and release whatever the stream holds (threads, devices, connections)."""
+        self.stop()

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import CLASSES, MEAN, STD
+from tta_cli.config import GuardConfig
+from tta_cli.engine import Adapter, Method
+from tta_cli.engine.guard import Guard
+from tta_cli.errors import UsageError
+from tta_cli.mgg import (
+    MetaGradientGenerator,
+    MGGRule,
+    TrainProgress,
+    load_generator,
+    read_metadata,
+    rule_for_bundle,
+    train_mgg,
+)
+from tta_cli.mgg.train import FunctionalModel, meta_backward
+from tta_cli.models import load_bundle
+from tta_cli.objectives import Entropy, FeatureAlignment
+from tta_cli.streams import FolderStream, Preprocess, batches
+
+TINY = {"num_images": 8, "eval_images": 6, "epochs": 2, "batch_size": 2, "eval_batch_size": 3}
+
+
+@pytest.fixture(scope="module")
+def trained(bundle_path: Path, clean_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two runs with the same seed."""
+    folder = tmp_path_factory.mktemp("mgg")
+    paths = []
+    for run in range(2):
+        progress: list[TrainProgress] = []
+        report = train_mgg(
+            bundle_path, clean_folder, out=folder / f"run{run}.safetensors", seed=3, **TINY, on_progress=progress.append
+        )
+        assert report.path.is_file() and len(report.held_out_accuracy) == 2
+        assert [p.phase for p in progress].count("evaluate") == 2
+        assert any(p.meta_loss is not None for p in progress)
+        paths.append(report.path)
+    return paths
+
+
+def test_pre_training_is_deterministic_for_a_seed(trained: list[Path]) -> None:
+    first, second = (load_file(str(path)) for path in trained)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert read_metadata(trained[0]) | {"seconds": 0} == read_metadata(trained[1]) | {"seconds": 0}
+
+
+def test_pre_training_moves_the_generator_away_from_its_initialisation(trained: list[Path]) -> None:
+    torch.manual_seed(3)
+    initial = MetaGradientGenerator().state_dict()
+    learned = load_file(str(trained[0]))
+    assert any(not torch.equal(initial[name], learned[name]) for name in initial)
+
+
+def test_the_file_carries_its_training_metadata(trained: list[Path], bundle_path: Path) -> None:
+    metadata = read_metadata(trained[0])
+    assert metadata["held_out"] == ["speckle_noise", "spatter", "gaussian_blur", "saturate"]
+    assert metadata["severity"] == 5 and metadata["num_images"] == 8 and metadata["epochs"] == 2
+    assert metadata["seed"] == 3 and metadata["harmonizer"] == "gh++" and metadata["memory"] is True
+    assert metadata["best_epoch"] in (1, 2) and len(metadata["held_out_accuracy"]) == 2
+    assert metadata["bundle_weights_sha256"] == load_bundle(bundle_path).weights_sha256
+    assert load_generator(trained[0]).parameter_count() == 164
+
+
+def test_default_output_is_the_bundle_and_the_ablation_trains(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    bundle_copy = tmp_path / "bundle"
+    bundle_copy.mkdir()
+    for file in bundle_path.iterdir():
+        (bundle_copy / file.name).write_bytes(file.read_bytes())
+    report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **TINY | {"epochs": 1})
+    assert report.path == bundle_copy / "mgg.safetensors" == load_bundle(bundle_copy).mgg_path
+    assert rule_for_bundle(load_bundle(bundle_copy)).generator.uses_memory is False
+
+
+def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> None:
+    with pytest.raises(UsageError, match="train-mgg"):
+        rule_for_bundle(load_bundle(bundle_path))
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"held_out": ("gaussian_noise",)}, "evaluation corruptions"),
+        ({"held_out": ("no_such_shift",)}, "Unknown corruption"),
+        ({"harmonizer": "nope"}, "Unknown harmonizer"),
+        ({"num_images": 100}, "needs"),
+    ],
+)
+def test_bad_requests_are_one_sentence(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path, settings: dict, words: str
+) -> None:
+    with pytest.raises(UsageError, match=words):
+        train_mgg(bundle_path, clean_folder, out=tmp_path / "x.safetensors", **TINY | settings)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_rule_snapshots_and_restores_through_the_adapter(
+    trained: list[Path], bundle_path: Path, clean_folder: Path
+) -> None:
+    bundle = load_bundle(bundle_path)
+    method = Method("mgtta", "test", batch_statistics=True, objectives=("entropy", "alignment"))
+    rule = MGGRule(load_generator(trained[0]), step_size=1e-2)
+    objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
+    adapter = Adapter(bundle.model, method, objectives, rule, bundle.spec.feature_layers, Guard(GuardConfig(), 3))
+    stream = list(batches(FolderStream(clean_folder, (32, 32), CLASSES, order="shuffled"), 3, Preprocess(MEAN, STD)))
+    for batch in stream[:2]:
+        adapter.step(batch)
+    snapshot = adapter.state_dict()
+    assert snapshot["update_rule"]["memory"]["weight"].shape[1:] == (8, 8)
+    later = [adapter.step(batch).probabilities for batch in stream[2:5]]
+    adapter.load_state_dict(snapshot)
+    again = [adapter.step(batch).probabilities for batch in stream[2:5]]
+    assert all(torch.equal(a, b) for a, b in zip(later, again, strict=True))
+    adapter.close()
+
+
+def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, clean_folder: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
+    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, objectives)
+    batch = next(batches(FolderStream(clean_folder, (32, 32), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD)))
+    torch.manual_seed(0)
+    generator = MetaGradientGenerator()
+    features = torch.randn(len(model.source), 2)
+    theta = model.source - 1e-2 * generator(features)[0]
+
+    _, losses = model.losses(theta, batch)
+    meta_backward(theta, FunctionalModel.gradients(losses, theta))
+    through_theta = [param.grad.clone() for param in generator.parameters()]
+
+    generator.zero_grad()
+    _, losses = model.losses(model.source - 1e-2 * generator(features)[0], batch)
+    direct = torch.autograd.grad(losses.sum(), list(generator.parameters()))
+    for expected, got in zip(direct, through_theta, strict=True):
+        torch.testing.assert_close(got, expected)
+    model.close()

@@ -1,0 +1,189 @@
+"""The learned update rule of MGTTA (Deng et al., AAAI 2025, arXiv 2412.16901, eqs. 6-8) and the
+file that ships a pre-trained generator beside its model.
+
+Per step, with the (harmonised) gradient ``g`` over θ:
+
+    m ← β1·m + (1 − β1)·g,   v ← β2·v + (1 − β2)·g²,   m̂ = m/(1 − β1^t),   v̂ = v/(1 − β2^t)
+    features = ( g/(sqrt(v̂) + ε),  m̂/(sqrt(v̂) + ε) )
+    θ ← θ − α · MGG(features; memory)
+
+Differences from the public code: the bias correction uses the step count t (the public code
+uses t + 1), and α defaults to 1e-3, the value of its published run script (``run.sh``; its
+``main.py`` default is 5e-3).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from tta_cli.errors import UsageError
+from tta_cli.files import write_atomic
+from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
+from tta_cli.models import Bundle
+from tta_cli.models.bundle import MGG_FILE
+from tta_cli.update.rules import Closure
+
+FORMAT = "tta-cli/mgg"
+FORMAT_VERSION = "1"
+RECREATE = "re-create it with 'tta-cli train-mgg'"
+DEFAULT_STEP_SIZE = 1e-3
+
+
+class MGGRule:
+    """``UpdateRule`` driven by a Meta Gradient Generator; its state is the Adam-style moments,
+    the step count and the generator's per-coordinate memory, all restored bit for bit by
+    ``load_state_dict``. The generator's own weights are fixed during adaptation."""
+
+    def __init__(
+        self,
+        generator: MetaGradientGenerator,
+        step_size: float = DEFAULT_STEP_SIZE,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        eps: float = 1e-8,
+    ) -> None:
+        self.generator = generator
+        self.step_size, self.beta1, self.beta2, self.eps = step_size, beta1, beta2, eps
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the moments and the memory: the next step starts like the first."""
+        self.steps = 0
+        self.first_moment: torch.Tensor | None = None
+        self.second_moment: torch.Tensor | None = None
+        self.memory: Memory | None = None
+
+    def features(self, gradient: torch.Tensor) -> torch.Tensor:
+        """Update the moments with ``gradient`` (shape ``(D,)``) and return the ``(D, 2)`` input.
+
+        On the first step m̂ = g and v̂ = g², so both features are sign(g):
+
+        >>> MGGRule(MetaGradientGenerator()).features(torch.tensor([2.0, -0.5])).tolist()
+        [[1.0, 1.0], [-1.0, -1.0]]
+        """
+        gradient = gradient.detach()
+        if self.first_moment is None or self.second_moment is None:
+            self.first_moment = torch.zeros_like(gradient)
+            self.second_moment = torch.zeros_like(gradient)
+        self.steps += 1
+        self.first_moment = self.beta1 * self.first_moment + (1 - self.beta1) * gradient
+        self.second_moment = self.beta2 * self.second_moment + (1 - self.beta2) * gradient.square()
+        first_hat = self.first_moment / (1 - self.beta1**self.steps)
+        second_hat = self.second_moment / (1 - self.beta2**self.steps)
+        scale = second_hat.sqrt() + self.eps
+        return torch.stack([gradient / scale, first_hat / scale], dim=1)
+
+    def direction(self, gradient: torch.Tensor) -> torch.Tensor:
+        """``MGG(features)`` for this step, shape ``(D,)``; moves the moments and the memory on.
+
+        Differentiable with respect to the generator's weights when grad mode is on (that is
+        how pre-training reaches them); the carried memory is always detached (one-step
+        truncation).
+        """
+        output, memory = self.generator(self.features(gradient), self.memory)
+        self.memory = memory.detach() if memory is not None else None
+        return output
+
+    def apply(self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None) -> str:
+        """θ ← θ − α·MGG(ĝ, m̂); the generator needs no second look at the batch, so ``closure``
+        is not called."""
+        with torch.no_grad():
+            update = self.step_size * self.direction(gradient)
+            offset = 0
+            for param in params:
+                size = param.numel()
+                param.sub_(update[offset : offset + size].view_as(param))
+                offset += size
+        return ""
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"steps": self.steps}
+        if self.first_moment is not None and self.second_moment is not None:
+            state["first_moment"] = self.first_moment.clone()
+            state["second_moment"] = self.second_moment.clone()
+        if self.memory is not None:
+            state["memory"] = {"weight": self.memory.weight.clone(), "bias": self.memory.bias.clone()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.steps = int(state["steps"])
+        device = next(self.generator.parameters()).device
+        if "first_moment" in state:
+            self.first_moment = state["first_moment"].to(device).clone()
+            self.second_moment = state["second_moment"].to(device).clone()
+        if "memory" in state:
+            memory = state["memory"]
+            self.memory = Memory(memory["weight"].to(device).clone(), memory["bias"].to(device).clone())
+
+
+def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float = DEFAULT_STEP_SIZE) -> MGGRule:
+    """The MGG rule of a loaded bundle, with the generator shipped in its ``file`` (by default
+    ``mgg.safetensors``), on the device of the bundle's model."""
+    path = bundle.path / file
+    if not path.is_file():
+        raise UsageError(
+            f"Model bundle {bundle.path} has no {file}; "
+            f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
+        )
+    device = next(bundle.model.parameters()).device
+    return MGGRule(load_generator(path).to(device), step_size=step_size)
+
+
+def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
+    """Write the weights and ``metadata`` (as JSON) to ``path`` atomically."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in generator.state_dict().items()}
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "hidden": str(generator.hidden),
+        "memory": json.dumps(generator.uses_memory),
+        "training": json.dumps(metadata, sort_keys=True),
+    }
+    write_atomic(Path(path), save(tensors, metadata=header))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The training metadata stored in an ``mgg.safetensors``."""
+    return json.loads(_read(Path(path))[1].get("training", "{}"))
+
+
+def load_generator(path: Path) -> MetaGradientGenerator:
+    """Rebuild the generator stored at ``path``; a missing, foreign or damaged file is a
+    one-sentence ``UsageError``."""
+    path = Path(path)
+    tensors, header = _read(path)
+    if header.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a Meta Gradient Generator file; {RECREATE}.")
+    if header.get("version") != FORMAT_VERSION:
+        raise UsageError(f"{path} has format version {header.get('version')}; this tta-cli reads {FORMAT_VERSION}.")
+    try:
+        generator = MetaGradientGenerator(int(header.get("hidden", HIDDEN)), memory=json.loads(header["memory"]))
+    except (KeyError, ValueError) as error:
+        raise UsageError(f"{path} has an unreadable generator description; {RECREATE}.") from error
+    expected = {name: tuple(value.shape) for name, value in generator.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in tensors.items()}
+    if expected != found:
+        raise UsageError(f"{path} does not hold the weights its header describes; {RECREATE}.")
+    if not all(torch.isfinite(value).all() for value in tensors.values()):
+        raise UsageError(f"{path} holds non-finite weights; {RECREATE}.")
+    generator.load_state_dict(tensors)
+    return generator.eval().requires_grad_(False)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise UsageError(f"Meta Gradient Generator file {path} does not exist; make one with 'tta-cli train-mgg'.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UsageError(f"{path} is not a readable safetensors file; {RECREATE}.") from error
+    return tensors, header

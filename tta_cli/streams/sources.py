@@ -1,0 +1,438 @@
+"""One ``--source`` grammar: a folder, a glob, an image, a video file, a camera or a URL.
+
+    data/ · shots/*/*.jpg · cat.png     folder stream (sorted, labels from class folders)
+    clip.mp4 · clip.avi · clip.mkv      video file: every frame, in order
+    0 · /dev/video0                     camera (live)
+    rtsp://… · http(s)://…              network stream, e.g. MJPEG or H.264 (live)
+
+Video, cameras and URLs are read with OpenCV in one reader thread per source. A file is read
+through a bounded queue: every frame arrives, in order, and the reader waits when the model
+is slower. A live source is read through a one-frame slot: the reader keeps the newest frame
+and counts each one it overwrites as dropped, so the model always sees the present. A live
+source that fails or delivers nothing for ``watchdog_timeout`` seconds is reopened after a
+back-off that doubles each time; after ``reconnect_attempts`` failures in a row the stream
+ends and says why in ``failure``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from tta_cli.errors import UsageError
+from tta_cli.streams.decode import IMAGE_SUFFIXES
+from tta_cli.streams.folder import FolderStream, is_glob
+from tta_cli.streams.frames import Frame, Stream
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+# How often a waiting loop looks at its stop flag: the bound on how late a stop is noticed.
+POLL_SECONDS = 0.1
+
+
+def open_source(
+    text: str | Path,
+    input_size: tuple[int, int],
+    class_names: Sequence[str] = (),
+    *,
+    order: str = "sorted",
+    seed: int = 0,
+    workers: int | None = None,
+    start: int = 0,
+    stride: int = 1,
+    max_frames: int | None = None,
+    duration: float | None = None,
+    watchdog_timeout: float = 5.0,
+    reconnect_attempts: int = 5,
+    backoff: float = 0.5,
+    backoff_max: float = 10.0,
+) -> Stream:
+    """The stream that ``text`` names. ``max_frames`` counts frames kept (after ``stride``)
+    from the beginning of the source, so a resumed run stops where the first would have;
+    ``duration`` is wall-clock seconds of reading in this invocation."""
+    text = str(text)
+    if stride < 1:
+        raise UsageError(f"Stride must be at least 1, got {stride}.")
+    live: dict[str, Any] = {
+        "watchdog_timeout": watchdog_timeout,
+        "reconnect_attempts": reconnect_attempts,
+        "backoff": backoff,
+        "backoff_max": backoff_max,
+    }
+    bounds: dict[str, Any] = {"start": start, "stride": stride, "max_frames": max_frames, "duration": duration}
+    scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
+    if scheme:
+        if scheme.group(1).lower() not in URL_SCHEMES:
+            raise UsageError(f"Source {text!r} has an unsupported scheme; use one of {', '.join(URL_SCHEMES)}.")
+        return CaptureStream(text, input_size, live=True, **bounds, **live)
+    if text.isdigit():
+        return CaptureStream(int(text), input_size, live=True, **bounds, **live)
+    path = Path(text)
+    if text.startswith("/dev/"):
+        if not path.exists():
+            raise UsageError(f"Camera {text} does not exist (is the device passed through to this container?).")
+        return CaptureStream(text, input_size, live=True, **bounds, **live)
+    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in VIDEO_SUFFIXES and not _opens_as_video(path):
+            raise UsageError(f"Source {text} is neither an image nor a video OpenCV can read.")
+        return CaptureStream(text, input_size, live=False, **bounds, **live)
+    if path.exists() or is_glob(text):
+        return FolderStream(
+            text if is_glob(text) and not path.exists() else path,
+            input_size,
+            class_names,
+            order=order,
+            seed=seed,
+            workers=workers,
+            limit=max_frames,
+            start=start,
+            stride=stride,
+            duration=duration,
+        )
+    raise UsageError(
+        f"Source {text} does not exist; give a folder, a glob, an image or video file, a camera index "
+        "or device, or an rtsp:// or http(s):// URL."
+    )
+
+
+def _opens_as_video(path: Path) -> bool:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return capture.isOpened() and capture.grab()
+    finally:
+        capture.release()
+
+
+class CaptureStream(Stream):
+    """Frames from an OpenCV capture (video file, camera, URL), read in a thread.
+
+    Frame ids are ``INDEX@TIME``. For a file: the frame's index in the file and its time in the
+    video, as ``90@3.000s``. For a live source: the frame's index among those read in this
+    invocation (dropped and strided frames included, so gaps show them) and the UTC time it
+    was read, as ``1234@2026-11-23T20:15:01.123Z``.
+    """
+
+    def __init__(
+        self,
+        target: str | int,
+        input_size: tuple[int, int],
+        *,
+        live: bool,
+        start: int = 0,
+        stride: int = 1,
+        max_frames: int | None = None,
+        duration: float | None = None,
+        watchdog_timeout: float = 5.0,
+        reconnect_attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_max: float = 10.0,
+        queue_size: int = 64,
+    ) -> None:
+        super().__init__(start)
+        self.target = target
+        self.name = f"camera {target}" if isinstance(target, int) else str(target)
+        self.input_size = input_size
+        self.live = live
+        self.stride = stride
+        self.max_frames = max_frames
+        self.duration = duration
+        self.watchdog_timeout = watchdog_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.queue_size = queue_size
+        self._length: int | None = None
+        self._dropped_before = 0  # by readers replaced after a stall
+        self.failures = 0  # in a row: reset by every frame that comes through
+        self.frames_read = 0 if live else start * stride  # the next frame's number; a replacing reader goes on from it
+        self._readers: list[Reader] = []
+        if not live:
+            capture = self._open()
+            if not capture.isOpened():
+                raise UsageError(f"Video {target} cannot be opened by OpenCV.")
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            capture.release()
+            if count > 0:
+                self._length = -(-count // stride) if max_frames is None else min(-(-count // stride), max_frames)
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.max_frames is not None and self.start >= self.max_frames:
+            return
+        outbox: Outbox = LatestFrame() if self.live else FrameQueue(self.queue_size)
+        reader = self._start_reader(outbox)
+        deadline = None if self.duration is None else time.monotonic() + self.duration
+        position = self.start
+        try:
+            while not self.stopping:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                frame = outbox.get(POLL_SECONDS)
+                if frame is None:
+                    if outbox.finished and outbox.empty:
+                        break
+                    if self.live and reader.stuck(2 * self.watchdog_timeout):
+                        # The reader is blocked inside the driver (OpenCV's own timeouts did
+                        # not fire); leave it behind and reconnect with a fresh one.
+                        reader.abandon()
+                        outbox = LatestFrame()
+                        reader = self._start_reader(outbox, reason="reader stalled")
+                    continue
+                self.dropped = outbox.dropped + self._dropped_before
+                yield replace(frame, position=position) if self.live else frame
+                position += 1
+                if self.max_frames is not None and position >= self.max_frames:
+                    break
+        finally:
+            self.dropped = outbox.dropped + self._dropped_before
+            reader.abandon()
+            if reader.failure is not None and not self.stopping:
+                self.failure = reader.failure
+
+    def _start_reader(self, outbox: Outbox, reason: str | None = None) -> Reader:
+        if reason is not None:
+            self._dropped_before = self.dropped
+        reader = Reader(self, outbox, first_reason=reason)
+        reader.start()
+        self._readers.append(reader)
+        return reader
+
+    def _open(self) -> cv2.VideoCapture:
+        if isinstance(self.target, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", self.target):
+            # OpenCV's FFmpeg backend honours these, so a dead connection fails a read
+            # instead of blocking it.
+            timeout_ms = int(self.watchdog_timeout * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+            return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+        return cv2.VideoCapture(self.target)
+
+    def _to_input(self, image: np.ndarray) -> np.ndarray:
+        height, width = self.input_size
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        if image.shape[:2] != (height, width):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(image[..., ::-1])
+
+    def close(self) -> None:
+        super().close()
+        for reader in self._readers:
+            reader.abandon()
+            reader.join(timeout=2 * POLL_SECONDS + self.watchdog_timeout)
+
+
+class Reader(threading.Thread):
+    """Opens the capture, reads frames into the outbox, and reconnects with back-off."""
+
+    def __init__(self, stream: CaptureStream, outbox: Outbox, first_reason: str | None = None) -> None:
+        # A daemon: a reader stuck in a driver call must not keep the process alive.
+        super().__init__(name=f"reader {stream.name}", daemon=True)
+        self.stream = stream
+        self.outbox = outbox
+        self.failure: str | None = None
+        self._abandoned = threading.Event()
+        self._first_reason = first_reason
+        self._heartbeat = time.monotonic()
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+
+    def stuck(self, seconds: float) -> bool:
+        """Has the reader been inside one OpenCV call for more than ``seconds``?"""
+        return self.is_alive() and time.monotonic() - self._heartbeat > seconds
+
+    @property
+    def done(self) -> bool:
+        return self._abandoned.is_set() or self.stream.stopping
+
+    def run(self) -> None:
+        stream = self.stream
+        if self._first_reason is not None and not self._after_failure(self._first_reason):
+            return
+        frame_number = stream.frames_read
+        while not self.done:
+            self._heartbeat = time.monotonic()
+            capture = stream._open()
+            self._heartbeat = time.monotonic()
+            if capture.isOpened():
+                frame_number, reason = self._pump(capture, frame_number)
+                capture.release()
+            else:
+                reason = f"could not open {stream.name}"
+            if self.done:
+                return
+            if reason is None:
+                self.outbox.finish()
+                return
+            if not stream.live:
+                self.failure = f"reading {stream.name} failed: {reason}"
+                self.outbox.finish()
+                return
+            if not self._after_failure(reason):
+                return
+
+    def _after_failure(self, reason: str) -> bool:
+        """Count a failure (in a row, across replaced readers) and wait out its back-off;
+        ``False`` when the reader should end: out of attempts, or told to stop meanwhile."""
+        stream = self.stream
+        stream.failures += 1
+        if stream.failures > stream.reconnect_attempts:
+            self.failure = f"gave up on {stream.name} after {stream.reconnect_attempts} reconnect attempts ({reason})"
+            log.error("%s", self.failure)
+            stream.events.add("source-lost", self.failure)
+            self.outbox.finish()
+            return False
+        delay = min(stream.backoff * 2 ** (stream.failures - 1), stream.backoff_max)
+        stream.reconnects += 1
+        attempt = f"reconnect attempt {stream.failures} of {stream.reconnect_attempts}"
+        detail = f"{stream.name}: {reason}; {attempt} in {delay:.1f} s"
+        log.warning("%s", detail)
+        stream.events.add("reconnect", detail)
+        until = time.monotonic() + delay
+        while time.monotonic() < until:
+            if self.done:
+                return False
+            self._heartbeat = time.monotonic()
+            time.sleep(min(POLL_SECONDS, max(0.0, until - time.monotonic())))
+        return not self.done
+
+    def _pump(self, capture: cv2.VideoCapture, frame_number: int) -> tuple[int, str | None]:
+        """Read until the source ends (reason ``None``), fails (the reason) or the reader is
+        told to stop; returns the next frame number and the reason."""
+        stream = self.stream
+        if not stream.live:
+            # Frame-exact: skip to the resume point frame by frame (seeking can land on a
+            # key frame instead).
+            for _ in range(frame_number):
+                if self.done or not capture.grab():
+                    return frame_number, None
+        last_frame = time.monotonic()
+        while not self.done:
+            # Frames between kept ones are grabbed, not decoded into images; frame numbers
+            # that are multiples of the stride are kept.
+            while frame_number % stream.stride and capture.grab():
+                frame_number += 1
+            ok, image = capture.read()
+            self._heartbeat = time.monotonic()
+            if not ok or image is None:
+                if stream.live:
+                    silent = self._heartbeat - last_frame
+                    return frame_number, f"no frame for {silent:.1f} s" if silent > 1 else "read failed"
+                return frame_number, None
+            last_frame = self._heartbeat
+            if stream.live:
+                stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            else:
+                stamp = f"{capture.get(cv2.CAP_PROP_POS_MSEC) / 1000:.3f}s"
+            frame_id = f"{frame_number}@{stamp}"
+            frame = Frame(frame_id, stream._to_input(image), None, frame_number // stream.stride)
+            frame_number += 1
+            stream.frames_read = frame_number
+            stream.failures = 0
+            if not self.outbox.put(frame, lambda: self.done):
+                break
+            self._heartbeat = time.monotonic()
+        return frame_number, None
+
+
+class Outbox:
+    """Where a reader leaves frames for the run loop."""
+
+    dropped = 0
+
+    def __init__(self) -> None:
+        self._finished = threading.Event()
+
+    def put(self, frame: Frame, cancelled: Callable[[], bool]) -> bool:
+        raise NotImplementedError
+
+    def get(self, timeout: float) -> Frame | None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        self._finished.set()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    @property
+    def empty(self) -> bool:
+        raise NotImplementedError
+
+
+class FrameQueue(Outbox):
+    """Every frame in order; a full queue makes the reader wait (files)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._queue: queue.Queue[Frame] = queue.Queue(size)
+
+    def put(self, frame: Frame, cancelled: Callable[[], bool]) -> bool:
+        while not cancelled():
+            try:
+                self._queue.put(frame, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, timeout: float) -> Frame | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @property
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+
+class LatestFrame(Outbox):
+    """One slot: a new frame replaces one not yet taken, which counts as dropped (live)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ready = threading.Condition()
+        self._frame: Frame | None = None
+
+    def put(self, frame: Frame, cancelled: Callable[[], bool]) -> bool:
+        with self._ready:
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._ready.notify()
+        return True
+
+    def get(self, timeout: float) -> Frame | None:
+        with self._ready:
+            self._ready.wait_for(lambda: self._frame is not None, timeout)
+            frame, self._frame = self._frame, None
+        return frame
+
+    def finish(self) -> None:
+        with self._ready:
+            super().finish()
+            self._ready.notify()
+
+    @property
+    def empty(self) -> bool:
+        return self._frame is None
