@@ -371,7 +371,8 @@ def bench(
         bar.stop()
     from tta_cli.bench.report import error_table
 
-    output = Console()
+    # Sixteen columns do not fit the 80 characters Rich assumes when writing to a file or pipe.
+    output = Console() if Console().is_terminal else Console(width=160)
     for protocol in settings.protocols:
         rows = error_table(result, protocol)
         table = Table(title=f"online error (%), {protocol}")
