@@ -25,7 +25,6 @@ class Method:
     optimizer: str = "adam"
     lr: float = 1e-3
     harmonizer: str = "sum"
-    extra: dict[str, float] = field(default_factory=dict)
     objective_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword options per objective name, passed to its factory."""
     update: str = "step"
@@ -37,6 +36,19 @@ class Method:
     def updates(self) -> bool:
         return bool(self.objectives)
 
+
+# MGTTA (Deng et al., AAAI 2025): the learned update rule on the harmonized gradient of
+# entropy + alignment; α = 1e-3 as the public code's run script.
+MGTTA = Method(
+    "mgtta",
+    "entropy + alignment, GH++-harmonized, applied by the pre-trained Meta Gradient Generator",
+    batch_statistics=True,
+    objectives=("entropy", "alignment"),
+    lr=1e-3,
+    harmonizer="gh++",
+    update="mgg",
+    update_options={"generator": "mgg.safetensors"},
+)
 
 METHODS: dict[str, Method] = {
     method.name: method
@@ -60,37 +72,18 @@ METHODS: dict[str, Method] = {
             lr=1e-3,
             harmonizer="gh++",
         ),
-        # MGTTA (Deng et al., AAAI 2025): the learned update rule on the harmonized gradient of
-        # entropy + alignment; α = 1e-3 as the public code's run script. Two ablations beside it
-        # ("harmonized" above is the third: harmonization without the MGG).
-        Method(
-            "mgtta",
-            "entropy + alignment, GH++-harmonized, applied by the pre-trained Meta Gradient Generator",
-            batch_statistics=True,
-            objectives=("entropy", "alignment"),
-            lr=1e-3,
-            harmonizer="gh++",
-            update="mgg",
-            update_options={"generator": "mgg.safetensors"},
-        ),
-        Method(
-            "mgtta-sum",
-            "MGTTA without harmonization: the MGG on the plain sum of the two gradients",
-            batch_statistics=True,
-            objectives=("entropy", "alignment"),
-            lr=1e-3,
+        MGTTA,
+        # Its ablations ("harmonized" above is the third: harmonization without the MGG).
+        replace(
+            MGTTA,
+            name="mgtta-sum",
+            summary="MGTTA without harmonization: the MGG on the plain sum of the two gradients",
             harmonizer="sum",
-            update="mgg",
-            update_options={"generator": "mgg.safetensors"},
         ),
-        Method(
-            "mgtta-nomem",
-            "MGTTA without the gradient memory: a plain per-coordinate MLP, pre-trained the same way",
-            batch_statistics=True,
-            objectives=("entropy", "alignment"),
-            lr=1e-3,
-            harmonizer="gh++",
-            update="mgg",
+        replace(
+            MGTTA,
+            name="mgtta-nomem",
+            summary="MGTTA without the gradient memory: a plain per-coordinate MLP, pre-trained the same way",
             update_options={"generator": "mgg-no-memory.safetensors"},
         ),
         # EATA's ImageNet defaults are ε = 0.05, λ = 2000, SGD lr 2.5e-4 momentum 0.9, batch 64.

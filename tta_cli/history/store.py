@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pydantic import BaseModel
 from safetensors.torch import load, save
 
 from tta_cli.errors import UsageError
+from tta_cli.files import write_atomic
 from tta_cli.history.state import dumps_skeleton, flatten_state, unflatten_state
 
 SCHEMA = """
@@ -143,12 +143,7 @@ class HistoryStore:
         snapshot_id = hashlib.sha256(payload).hexdigest()
         path = self.snapshot_path(snapshot_id)
         if not path.exists():
-            temporary = path.with_suffix(f".tmp{os.getpid()}")
-            with temporary.open("wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
+            write_atomic(path, payload)
         self.db.execute(
             "INSERT INTO snapshots (id, step, parent, created, bytes) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET pruned = 0",
