@@ -31,6 +31,14 @@ class Method:
     """"step": the optimizer's step on the gradient; "sam": sharpness-aware (SAR); "mgg": the
     bundle's Meta Gradient Generator (``update_options["generator"]`` names its file)."""
     update_options: dict[str, Any] = field(default_factory=dict)
+    norm: str = "batch"
+    """With ``batch_statistics``: how BatchNorm normalises a test batch. "batch": the batch's own
+    statistics; "robust": statistics smoothed across batches from the source's (RoTTA);
+    "tbr": test-time batch renormalisation (DELTA)."""
+    memory: int = 0
+    """Capacity of the class-balanced memory the update step learns from (0: the batch itself)."""
+    guard: bool = False
+    """Run with the harm guard even where runs default to the method's paper setting (bench)."""
 
     @property
     def updates(self) -> bool:
@@ -118,19 +126,53 @@ METHODS: dict[str, Method] = {
 }
 
 
+NORMS = ("batch", "robust", "tbr")
+DEFAULT_MEMORY = 64
+
+
 def get_method(name: str) -> Method:
-    """A preset by name; ``NAME:HARMONIZER`` is that preset with another harmonizer (for the
-    methods with two objectives), so that benchmarks can set variants side by side."""
-    base, _, harmonizer = name.partition(":")
+    """A preset by name, with variants so that benchmarks can set them side by side:
+
+    - ``NAME:HARMONIZER``: that preset with another harmonizer (methods with two objectives);
+    - ``+robust``, ``+tbr``, ``+batch``: another normalisation of test batches;
+    - ``+memory`` (or ``+memoryN``): learn from a class-balanced memory of N recent samples;
+    - ``+guard``: with the harm guard on.
+
+    For example ``mgtta+robust+memory+guard`` or ``harmonized:gh+tbr``.
+    """
+    head, *modifiers = name.split("+")
+    base, _, harmonizer = head.partition(":")
     if base not in METHODS:
         raise UsageError(f"Unknown method {base!r}; choose one of {', '.join(METHODS)}.")
     method = METHODS[base]
-    if not harmonizer:
-        return method
+    if harmonizer:
+        method = _with_harmonizer(method, harmonizer)
+    for modifier in modifiers:
+        method = _with_modifier(method, modifier)
+    return replace(method, name=name) if name != base else method
+
+
+def _with_modifier(method: Method, modifier: str) -> Method:
+    if modifier in NORMS:
+        return replace(method, batch_statistics=True, norm=modifier)
+    if modifier == "guard":
+        return replace(method, guard=True)
+    if modifier.startswith("memory"):
+        capacity = modifier.removeprefix("memory") or str(DEFAULT_MEMORY)
+        if not capacity.isdigit() or int(capacity) < 1:
+            raise UsageError(f"Method variant {modifier!r}: write memory or memoryN with N ≥ 1.")
+        if not method.updates:
+            raise UsageError(f"Method {method.name!r} makes no update; a memory has nothing to feed.")
+        return replace(method, memory=int(capacity))
+    raise UsageError(f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N] or guard.")
+
+
+def _with_harmonizer(method: Method, harmonizer: str) -> Method:
+    base = method.name
     if len(method.objectives) < 2:
         raise UsageError(f"Method {base!r} has one objective; there is nothing to harmonize.")
     from tta_cli.harmonize import HARMONIZERS
 
     if harmonizer not in HARMONIZERS:
         raise UsageError(f"Unknown harmonizer {harmonizer!r}; choose one of {', '.join(HARMONIZERS)}.")
-    return replace(method, name=name, harmonizer=harmonizer)
+    return replace(method, harmonizer=harmonizer)
