@@ -25,6 +25,14 @@ class GuardConfig(BaseModel):
     majority_max: float = Field(0.8, gt=0, le=1, description="alarm when one class takes more of the window")
     majority_window: int = Field(512, ge=1, description="recent inputs over which the majority is counted")
     confirm_steps: int = Field(20, ge=0, description="healthy steps before a snapshot becomes last-good")
+    harm_min: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="roll back to the source when the source model's confidence in the adapted predictions, "
+        "relative to its confidence in its own, falls below this (0: off)",
+    )
+    harm_window: int = Field(512, ge=1, description="recent inputs over which that ratio is measured")
 
 
 class HistoryConfig(BaseModel):

@@ -89,3 +89,39 @@ def test_cells_count_images_steps_and_errors(bundle_path: Path, clean_folder: Pa
     assert (cell.images, cell.steps) == (10, 3)
     assert 0 <= cell.errors <= 10 and cell.error_percent == pytest.approx(100 * cell.errors / 10)
     assert cell.step_ms > 0 and cell.images_per_second > 0 and cell.peak_gpu_memory_mb is None
+
+
+def test_reset_every_n_steps_returns_to_the_source(bundle_path: Path, clean_folder: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    stream = clean_stream(clean_folder, "clean")  # 18 images: six steps of three
+    thetas: list[torch.Tensor] = []
+    (cell,) = run_method(
+        bundle,
+        get_method("tent+reset2"),
+        [stream],
+        "continual",
+        batch_size=3,
+        device=torch.device("cpu"),
+        on_corruption_start=lambda name, adapter: thetas.append(theta(adapter)),
+    )
+    assert cell.notes["reset to the source state (every 2 steps)"] == 2  # before steps 3 and 5
+
+
+def test_memory_feeds_the_update_with_a_balanced_batch(bundle_path: Path, clean_folder: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    stream = clean_stream(clean_folder, "clean")
+    seen: list[int] = []
+
+    def watch(name: str, adapter) -> None:
+        original = adapter._losses
+
+        def losses(logits, batch, revisit):
+            seen.append(len(logits))
+            return original(logits, batch, revisit)
+
+        adapter._losses = losses
+
+    run_method(
+        bundle, get_method("tent+memory6"), [stream], "continual", 3, torch.device("cpu"), on_corruption_start=watch
+    )
+    assert seen[0] <= 3 and max(seen) <= 6 and len(seen) == 6

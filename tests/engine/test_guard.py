@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import write_image_folder
 from tta_cli.config import AdaptConfig, GuardConfig
@@ -103,4 +105,52 @@ def test_a_degenerate_stream_triggers_the_guard(bundle_path: Path, tmp_path: Pat
     )
     rollbacks = [event for event in history["events"] if event["kind"] == "rollback"]
     assert rollbacks and "one class took 100% of the last 8 predictions" in rollbacks[0]["detail"]
+    assert rollbacks[0]["snapshot_id"] == history["aliases"]["source"]["id"]
+
+
+def test_harm_signal_is_the_source_plausibility_of_the_adapted_predictions() -> None:
+    guard = Guard(GuardConfig(harm_min=0.7, harm_window=4), num_classes=3)
+    source = torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
+    # Agreeing with the source: ratio 1. Window not yet full: no verdict on harm.
+    assert guard.observe(torch.tensor([0, 0]), torch.ones(2), source).ok
+    assert guard.plausibility() is None
+    # Switching to the source's runner-up: (0.6 + 0.5 + 0.3 + 0.4) / (0.6 + 0.5 + 0.6 + 0.5) = 0.818.
+    assert guard.observe(torch.tensor([1, 1]), torch.ones(2), source).ok
+    assert guard.plausibility() == pytest.approx(1.8 / 2.2)
+    # Moving to classes the source finds unlikely: the oldest batch leaves the window,
+    # (0.3 + 0.4 + 0.1 + 0.1) / 2.2 = 0.41 < 0.7: back to the source.
+    verdict = guard.observe(torch.tensor([2, 2]), torch.ones(2), source)
+    assert guard.plausibility() == pytest.approx(0.9 / 2.2)
+    assert verdict.action == "rollback" and verdict.target == "source" and "0.41 < 0.7" in verdict.reason
+    guard.reset()
+    assert guard.plausibility() is None
+
+
+def test_harm_guard_returns_to_the_source_in_a_run(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A confident source model, and θ scrambled at step 3: the guard returns to the source."""
+    confident = tmp_path / "bundle"
+    shutil.copytree(bundle_path, confident)
+    weights = load_file(confident / "weights.safetensors")
+    weights["head.weight"] *= 100
+    save_file(weights, confident / "weights.safetensors")
+    original_step = Adapter.step
+
+    def scrambling_step(self: Adapter, batch: Batch) -> StepResult:
+        if self.step_count == 2:
+            with torch.no_grad():
+                for param in self.params:
+                    param.copy_(torch.randn_like(param) * 10)
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Adapter, "step", scrambling_step)
+    data = write_image_folder(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    config = AdaptConfig(model=confident, source=data, run=run, method="tent", batch_size=3)
+    config.guard = GuardConfig(harm_min=0.7, harm_window=6, entropy_ema_min=0, majority_max=1)
+    adapt(config)
+    history = read_history(run)
+    rollbacks = [event for event in history["events"] if event["kind"] == "rollback"]
+    assert rollbacks and "source plausibility" in rollbacks[0]["detail"]
     assert rollbacks[0]["snapshot_id"] == history["aliases"]["source"]["id"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tta_cli.bench.recovery import InMemoryRecovery
 from tta_cli.bench.streams import ShiftedStream
 from tta_cli.config import AdaptConfig, GuardConfig
 from tta_cli.engine import Adapter, Method
@@ -60,9 +61,14 @@ class CellResult:
 
 
 def bench_adapter(bundle: Bundle, method: Method, device: torch.device) -> Adapter:
-    """An adapter as the method's paper runs it: the method's own settings and no guard."""
+    """An adapter as the method's paper runs it: the method's own settings, and no guard unless
+    the method asks for one (``+guard``)."""
     config = AdaptConfig(
-        model=bundle.path, source=bundle.path, run=bundle.path, method=method.name, guard=GuardConfig(enabled=False)
+        model=bundle.path,
+        source=bundle.path,
+        run=bundle.path,
+        method=method.name,
+        guard=GuardConfig(enabled=method.guard),
     )
     return build_adapter(bundle, method, config, device)
 
@@ -87,6 +93,7 @@ def run_method(
     original = copy.deepcopy(bundle.model.state_dict())
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
     adapter = bench_adapter(bundle, method, device)
+    recovery = InMemoryRecovery(adapter)
     source_state = adapter.state_dict()
     results = []
     try:
@@ -96,9 +103,10 @@ def run_method(
                 adapter.load_state_dict(source_state)
                 adapter.close()
                 adapter = bench_adapter(bundle, method, device)
+                recovery = InMemoryRecovery(adapter)
             if on_corruption_start is not None:
                 on_corruption_start(stream.corruption, adapter)
-            results.append(_run_stream(adapter, stream, protocol, batch_size, preprocess, device, on_batch))
+            results.append(_run_stream(adapter, recovery, stream, protocol, batch_size, preprocess, device, on_batch))
     finally:
         adapter.close()
         bundle.model.load_state_dict(original)
@@ -107,6 +115,7 @@ def run_method(
 
 def _run_stream(
     adapter: Adapter,
+    recovery: InMemoryRecovery,
     stream: ShiftedStream,
     protocol: str,
     batch_size: int,
@@ -129,6 +138,7 @@ def _run_stream(
             torch.cuda.synchronize(device)
         stepped = time.perf_counter()
         result = adapter.step(batch)
+        recovery.after_step(result)
         errors = int((result.predictions != labels).sum())
         if cuda:
             torch.cuda.synchronize(device)
@@ -140,6 +150,8 @@ def _run_stream(
         cell.errors += errors
         if result.note:
             cell.notes[result.note.split(":")[0]] += 1
+        if result.verdict.action == "rollback":
+            cell.notes[f"guard: rollback to {result.verdict.target}"] += 1
         if on_batch is not None:
             on_batch(cell, end - start)
     if cuda:

@@ -1,8 +1,10 @@
 """One adaptation step: predict, then (for methods that update) move θ.
 
 1. logits, features = model(x)
-2. predictions are taken here, before the update
-3. losses = {name: objective(logits, features, batch)}
+2. predictions are taken here, before the update; the guard watches them (and, for its harm
+   signal, the frozen source model's view of the same inputs)
+3. losses = {name: objective(logits, features, batch)}, over the batch or, with a
+   class-balanced memory, over the memory the batch was just offered to
 4. one gradient over θ per loss
 5. g = harmonize(gradients)
 6. θ ← update_rule(θ, g), with a closure that evaluates the same batch again at the current θ
@@ -16,6 +18,7 @@ and the step then makes no update.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +26,13 @@ import torch
 from torch import nn
 
 from tta_cli.engine.guard import OK, Guard, Verdict
+from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
 from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
 from tta_cli.objectives import Objective, entropy
-from tta_cli.streams import Batch
+from tta_cli.streams import UNLABELED, Batch
 from tta_cli.update import UpdateRule
 
 
@@ -78,6 +82,11 @@ class Adapter:
         self.params = list(self.named_params.values())
         configure_model(model, method.batch_statistics, self.params)
         self.step_count = 0
+        self.memory = ClassBalancedMemory(method.memory, guard.num_classes) if method.memory else None
+        # The harm signal compares with the model as it was given, frozen in eval mode.
+        self.source_model = copy.deepcopy(model).eval().requires_grad_(False) if guard.watches_harm else None
+        self.source_state: dict[str, Any] | None = None
+        """What ``reset_every`` returns to: the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
         self._hooks = contextlib.ExitStack()
         if method.updates and feature_layers:
@@ -85,19 +94,37 @@ class Adapter:
 
     def step(self, batch: Batch) -> StepResult:
         self.step_count += 1
-        with torch.set_grad_enabled(self.method.updates):
+        reset = ""
+        period = self.method.reset_every
+        if period and self.source_state is None:
+            self.source_state = self.state_dict()
+        elif period and (self.step_count - 1) % period == 0:
+            self.load_state_dict(self.source_state)
+            reset = f"reset to the source state (every {period} steps)"
+        with torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
         result = StepResult(
             step=self.step_count,
             probabilities=logits.detach().softmax(dim=1),
             entropy=entropy(logits.detach()),
+            note=reset,
         )
-        result.verdict = self.guard.observe(result.predictions, result.entropy)
+        source_probabilities = None
+        if self.source_model is not None:
+            with torch.no_grad():
+                source_probabilities = self.source_model(batch.images).softmax(dim=1)
+        result.verdict = self.guard.observe(result.predictions, result.entropy, source_probabilities)
         if not self.method.updates or self.update_rule is None or not result.verdict.ok:
             return result
+        if self.memory is not None:
+            self.memory.add(batch.images, result.predictions, result.entropy)
+            images = self.memory.images()
+            batch = Batch(["memory"] * len(images), images, torch.full((len(images),), UNLABELED, device=images.device))
+            with torch.enable_grad():
+                logits = self.model(batch.images)
         losses = self._losses(logits, batch, revisit=False)
         if isinstance(losses, str):
-            result.note = f"{losses} selected no sample; no update"
+            result.note = "; ".join(filter(None, (result.note, f"{losses} selected no sample; no update")))
             return result
         result.losses = {name: loss.item() for name, loss in losses.items()}
         gradients = self._per_loss_gradients(list(losses.values()))
@@ -108,7 +135,8 @@ class Adapter:
         if not result.verdict.ok:
             return result
         before = torch.cat([param.detach().flatten() for param in self.params])
-        result.note = self.update_rule.apply(self.params, gradient, closure=lambda: self._reevaluate(batch))
+        note = self.update_rule.apply(self.params, gradient, closure=lambda: self._reevaluate(batch))
+        result.note = "; ".join(filter(None, (result.note, note)))
         after = torch.cat([param.detach().flatten() for param in self.params])
         result.update_norm = (after - before).norm().item()
         result.verdict = self.guard.check_state(self.params)
@@ -180,6 +208,8 @@ class Adapter:
             self.update_rule.load_state_dict(state["update_rule"])
         self.harmonizer.reset()
         self.harmonizer.load_state_dict(state.get("harmonizer", {}))
+        if self.memory is not None:
+            self.memory.clear()
 
     def close(self) -> None:
         self._hooks.close()

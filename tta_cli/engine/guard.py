@@ -5,6 +5,19 @@
 - Collapse, as SAR's reset rule (Niu et al., ICLR 2023, section 4): the moving average of
   the prediction entropy falls below a threshold; or one class takes most predictions over
   a window of recent inputs. Either rolls the state back to ``last-good``.
+- Harm: the adapted model has become worse than the source model. With ``p`` the frozen
+  source model's probabilities on the same inputs and ``a``, ``s`` the adapted and the source
+  predictions, the signal over a window of recent inputs is
+
+      plausibility = Σ p[a] / Σ p[s]          (1 when the two agree everywhere)
+
+  It needs no label and one extra forward pass. It tracks error because an adapted model
+  that is right where the source is right keeps ``p[a] = p[s]`` there, and where it corrects
+  the source it moves to a class the source still finds likely (its runner-up), so the ratio
+  stays near 1 while adaptation helps; a model that drifts into wrong classes or collapses
+  onto a few moves to classes the source finds unlikely, and the ratio falls towards the
+  confidence of a random class. Below ``harm_min`` the state rolls back to ``source``:
+  ``last-good`` may already be on the harmful path when the drift was slow.
 
 ``last-good`` trails the stream: a snapshot is promoted only after ``confirm_steps`` more
 steps passed every check, so the state restored after an alarm predates the drift that
@@ -26,6 +39,8 @@ from tta_cli.config import GuardConfig
 class Verdict:
     action: str  # "ok", "skip" or "rollback"
     reason: str = ""
+    target: str = "last-good"
+    """The alias a rollback returns to."""
 
     @property
     def ok(self) -> bool:
@@ -46,6 +61,20 @@ class Guard:
         self.entropy_ema: float | None = None
         self.recent_predictions: deque[int] = deque(maxlen=self.config.majority_window)
         self.candidates: deque[tuple[int, str]] = deque()
+        self.plausibility_window: deque[tuple[int, float, float]] = deque()
+        self.plausibility_totals: list[float] = [0, 0.0, 0.0]  # inputs, Σ p[a], Σ p[s] over the window
+
+    @property
+    def watches_harm(self) -> bool:
+        """Whether ``observe`` wants the source model's probabilities."""
+        return self.config.enabled and self.config.harm_min > 0
+
+    def plausibility(self) -> float | None:
+        """``Σ p[a] / Σ p[s]`` over the window, once the window is full."""
+        count, adapted, source = self.plausibility_totals
+        if count < self.config.harm_window:
+            return None
+        return adapted / source if source > 0 else 1.0
 
     def majority_fraction(self) -> float:
         if not self.recent_predictions:
@@ -67,8 +96,11 @@ class Guard:
             return Verdict("rollback", "non-finite parameter after the update")
         return OK
 
-    def observe(self, predictions: torch.Tensor, entropy: torch.Tensor) -> Verdict:
-        """Update the collapse signals with one batch's (pre-update) outputs."""
+    def observe(
+        self, predictions: torch.Tensor, entropy: torch.Tensor, source_probabilities: torch.Tensor | None = None
+    ) -> Verdict:
+        """Update the signals with one batch's (pre-update) outputs and, for the harm signal,
+        the source model's probabilities on the same inputs."""
         mean_entropy = entropy.mean().item()
         if self.config.enabled and not math.isfinite(mean_entropy):
             return Verdict("rollback", "non-finite predictions")
@@ -77,8 +109,18 @@ class Guard:
         self.entropy_ema = (
             mean_entropy if self.entropy_ema is None else momentum * self.entropy_ema + (1 - momentum) * mean_entropy
         )
+        if source_probabilities is not None:
+            self._observe_harm(predictions, source_probabilities)
         if not self.config.enabled:
             return OK
+        plausibility = self.plausibility() if self.watches_harm else None
+        if plausibility is not None and plausibility < self.config.harm_min:
+            return Verdict(
+                "rollback",
+                f"source plausibility of the predictions {plausibility:.2f} < {self.config.harm_min} "
+                f"over the last {self.config.harm_window} inputs",
+                target="source",
+            )
         if self.entropy_ema < self.config.entropy_ema_min:
             return Verdict("rollback", f"entropy moving average {self.entropy_ema:.3f} < {self.config.entropy_ema_min}")
         window_full = len(self.recent_predictions) == self.config.majority_window
@@ -90,6 +132,19 @@ class Guard:
                 f"(> {self.config.majority_max:.0%})",
             )
         return OK
+
+    def _observe_harm(self, predictions: torch.Tensor, source_probabilities: torch.Tensor) -> None:
+        adapted = source_probabilities.gather(1, predictions.view(-1, 1)).sum().item()
+        source = source_probabilities.max(dim=1).values.sum().item()
+        self._shift_window((len(predictions), adapted, source), +1)
+        self.plausibility_window.append((len(predictions), adapted, source))
+        # Drop the oldest batches while the rest still fill the window.
+        while self.plausibility_totals[0] - self.plausibility_window[0][0] >= self.config.harm_window:
+            self._shift_window(self.plausibility_window.popleft(), -1)
+
+    def _shift_window(self, entry: tuple[int, float, float], sign: int) -> None:
+        for index, value in enumerate(entry):
+            self.plausibility_totals[index] += sign * value
 
     def promote(self, step: int, snapshot_id: str | None) -> tuple[int, str] | None:
         """Register a healthy step's snapshot; return the one that is now confirmed good, if any."""

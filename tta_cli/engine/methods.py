@@ -38,7 +38,9 @@ class Method:
     memory: int = 0
     """Capacity of the class-balanced memory the update step learns from (0: the batch itself)."""
     guard: bool = False
-    """Run with the harm guard even where runs default to the method's paper setting (bench)."""
+    """Run with the guard even where runs default to the method's paper setting (bench)."""
+    reset_every: int = 0
+    """Return to the source state every N steps (RDumb); 0: never."""
 
     @property
     def updates(self) -> bool:
@@ -122,6 +124,17 @@ METHODS: dict[str, Method] = {
             update="sam",
             update_options={"rho": 0.05, "reset_below": 0.2, "ema_momentum": 0.9},
         ),
+        # RDumb (Press et al., NeurIPS 2023): ETA's loss, and back to the source every 1000 steps.
+        Method(
+            "rdumb",
+            "reliable, non-redundant, weighted entropy (ETA), reset to the source every 1000 steps",
+            batch_statistics=True,
+            objectives=("reliable-entropy",),
+            optimizer="adam",
+            lr=1e-3,
+            objective_options={"reliable-entropy": {"margin": 0.4, "redundancy_margin": 0.4, "weighted": True}},
+            reset_every=1000,
+        ),
     )
 }
 
@@ -136,7 +149,8 @@ def get_method(name: str) -> Method:
     - ``NAME:HARMONIZER``: that preset with another harmonizer (methods with two objectives);
     - ``+robust``, ``+tbr``, ``+batch``: another normalisation of test batches;
     - ``+memory`` (or ``+memoryN``): learn from a class-balanced memory of N recent samples;
-    - ``+guard``: with the harm guard on.
+    - ``+guard``: with the guard on;
+    - ``+resetN``: back to the source state every N steps.
 
     For example ``mgtta+robust+memory+guard`` or ``harmonized:gh+tbr``.
     """
@@ -157,6 +171,11 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         return replace(method, batch_statistics=True, norm=modifier)
     if modifier == "guard":
         return replace(method, guard=True)
+    if modifier.startswith("reset"):
+        period = modifier.removeprefix("reset")
+        if not period.isdigit() or int(period) < 1:
+            raise UsageError(f"Method variant {modifier!r}: write resetN with N ≥ 1 steps.")
+        return replace(method, reset_every=int(period))
     if modifier.startswith("memory"):
         capacity = modifier.removeprefix("memory") or str(DEFAULT_MEMORY)
         if not capacity.isdigit() or int(capacity) < 1:
@@ -164,7 +183,7 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         if not method.updates:
             raise UsageError(f"Method {method.name!r} makes no update; a memory has nothing to feed.")
         return replace(method, memory=int(capacity))
-    raise UsageError(f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N] or guard.")
+    raise UsageError(f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN or guard.")
 
 
 def _with_harmonizer(method: Method, harmonizer: str) -> Method:

@@ -65,7 +65,8 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
     built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
     objectives = [objective for objective in built if objective is not None]
     # Only a state that updates itself can drift; for the others the guard just watches.
-    guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and method.updates})
+    stateful = method.updates or (method.batch_statistics and method.norm != "batch")
+    guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and stateful})
     guard = Guard(guard_config, bundle.spec.num_classes)
     harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
@@ -207,7 +208,7 @@ def _record(
     aliases: tuple[str, ...] = ("current",)
     snapshot_id = None
     if verdict.action == "rollback":
-        target = store.aliases()["last-good"]
+        target = store.aliases()[verdict.target]
         adapter.load_state_dict(store.load_snapshot(target.id))
         adapter.guard.reset()
         store.rollback(target, f"guard: {verdict.reason}", at_step=step)
