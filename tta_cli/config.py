@@ -29,7 +29,7 @@ class GuardConfig(BaseModel):
         0.7,
         ge=0,
         le=1,
-        description="roll back to the source when the source model's confidence in the adapted predictions, "
+        description="roll back to the source when the un-updated model's confidence in the adapted predictions, "
         "relative to its confidence in its own, falls below this (0: off)",
     )
     harm_window: int = Field(512, ge=1, description="recent inputs over which that ratio is measured")

@@ -152,5 +152,5 @@ def test_harm_guard_returns_to_the_source_in_a_run(
     adapt(config)
     history = read_history(run)
     rollbacks = [event for event in history["events"] if event["kind"] == "rollback"]
-    assert rollbacks and "source plausibility" in rollbacks[0]["detail"]
+    assert rollbacks and "plausibility" in rollbacks[0]["detail"]
     assert rollbacks[0]["snapshot_id"] == history["aliases"]["source"]["id"]

@@ -83,8 +83,9 @@ class Adapter:
         configure_model(model, method.batch_statistics, self.params)
         self.step_count = 0
         self.memory = ClassBalancedMemory(method.memory, guard.num_classes) if method.memory else None
-        # The harm signal compares with the model as it was given, frozen in eval mode.
-        self.source_model = copy.deepcopy(model).eval().requires_grad_(False) if guard.watches_harm else None
+        # The harm signal's reference: θ as given, frozen, normalising as the adapted model does
+        # (see ``tta_cli.engine.guard``).
+        self.reference = copy.deepcopy(model).requires_grad_(False) if guard.watches_harm else None
         self.source_state: dict[str, Any] | None = None
         """What ``reset_every`` returns to: the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
@@ -109,11 +110,16 @@ class Adapter:
             entropy=entropy(logits.detach()),
             note=reset,
         )
-        source_probabilities = None
-        if self.source_model is not None:
+        reference_probabilities = None
+        if self.reference is not None:
             with torch.no_grad():
-                source_probabilities = self.source_model(batch.images).softmax(dim=1)
-        result.verdict = self.guard.observe(result.predictions, result.entropy, source_probabilities)
+                for name, buffer in norm_buffers(self.reference).items():
+                    buffer.copy_(norm_buffers(self.model)[name])
+                reference_probabilities = self.reference(batch.images).softmax(dim=1)
+        result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
+        plausibility = self.guard.plausibility() if self.reference is not None else None
+        if plausibility is not None:
+            result.diagnostics["plausibility"] = plausibility
         if not self.method.updates or self.update_rule is None or not result.verdict.ok:
             return result
         if self.memory is not None:
@@ -130,7 +136,7 @@ class Adapter:
         gradients = self._per_loss_gradients(list(losses.values()))
         harmonized = self.harmonizer(gradients)
         gradient = harmonized.gradient
-        result.diagnostics = self._diagnostics(gradients, harmonized)
+        result.diagnostics |= self._diagnostics(gradients, harmonized)
         result.verdict = self.guard.check_gradient(sum(result.losses.values()), gradient)
         if not result.verdict.ok:
             return result

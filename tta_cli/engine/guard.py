@@ -5,19 +5,24 @@
 - Collapse, as SAR's reset rule (Niu et al., ICLR 2023, section 4): the moving average of
   the prediction entropy falls below a threshold; or one class takes most predictions over
   a window of recent inputs. Either rolls the state back to ``last-good``.
-- Harm: the adapted model has become worse than the source model. With ``p`` the frozen
-  source model's probabilities on the same inputs and ``a``, ``s`` the adapted and the source
+- Harm: the updates have made the model worse. The reference is the model without them: θ
+  as given, frozen, normalising test batches as the adapted model does and from its running
+  statistics, so that it sees the same correction of the shift and differs only by what the
+  gradient steps learned. With
+  ``p`` the reference's probabilities, ``a`` the adapted and ``r`` the reference's
   predictions, the signal over a window of recent inputs is
 
-      plausibility = Σ p[a] / Σ p[s]          (1 when the two agree everywhere)
+      plausibility = Σ p[a] / Σ p[r]          (1 when the two agree everywhere)
 
-  It needs no label and one extra forward pass. It tracks error because an adapted model
-  that is right where the source is right keeps ``p[a] = p[s]`` there, and where it corrects
-  the source it moves to a class the source still finds likely (its runner-up), so the ratio
-  stays near 1 while adaptation helps; a model that drifts into wrong classes or collapses
-  onto a few moves to classes the source finds unlikely, and the ratio falls towards the
-  confidence of a random class. Below ``harm_min`` the state rolls back to ``source``:
-  ``last-good`` may already be on the harmful path when the drift was slow.
+  It needs no label and one forward pass without gradient. It tracks error because an update
+  that helps keeps the predictions the reference already gets right (``p[a] = p[r]`` there)
+  and, where it corrects the reference, moves to a class the reference still finds likely
+  (its runner-up), so the ratio stays near 1; updates that drift into wrong classes or
+  collapse onto a few move to classes the reference finds unlikely, and the ratio falls
+  towards the reference's probability of a random class. (The source model with its own
+  statistics is no reference: under a strong shift it is confidently wrong, and every
+  correction would look implausible to it.) Below ``harm_min`` the state rolls back to
+  ``source``: ``last-good`` may already be on the harmful path when the drift was slow.
 
 ``last-good`` trails the stream: a snapshot is promoted only after ``confirm_steps`` more
 steps passed every check, so the state restored after an alarm predates the drift that
@@ -62,7 +67,7 @@ class Guard:
         self.recent_predictions: deque[int] = deque(maxlen=self.config.majority_window)
         self.candidates: deque[tuple[int, str]] = deque()
         self.plausibility_window: deque[tuple[int, float, float]] = deque()
-        self.plausibility_totals: list[float] = [0, 0.0, 0.0]  # inputs, Σ p[a], Σ p[s] over the window
+        self.plausibility_totals: list[float] = [0, 0.0, 0.0]  # inputs, Σ p[a], Σ p[r] over the window
 
     @property
     def watches_harm(self) -> bool:
@@ -97,10 +102,10 @@ class Guard:
         return OK
 
     def observe(
-        self, predictions: torch.Tensor, entropy: torch.Tensor, source_probabilities: torch.Tensor | None = None
+        self, predictions: torch.Tensor, entropy: torch.Tensor, reference_probabilities: torch.Tensor | None = None
     ) -> Verdict:
         """Update the signals with one batch's (pre-update) outputs and, for the harm signal,
-        the source model's probabilities on the same inputs."""
+        the reference's probabilities on the same inputs."""
         mean_entropy = entropy.mean().item()
         if self.config.enabled and not math.isfinite(mean_entropy):
             return Verdict("rollback", "non-finite predictions")
@@ -109,15 +114,15 @@ class Guard:
         self.entropy_ema = (
             mean_entropy if self.entropy_ema is None else momentum * self.entropy_ema + (1 - momentum) * mean_entropy
         )
-        if source_probabilities is not None:
-            self._observe_harm(predictions, source_probabilities)
+        if reference_probabilities is not None:
+            self._observe_harm(predictions, reference_probabilities)
         if not self.config.enabled:
             return OK
         plausibility = self.plausibility() if self.watches_harm else None
         if plausibility is not None and plausibility < self.config.harm_min:
             return Verdict(
                 "rollback",
-                f"source plausibility of the predictions {plausibility:.2f} < {self.config.harm_min} "
+                f"plausibility of the predictions to the un-updated model {plausibility:.2f} < {self.config.harm_min} "
                 f"over the last {self.config.harm_window} inputs",
                 target="source",
             )
@@ -133,11 +138,12 @@ class Guard:
             )
         return OK
 
-    def _observe_harm(self, predictions: torch.Tensor, source_probabilities: torch.Tensor) -> None:
-        adapted = source_probabilities.gather(1, predictions.view(-1, 1)).sum().item()
-        source = source_probabilities.max(dim=1).values.sum().item()
-        self._shift_window((len(predictions), adapted, source), +1)
-        self.plausibility_window.append((len(predictions), adapted, source))
+    def _observe_harm(self, predictions: torch.Tensor, reference_probabilities: torch.Tensor) -> None:
+        adapted = reference_probabilities.gather(1, predictions.view(-1, 1)).sum().item()
+        reference = reference_probabilities.max(dim=1).values.sum().item()
+        entry = (len(predictions), adapted, reference)
+        self._shift_window(entry, +1)
+        self.plausibility_window.append(entry)
         # Drop the oldest batches while the rest still fill the window.
         while self.plausibility_totals[0] - self.plausibility_window[0][0] >= self.config.harm_window:
             self._shift_window(self.plausibility_window.popleft(), -1)

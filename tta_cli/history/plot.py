@@ -12,9 +12,9 @@ import matplotlib.pyplot as plt
 
 
 def plot_history(history: dict[str, Any], out: Path) -> Path:
-    """Entropy, online accuracy (when labeled), update norm, majority-class fraction and, for
-    two objectives, the cosine between their gradients per step, with guard events and
-    rollbacks drawn as vertical lines on every panel."""
+    """Entropy, online accuracy (when labeled), update norm, majority-class fraction, the harm
+    guard's plausibility and, for two objectives, the cosine between their gradients per step,
+    with guard events and rollbacks drawn as vertical lines on every panel."""
     steps = history["steps"]
     x = [step["step"] for step in steps]
     panels: list[tuple[str, list[float | None]]] = [
@@ -23,6 +23,7 @@ def plot_history(history: dict[str, Any], out: Path) -> Path:
         ("update norm", [step["update_norm"] for step in steps]),
         ("majority-class fraction", [step["majority_fraction"] for step in steps]),
         ("cos(g1, g2)", [step["diagnostics"].get("cosine") for step in steps]),
+        ("plausibility (harm guard)", [step["diagnostics"].get("plausibility") for step in steps]),
     ]
     panels = [(name, values) for name, values in panels if any(value is not None for value in values)]
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True, squeeze=False)
