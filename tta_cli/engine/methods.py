@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tta_cli.engine.norms import NORMS
 from tta_cli.errors import UsageError
 
 
@@ -126,7 +127,6 @@ METHODS: dict[str, Method] = {
 }
 
 
-NORMS = ("batch", "robust", "tbr")
 DEFAULT_MEMORY = 64
 
 
