@@ -6,10 +6,13 @@ say more about those classes than about the domain; normalising with them alone 
 worse than not adapting (DELTA, RoTTA). Two remedies, both of which start from the source's
 running statistics and move them slowly:
 
-- "robust", RoTTA's robust BN (Yuan et al., CVPR 2023, eq. 4): ``μ ← (1−m)·μ + m·μ_b``,
+- "robust", RoTTA's robust BN (Yuan et al., CVPR 2023): ``μ ← (1−m)·μ + m·μ_b``,
   ``σ² ← (1−m)·σ² + m·σ²_b`` with ``m = 0.05`` and the batch's biased variance, then normalise
   with the new ``μ, σ²``; the batch's share keeps its gradient, as in RoTTA's ``RobustBN2d``.
-- "tbr", DELTA's test-time batch renormalisation (Zhao et al., ICLR 2023, eq. 3):
+  Here the forward that predicts a batch is the one that moves the statistics, as in DELTA;
+  RoTTA's own code predicts with an eval-mode teacher and moves them while learning from its
+  memory.
+- "tbr", DELTA's test-time batch renormalisation (Zhao et al., ICLR 2023):
   ``x̂ = (x − μ_b)/σ_b · r + d`` with ``r = sg(σ_b)/σ_ema`` and ``d = (sg(μ_b) − μ_ema)/σ_ema``
   (``sg``: no gradient), then ``μ_ema, σ_ema`` move towards the batch's by ``m = 0.05``
   (DELTA's prior 0.95). In value ``x̂ = (x − μ_ema)/σ_ema``; in gradient it is batch
@@ -39,7 +42,7 @@ NORMS = ("batch", "robust", "tbr")
 SMOOTHED = ("robust", "tbr")
 """The norms that normalise with their running statistics, not with the batch's alone."""
 MOMENTUM = 0.05
-"""RoTTA's α and 1 − DELTA's prior (0.95), on CIFAR-10-C and ImageNet-C alike."""
+"""RoTTA's α, and 1 − DELTA's prior of 0.95, as their public code sets them."""
 
 
 def use_norm(model: torch.nn.Module, norm: str | None) -> None:
