@@ -69,6 +69,9 @@ def adapt(
     harmonizer: Annotated[
         str | None, typer.Option(help="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda (default the method's).")
     ] = None,
+    norm: Annotated[
+        str | None, typer.Option(help="BatchNorm on test batches: batch, robust or tbr (default the method's).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto).")] = None,
     order: Annotated[str | None, typer.Option(help="sorted or shuffled (with --seed) (default sorted).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,
@@ -396,8 +399,12 @@ def export(
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Symbolic batch axis.")] = True,
     simplify: Annotated[str, typer.Option(help="onnxslim or none.")] = "onnxslim",
     bn_stats: Annotated[
-        str, typer.Option(help="BatchNorm statistics: source, or target (re-estimated on recent images).")
-    ] = "source",
+        str | None,
+        typer.Option(
+            help="BatchNorm statistics: source, target (re-estimated on recent images) or tracked (the run's; "
+            "default for robust and tbr runs, else source)."
+        ),
+    ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Verify with onnxruntime.")] = True,
     atol: Annotated[float, typer.Option(help="Largest logit difference the check accepts.")] = 1e-4,
     images: Annotated[Path | None, typer.Option(help="Images to verify on (default: the run's latest).")] = None,
@@ -410,8 +417,8 @@ def export(
     chosen = [value for value in (step, snapshot, alias) if value is not None]
     if len(chosen) > 1:
         raise UsageError("Give at most one of --step, --snapshot and --alias.")
-    if simplify not in ("onnxslim", "none") or bn_stats not in ("source", "target"):
-        raise UsageError("--simplify takes onnxslim or none; --bn-stats takes source or target.")
+    if simplify not in ("onnxslim", "none") or bn_stats not in (None, "source", "target", "tracked"):
+        raise UsageError("--simplify takes onnxslim or none; --bn-stats takes source, target or tracked.")
     warning = onnxruntime_warning()
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {warning}")

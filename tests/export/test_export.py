@@ -231,15 +231,17 @@ def test_target_statistics_are_reestimated_and_not_batch_dependent(
     np.testing.assert_allclose(run_onnx(path, first)[0], with_other[0], atol=1e-5)
 
 
-def test_target_statistics_from_the_state_when_no_images_are_given(bundle: Bundle) -> None:
+def test_tracked_statistics_come_from_the_state(bundle: Bundle) -> None:
     state = adapted_state(bundle.model, 1.0, 0.0)
-    model = build_export_model(bundle, state, "target", None)
+    model = build_export_model(bundle, state, "tracked")
     torch.testing.assert_close(first_batchnorm(model).running_mean, state["stage1.0.bn1.running_mean"])
     without_statistics = {key: value for key, value in state.items() if "running" not in key}
-    with pytest.raises(UsageError, match="target images"):
-        build_export_model(bundle, without_statistics, "target", None)
+    with pytest.raises(UsageError, match="no BatchNorm statistics"):
+        build_export_model(bundle, without_statistics, "tracked")
     with pytest.raises(UsageError, match="none were given"):
-        build_export_model(bundle, None, "target", [])
+        build_export_model(bundle, state, "target", [])
+    with pytest.raises(UsageError, match="none were given"):
+        build_export_model(bundle, state, "target")
 
 
 def test_batchnorm_without_running_statistics_is_refused() -> None:

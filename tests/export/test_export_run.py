@@ -94,3 +94,51 @@ def test_a_failed_verification_writes_nothing_and_exits_1(
         export_run(run, out, num_images=16)
     assert caught.value.exit_code == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def robust_run(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export-robust-run")
+    data = write_image_folder(root / "data", per_class=12)
+    run = root / "run"
+    adapt(AdaptConfig(model=bundle_path, source=data, run=run, method="tent", norm="robust", batch_size=6, lr=5e-2))
+    return run
+
+
+def test_a_robust_run_exports_its_smoothed_statistics(robust_run: Path, bundle_path: Path, tmp_path: Path) -> None:
+    import torch
+
+    from tta_cli.config import read_config
+    from tta_cli.engine.run import build_adapter, configured_method
+    from tta_cli.models import load_bundle
+
+    report = export_run(robust_run, tmp_path / "robust.onnx", num_images=24)
+    assert report.bn_stats == "tracked" and read_metadata(report.out)["tta_cli.bn_stats"] == "tracked"
+    assert report.parity is not None and report.parity.passed
+
+    # The adapted model as it stood after the last step, switched to eval mode: it normalises
+    # with the smoothed statistics and with no dependence on the batch.
+    store = HistoryStore.open(robust_run)
+    config = read_config(store.first_config())
+    state = store.load_snapshot(store.resolve("current").id)
+    store.close()
+    bundle = load_bundle(bundle_path)
+    adapter = build_adapter(bundle, configured_method(config), config, torch.device("cpu"))
+    adapter.load_state_dict(state)
+    adapted = adapter.model.eval()
+    source_mean = load_bundle(bundle_path).model.get_submodule("stage1.0.bn1").running_mean
+    assert not torch.allclose(adapted.get_submodule("stage1.0.bn1").running_mean, source_mean)
+
+    images = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = adapted(images).numpy()
+        alone = adapted(images[:1]).numpy()
+    np.testing.assert_allclose(onnx_logits(report.out, images.numpy()), expected, atol=1e-5)
+    np.testing.assert_allclose(alone[0], expected[0], atol=1e-5)
+    source_statistics = export_run(robust_run, tmp_path / "source.onnx", bn_stats="source", check=False)
+    assert not np.allclose(onnx_logits(source_statistics.out, images.numpy()), expected, atol=1e-3)
+
+
+def test_a_batch_statistics_run_exports_source_statistics_by_default(run: Path, tmp_path: Path) -> None:
+    report = export_run(run, tmp_path / "tent.onnx", check=False)
+    assert report.bn_stats == "source" and read_metadata(report.out)["tta_cli.bn_stats"] == "source"

@@ -241,6 +241,7 @@ def _summary(
         methods[name] = {
             "summary": method.summary,
             "batch_statistics": method.batch_statistics,
+            "norm": method.norm if method.batch_statistics else None,
             "objectives": list(method.objectives),
             "optimizer": method.optimizer if method.updates else None,
             "lr": method.lr if method.updates else None,

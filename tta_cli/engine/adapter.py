@@ -7,8 +7,8 @@
    class-balanced memory, over the memory the batch was just offered to
 4. one gradient over θ per loss
 5. g = harmonize(gradients)
-6. θ ← update_rule(θ, g), with a closure that evaluates the same batch again at the current θ
-   for rules that need the loss elsewhere (SAM)
+6. θ ← update_rule(θ, g), with a closure that evaluates the same batch again at the current θ,
+   from the same normalisation statistics, for rules that need the loss elsewhere (SAM)
 7. guard: finite? collapsing? → skip or roll back
 
 An objective that finds nothing to learn from a batch (no reliable sample) returns ``None``,
@@ -80,7 +80,7 @@ class Adapter:
         self.harmonizer = harmonizer or Sum()
         self.named_params = norm_affine_parameters(model) if method.updates else {}
         self.params = list(self.named_params.values())
-        configure_model(model, method.batch_statistics, self.params)
+        configure_model(model, method.batch_statistics, self.params, method.norm)
         self.step_count = 0
         self.memory = ClassBalancedMemory(method.memory, guard.num_classes) if method.memory else None
         # The harm signal's reference: θ as given, frozen, normalising as the adapted model does
@@ -102,6 +102,7 @@ class Adapter:
         elif period and (self.step_count - 1) % period == 0:
             self.load_state_dict(self.source_state)
             reset = f"reset to the source state (every {period} steps)"
+        statistics = self._statistics() if self.method.updates or self.reference is not None else {}
         with torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
         result = StepResult(
@@ -113,8 +114,10 @@ class Adapter:
         reference_probabilities = None
         if self.reference is not None:
             with torch.no_grad():
+                # The statistics the adapted model's forward started from, so that both see
+                # this batch once.
                 for name, buffer in norm_buffers(self.reference).items():
-                    buffer.copy_(norm_buffers(self.model)[name])
+                    buffer.copy_(statistics[name])
                 reference_probabilities = self.reference(batch.images).softmax(dim=1)
         result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
         plausibility = self.guard.plausibility() if self.reference is not None else None
@@ -126,6 +129,7 @@ class Adapter:
             self.memory.add(batch.images, result.predictions, result.entropy)
             images = self.memory.images()
             batch = Batch(["memory"] * len(images), images, torch.full((len(images),), UNLABELED, device=images.device))
+            statistics = self._statistics()
             with torch.enable_grad():
                 logits = self.model(batch.images)
         losses = self._losses(logits, batch, revisit=False)
@@ -141,7 +145,7 @@ class Adapter:
         if not result.verdict.ok:
             return result
         before = torch.cat([param.detach().flatten() for param in self.params])
-        note = self.update_rule.apply(self.params, gradient, closure=lambda: self._reevaluate(batch))
+        note = self.update_rule.apply(self.params, gradient, closure=lambda: self._reevaluate(batch, statistics))
         result.note = "; ".join(filter(None, (result.note, note)))
         after = torch.cat([param.detach().flatten() for param in self.params])
         result.update_norm = (after - before).norm().item()
@@ -158,18 +162,35 @@ class Adapter:
             losses[objective.name] = loss
         return losses
 
-    def _reevaluate(self, batch: Batch) -> tuple[float, torch.Tensor] | None:
+    def _reevaluate(self, batch: Batch, statistics: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor] | None:
         """The closure handed to the update rule: the batch's loss and gradient at the current θ.
 
+        BatchNorm starts again from ``statistics``, those the step's first forward started from,
+        and is left as that forward left it: a second look at the batch must not move the running
+        statistics again, and with "robust" or "tbr" it must normalise as the first look did.
         The gradients are summed, not harmonized: a stateful harmonizer sees each step once.
         """
-        with torch.enable_grad():
-            logits = self.model(batch.images)
-            losses = self._losses(logits, batch, revisit=True)
-            if isinstance(losses, str):
-                return None
-            gradient = self._per_loss_gradients(list(losses.values())).sum(dim=0)
-            return sum(loss.item() for loss in losses.values()), gradient
+        after = self._statistics()
+        self._load_statistics(statistics)
+        try:
+            with torch.enable_grad():
+                logits = self.model(batch.images)
+                losses = self._losses(logits, batch, revisit=True)
+                if isinstance(losses, str):
+                    return None
+                gradient = self._per_loss_gradients(list(losses.values())).sum(dim=0)
+                return sum(loss.item() for loss in losses.values()), gradient
+        finally:
+            self._load_statistics(after)
+
+    def _statistics(self) -> dict[str, torch.Tensor]:
+        return {name: buffer.clone() for name, buffer in norm_buffers(self.model).items()}
+
+    def _load_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            buffers = norm_buffers(self.model)
+            for name, value in statistics.items():
+                buffers[name].copy_(value)
 
     def _per_loss_gradients(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """A ``K × |θ|`` stack: one backward pass per loss through the shared graph."""
@@ -197,7 +218,7 @@ class Adapter:
         """Everything that adapts: θ, normalisation running statistics, the update rule's state."""
         return {
             "params": {name: param.detach().clone() for name, param in self.named_params.items()},
-            "buffers": {name: buffer.clone() for name, buffer in norm_buffers(self.model).items()},
+            "buffers": self._statistics(),
             "update_rule": self.update_rule.state_dict() if self.update_rule is not None else {},
             "harmonizer": self.harmonizer.state_dict(),
         }
@@ -207,9 +228,7 @@ class Adapter:
         with torch.no_grad():
             for name, value in state["params"].items():
                 self.named_params[name].copy_(value)
-            buffers = norm_buffers(self.model)
-            for name, value in state["buffers"].items():
-                buffers[name].copy_(value)
+        self._load_statistics(state["buffers"])
         if self.update_rule is not None:
             self.update_rule.load_state_dict(state["update_rule"])
         self.harmonizer.reset()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tta_cli.engine.norms import NORMS
 from tta_cli.errors import UsageError
 
 
@@ -139,7 +140,6 @@ METHODS: dict[str, Method] = {
 }
 
 
-NORMS = ("batch", "robust", "tbr")
 DEFAULT_MEMORY = 64
 
 

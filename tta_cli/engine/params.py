@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tta_cli.engine.norms import use_norm
+
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -31,18 +33,15 @@ def norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def configure_model(model: nn.Module, batch_statistics: bool, params: list[nn.Parameter]) -> None:
-    """Eval mode everywhere, except BatchNorm in train mode when it must normalise with the
-    test batch's statistics; gradients only for ``params``.
+def configure_model(model: nn.Module, batch_statistics: bool, params: list[nn.Parameter], norm: str = "batch") -> None:
+    """Eval mode everywhere, except BatchNorm in train mode when it must normalise test batches
+    as ``norm`` says (``tta_cli.engine.norms``); gradients only for ``params``.
 
-    In train mode BatchNorm still tracks running statistics, which then follow the target
-    stream; they are not used for the forward pass but are kept in snapshots and exports.
+    With ``norm="batch"`` BatchNorm still tracks running statistics, which then follow the
+    target stream; they are not used for the forward pass but are kept in snapshots and exports.
     """
     model.eval()
     model.requires_grad_(False)
     for param in params:
         param.requires_grad_(True)
-    if batch_statistics:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
+    use_norm(model, norm if batch_statistics else None)

@@ -60,6 +60,11 @@ class Progress:
         return self.images_seen / elapsed if elapsed > 0 else 0.0
 
 
+def configured_method(config: AdaptConfig) -> Method:
+    """``config.method`` with ``config.norm``, when set, as its normalisation of test batches."""
+    return get_method(config.method if config.norm is None else f"{config.method}+{config.norm}")
+
+
 def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
     model = bundle.model.to(device)
     built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
@@ -87,7 +92,7 @@ def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None
     """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
     # Absolute, so that resume and export find the bundle from any working directory.
     config = config.model_copy(update={"model": Path(config.model).resolve()})
-    method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
+    method, device, bundle = configured_method(config), resolve_device(config.device), load_bundle(config.model)
     stream = _stream(config, bundle)
     run_dir = RunDirectory(config.run)
     adapter = build_adapter(bundle, method, config, device)
@@ -112,7 +117,7 @@ def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunS
     with RunLock(run_dir.path):
         store = HistoryStore.open(run_dir.path)
         config = read_config(store.first_config())
-        method, device, bundle = get_method(config.method), resolve_device(config.device), load_bundle(config.model)
+        method, device, bundle = configured_method(config), resolve_device(config.device), load_bundle(config.model)
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"The bundle at {config.model} has changed since this run started; it cannot resume.")
         current = store.aliases()["current"]

@@ -1,5 +1,6 @@
 """Rebuild the model to export: the bundle's architecture and weights, a run's θ on top, and
-BatchNorm running statistics that are either the source's or re-estimated on target images.
+BatchNorm running statistics that are the source's, re-estimated on target images, or those
+the run tracked.
 
 The exported graph must normalise with stored statistics: a graph that computed BatchNorm
 statistics from each batch would make one image's prediction depend on the other images
@@ -21,7 +22,7 @@ from tta_cli.errors import UsageError
 from tta_cli.models import Bundle, build_architecture
 from tta_cli.models.bundle import WEIGHTS_FILE
 
-BnStats = Literal["source", "target"]
+BnStats = Literal["source", "target", "tracked"]
 
 
 def build_export_model(
@@ -36,15 +37,16 @@ def build_export_model(
     parameters of the normalisation layers and the running statistics tracked during the run.
     ``bn_stats="source"`` keeps the bundle's own BatchNorm running statistics and ignores those
     in ``state``. ``bn_stats="target"`` re-estimates them on ``target_batches`` (normalised
-    ``N×3×H×W`` tensors); without batches it uses the statistics ``state`` carries, and it is
-    an error when ``state`` does not carry them for every BatchNorm layer.
+    ``N×3×H×W`` tensors). ``bn_stats="tracked"`` uses the statistics ``state`` carries, and it
+    is an error when it does not carry them for every BatchNorm layer: for a run that
+    normalised with "robust" or "tbr" (``tta_cli.engine.norms``) these are the smoothed
+    statistics, and the model is the adapted one in eval mode.
     """
     model = load_source_model(bundle)
     require_running_statistics(model)
-    reestimate = bn_stats == "target" and target_batches is not None
-    model.load_state_dict(state_to_apply(model, state or {}, bn_stats, reestimate), strict=False)
-    if reestimate and target_batches is not None:
-        reestimate_batchnorm_statistics(model, target_batches)
+    model.load_state_dict(state_to_apply(model, state or {}, bn_stats), strict=False)
+    if bn_stats == "target":
+        reestimate_batchnorm_statistics(model, target_batches or [])
     model.eval()
     model.requires_grad_(False)
     return model
@@ -61,20 +63,17 @@ def load_source_model(bundle: Bundle) -> nn.Module:
     return model
 
 
-def state_to_apply(
-    model: nn.Module, state: Mapping[str, torch.Tensor], bn_stats: BnStats, reestimate: bool
-) -> dict[str, torch.Tensor]:
+def state_to_apply(model: nn.Module, state: Mapping[str, torch.Tensor], bn_stats: BnStats) -> dict[str, torch.Tensor]:
     """The part of ``state`` to load: all of it, less the BatchNorm statistics unless they are
-    the target statistics to keep (``bn_stats="target"`` with nothing to re-estimate them on)."""
+    the ones to keep (``bn_stats="tracked"``)."""
     check_state_fits(model, state)
     statistics = batchnorm_statistic_keys(model)
-    if bn_stats == "source" or reestimate:
+    if bn_stats != "tracked":
         return {key: value for key, value in state.items() if key not in statistics}
     needed = {key for key in statistics if key.endswith(("running_mean", "running_var"))}
     if not needed <= state.keys():
         raise UsageError(
-            "BatchNorm statistics for the target need recent target images or a snapshot that holds them; "
-            "give target images or use --bn-stats source."
+            "The adapted state holds no BatchNorm statistics for every layer; use --bn-stats source or target."
         )
     return dict(state)
 

@@ -9,6 +9,8 @@ import torch
 from pydantic import BaseModel
 
 from tta_cli.config import read_config
+from tta_cli.engine.norms import SMOOTHED
+from tta_cli.engine.run import configured_method
 from tta_cli.errors import TTAError, UsageError
 from tta_cli.export.rebuild import BnStats, build_export_model
 from tta_cli.export.to_onnx import Simplify, export_onnx
@@ -43,18 +45,23 @@ def export_run(
     opset: int = 18,
     dynamic_batch: bool = True,
     simplify: Simplify = "onnxslim",
-    bn_stats: BnStats = "source",
+    bn_stats: BnStats | None = None,
     check: bool = True,
     atol: float = 1e-4,
 ) -> ExportReport:
     """Export the state ``selector`` names (a step, snapshot id or alias) and, with ``check``,
     verify it against PyTorch on ``num_images`` images: ``images`` if given, else the inputs
-    the run saw last. The file appears at ``out`` only once it passed."""
+    the run saw last. The file appears at ``out`` only once it passed.
+
+    ``bn_stats`` defaults to the statistics the run normalised with where they are stored:
+    "tracked" for a run with "robust" or "tbr" normalisation, else "source" (a run with "batch"
+    normalisation used each batch's own, which no stored statistics reproduce)."""
     store = HistoryStore.open(run_dir)
     try:
         target = store.resolve(selector)
         snapshot = store.load_snapshot(target.id)
         config = read_config(store.first_config())
+        method = configured_method(config)
         position = store.stream_position()
         bundle = load_bundle(bundle_path or config.model)
         if bundle.weights_sha256 != store.bundle_sha256():
@@ -62,6 +69,8 @@ def export_run(
     finally:
         store.close()
 
+    if bn_stats is None:
+        bn_stats = "tracked" if method.batch_statistics and method.norm in SMOOTHED else "source"
     needs_images = check or bn_stats == "target"
     recent = _recent_images(bundle, images or config.source, position, num_images) if needs_images else None
     state = snapshot["params"] | snapshot["buffers"]

@@ -1,0 +1,146 @@
+"""Normalisation of test batches: RoTTA's robust BN and DELTA's TBR, by hand and through the engine."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.bench.test_sar import entropy_method
+from tests.conftest import CLASSES, MEAN, STD, write_image_folder
+from tests.engine.test_adapter import first_batch, make_adapter
+from tta_cli.bench.protocols import bench_adapter
+from tta_cli.config import load_config
+from tta_cli.engine.norms import use_norm
+from tta_cli.engine.run import configured_method
+from tta_cli.errors import UsageError
+from tta_cli.models import load_bundle
+from tta_cli.streams import FolderStream, Preprocess, batches
+
+# One channel, four values: batch mean 2, biased variance (9 + 1 + 1 + 9) / 4 = 5.
+VALUES = torch.tensor([-1.0, 1.0, 3.0, 5.0])
+
+
+def one_channel_layer(mean: float, var: float, kind: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
+    """A one-channel BatchNorm with source statistics ``mean, var`` and eps 0, for round numbers."""
+    layer = kind(1, eps=0.0)
+    layer.running_mean.fill_(mean)
+    layer.running_var.fill_(var)
+    return layer
+
+
+def test_robust_bn_by_hand() -> None:
+    layer = one_channel_layer(0.0, 1.0)
+    use_norm(layer, "robust")
+    out = layer(VALUES.view(4, 1, 1, 1)).flatten()
+    # μ = 0.95·0 + 0.05·2 = 0.1; σ² = 0.95·1 + 0.05·5 = 1.2 (RoTTA's biased batch variance;
+    # the unbiased 20/3 would give 1.2833).
+    torch.testing.assert_close(layer.running_mean, torch.tensor([0.1]))
+    torch.testing.assert_close(layer.running_var, torch.tensor([1.2]))
+    assert int(layer.num_batches_tracked) == 1
+    torch.testing.assert_close(out, (VALUES - 0.1) / math.sqrt(1.2))  # x = 5 → 4.4731
+    # The eval-mode layer (the exported one) normalises with the statistics the batch left.
+    layer.eval()
+    torch.testing.assert_close(layer(VALUES.view(4, 1, 1, 1)).flatten(), out)
+
+
+def test_robust_bn_keeps_the_batch_share_of_the_gradient() -> None:
+    layer = one_channel_layer(0.0, 1.0, nn.BatchNorm1d)
+    use_norm(layer, "robust")
+    x = VALUES.view(4, 1).clone().requires_grad_()
+    layer(x).sum().backward()
+    assert x.grad is not None
+    # Through μ = 0.1 + 0.05·mean(x) alone the gradient of Σ (x − μ)/σ would be (1 − 4·0.05/4)/σ;
+    # σ² also depends on x, which moves each coordinate differently.
+    assert not torch.allclose(x.grad, torch.full_like(x.grad, 0.95 / math.sqrt(1.2)))
+    assert not torch.allclose(x.grad, torch.full_like(x.grad, 1 / math.sqrt(1.2)))
+
+
+def test_tbr_by_hand() -> None:
+    layer = one_channel_layer(1.0, 4.0)
+    use_norm(layer, "tbr")
+    x = VALUES.view(4, 1, 1, 1).clone().requires_grad_()
+    out = layer(x)
+    # (x − μ_b)/σ_b · σ_b/σ_ema + (μ_b − μ_ema)/σ_ema = (x − μ_ema)/σ_ema = (x − 1)/2.
+    torch.testing.assert_close(out.flatten(), torch.tensor([-1.0, 0.0, 1.0, 2.0]))
+    # Then μ_ema = 0.95·1 + 0.05·2 and σ_ema = 0.95·2 + 0.05·sqrt(5), stored as a variance.
+    torch.testing.assert_close(layer.running_mean, torch.tensor([1.05]))
+    torch.testing.assert_close(layer.running_var, torch.tensor([(1.9 + 0.05 * math.sqrt(5)) ** 2]))
+
+    # The gradient flows through the batch statistics: Σ x̂ is 0 whatever x, so its gradient is
+    # 0, where eval-mode normalisation with the same values gives 1/σ_ema = 0.5 per input.
+    out.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad.flatten(), torch.zeros(4))
+    plain = one_channel_layer(1.0, 4.0).eval()
+    y = x.detach().clone().requires_grad_()
+    plain(y).sum().backward()
+    assert y.grad is not None
+    torch.testing.assert_close(y.grad.flatten(), torch.full((4,), 0.5))
+
+
+def test_configuring_again_undoes_the_norm_and_keeps_the_state_dict_keys() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.BatchNorm1d(16))
+    keys = list(model.state_dict())
+    for norm in ("robust", "tbr"):
+        use_norm(model, norm)
+        assert all("forward" in layer.__dict__ for layer in (model[1], model[3]))
+        assert list(model.state_dict()) == keys
+    use_norm(model, "batch")
+    assert model[1].training and "forward" not in model[1].__dict__
+    use_norm(model, None)
+    assert not model[3].training and "forward" not in model[3].__dict__
+    with pytest.raises(UsageError, match="keeps no running statistics"):
+        use_norm(nn.BatchNorm2d(2, track_running_stats=False), "tbr")
+
+
+def stream_probabilities(bundle_path: Path, method: str, folder: Path, tmp_path: Path) -> torch.Tensor:
+    adapter = make_adapter(bundle_path, method, tmp_path)
+    stream = batches(FolderStream(folder, (32, 32), CLASSES), 4, Preprocess(MEAN, STD))
+    return torch.cat([adapter.step(batch).probabilities for batch in stream])
+
+
+def test_robust_stays_closer_to_the_source_on_a_class_sorted_stream(bundle_path: Path, tmp_path: Path) -> None:
+    # Sorted by class, four images a batch: every batch holds one class.
+    folder = write_image_folder(tmp_path / "sorted", per_class=8, seed=2)
+    source = stream_probabilities(bundle_path, "source", folder, tmp_path)
+    gaps = {
+        method: (stream_probabilities(bundle_path, method, folder, tmp_path) - source).abs().sum(1).mean().item()
+        for method in ("norm", "norm+robust", "norm+tbr")
+    }
+    assert gaps["norm+robust"] < gaps["norm"] / 3
+    assert gaps["norm+tbr"] < gaps["norm"] / 3
+    assert gaps["norm+robust"] > 1e-3, "the smoothed statistics still move the predictions"
+
+
+def test_the_config_overrides_the_method_norm(bundle_path: Path, tmp_path: Path) -> None:
+    config = load_config(None, {"model": bundle_path, "source": tmp_path, "method": "tent", "norm": "tbr"})
+    method = configured_method(config)
+    assert (method.name, method.norm, method.objectives) == ("tent+tbr", "tbr", ("entropy",))
+    assert configured_method(config.model_copy(update={"norm": None})).norm == "batch"
+    assert configured_method(config.model_copy(update={"method": "source"})).batch_statistics
+    with pytest.raises(UsageError, match="norm"):
+        load_config(None, {"model": bundle_path, "source": tmp_path, "norm": "layer"})
+
+
+@pytest.mark.parametrize("norm", ["batch", "robust", "tbr"])
+def test_a_second_look_at_the_batch_starts_from_the_same_statistics(
+    bundle_path: Path, clean_folder: Path, norm: str
+) -> None:
+    """SAM with ρ = 0 re-evaluates the batch at the same θ: it must find the same gradient, and
+    leave the statistics as one forward does."""
+    batch = first_batch(clean_folder)
+    thetas, statistics = {}, {}
+    for update in ("step", "sam"):
+        method = replace(entropy_method(update, 0.0), norm=norm)
+        adapter = bench_adapter(load_bundle(bundle_path), method, torch.device("cpu"))
+        adapter.step(batch)
+        thetas[update] = torch.cat([p.detach().flatten() for p in adapter.params])
+        statistics[update] = adapter.state_dict()["buffers"]
+    torch.testing.assert_close(thetas["sam"], thetas["step"])
+    for name, value in statistics["step"].items():
+        assert torch.equal(statistics["sam"][name], value), name
