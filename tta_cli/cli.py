@@ -296,7 +296,7 @@ def bench(
     data: Annotated[Path, typer.Option(help="Labeled clean folder (<class>/<image>), e.g. CIFAR-10's test split.")],
     out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and bench.png.")],
     corruptions: Annotated[str | None, typer.Option(help="Comma-separated (default all 15).")] = None,
-    severity: Annotated[int, typer.Option(help="Corruption severity, 1-5.")] = 5,
+    severity: Annotated[int, typer.Option(help="Corruption severity, 1-5 (one per run).")] = 5,
     num_examples: Annotated[int | None, typer.Option(help="Images per corruption (default all).")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "source,norm,tent,eata,sar",
     protocols: Annotated[str, typer.Option(help="reset and/or continual, comma-separated.")] = "reset,continual",

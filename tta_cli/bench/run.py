@@ -109,7 +109,7 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
         built["count"] += 1
         report("corrupt", f"corrupting ({name})", built["count"], total_images)
 
-    shifted = build_streams(
+    streams = build_streams(
         config.data,
         spec.class_names,
         config.corruptions,
@@ -120,7 +120,9 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
         config.cache_dir,
         on_image=corrupted,
     )
-    streams = [stream.reordered(config.order, config.seed) for stream in shifted]
+    for index, stream in enumerate(streams):
+        # One at a time, so that at most one stream is held twice.
+        streams[index] = stream.reordered(config.order, config.seed)
     report("corrupt", "streams ready", total_images, total_images)
     smallest_batch = min(config.batch_size, len(streams[0]) % config.batch_size or config.batch_size)
     if smallest_batch == 1 and any(get_method(name).batch_statistics for name in config.methods):
