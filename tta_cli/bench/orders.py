@@ -52,10 +52,10 @@ def parse_order(text: str) -> Order:
         except ValueError:
             alpha = float("nan")
         if not (0 < alpha < float("inf")):
-            raise UsageError(f"Order {text!r} needs a concentration ALPHA above 0, e.g. dirichlet:0.1.")
+            raise UsageError(f"Order {text!r} needs a finite concentration ALPHA above 0, e.g. dirichlet:0.1.")
         return Order(kind, alpha=alpha)
     if kind == "video" and colon:
-        if not value.isdigit() or int(value) < 1:
+        if not value.isdecimal() or int(value) < 1:
             raise UsageError(f"Order {text!r} needs a whole number K ≥ 1 of frames per image, e.g. video:4.")
         return Order(kind, frames=int(value))
     raise UsageError(f"Unknown order {text!r}; use one of {', '.join(ORDERS)}.")

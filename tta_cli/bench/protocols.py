@@ -4,7 +4,7 @@
   optimizer and fresh method state), as in Tent's and EATA's per-corruption results.
 - ``continual``: the corruptions follow each other in one stream and nothing is reset between
   them, as in CoTTA's continual protocol. With several rounds the whole sequence is played again,
-  still without a reset, as in the long-term runs of RoTTA and RMT (CoTTA's 10 rounds).
+  still without a reset: a longer stream, on which a method that slowly collapses shows it.
 
 Under ``reset`` a round repeats the first: every corruption starts from the source again.
 
