@@ -299,11 +299,25 @@ def bench(
     data: Annotated[Path, typer.Option(help="Labeled clean folder (<class>/<image>), e.g. CIFAR-10's test split.")],
     out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and bench.png.")],
     corruptions: Annotated[str | None, typer.Option(help="Comma-separated (default all 15).")] = None,
-    severity: Annotated[int, typer.Option(help="Corruption severity, 1-5.")] = 5,
+    severity: Annotated[int, typer.Option(help="Corruption severity, 1-5 (one per run).")] = 5,
     num_examples: Annotated[int | None, typer.Option(help="Images per corruption (default all).")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "source,norm,tent,eata,sar",
     protocols: Annotated[str, typer.Option(help="reset and/or continual, comma-separated.")] = "reset,continual",
     batch_size: Annotated[int, typer.Option(help="Images per adaptation step.")] = 200,
+    order: Annotated[
+        str,
+        typer.Option(
+            help="Order of each corruption's images: shuffled; sorted (by class); dirichlet:ALPHA (labels "
+            "correlated over time as in NOTE and RoTTA, 0.1 strongly); video:K (each image as K near-identical frames)."
+        ),
+    ] = "shuffled",
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Passes over the corruption sequence; only continual carries the state from one to the next "
+            "(under reset every round repeats the first)."
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option(help="Seed for the image choice, the stream order and corruptions.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     source_data: Annotated[
@@ -332,6 +346,8 @@ def bench(
             methods=tuple(_names(methods)),
             protocols=tuple(_names(protocols)),
             batch_size=batch_size,
+            order=order,
+            rounds=rounds,
             seed=seed,
             device=device,
             source_data=source_data,

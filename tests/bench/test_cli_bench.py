@@ -72,6 +72,8 @@ def test_unknown_names_are_one_sentence_usage_errors(bundle_path: Path, clean_fo
         ("--methods", "tent,cotta", "Unknown method 'cotta'"),
         ("--corruptions", "fogg", "Unknown corruption 'fogg'"),
         ("--protocols", "episodic", "Unknown protocol 'episodic'"),
+        ("--order", "random", "Unknown order 'random'"),
+        ("--order", "dirichlet:0", "Order 'dirichlet:0' needs a finite concentration ALPHA above 0"),
     ]:
         result = tta(*common, option, value)
         assert result.returncode == 2, result.stderr

@@ -54,6 +54,31 @@ def test_reset_starts_every_corruption_from_the_source_and_continual_does_not(
         assert torch.equal(value, before[name]), name
 
 
+@pytest.mark.parametrize("protocol", ["reset", "continual"])
+def test_rounds_replay_the_sequence_carrying_the_state_only_under_continual(
+    bundle_path: Path, clean_folder: Path, protocol: str
+) -> None:
+    bundle = load_bundle(bundle_path)
+    streams = [clean_stream(clean_folder, name) for name in ("first", "second")]
+    starts: list[torch.Tensor] = []
+    cells = run_method(
+        bundle,
+        FAST_TENT,
+        streams,
+        protocol,
+        batch_size=6,
+        device=torch.device("cpu"),
+        on_corruption_start=lambda name, adapter: starts.append(theta(adapter)),
+        rounds=3,
+    )
+    assert [(cell.corruption, cell.round) for cell in cells] == [
+        (name, number) for number in (1, 2, 3) for name in ("first", "second")
+    ]
+    assert all(cell.images == len(streams[0]) for cell in cells)
+    moved = [not torch.equal(start, starts[0]) for start in starts[1:]]
+    assert moved == [protocol == "continual"] * 5
+
+
 def test_predictions_are_counted_before_each_update(bundle_path: Path, clean_folder: Path) -> None:
     """One batch per stream: Tent's prediction of it is Norm's, whatever the update does after."""
     bundle = load_bundle(bundle_path)

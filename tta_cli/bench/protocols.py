@@ -3,7 +3,10 @@
 - ``reset``: every corruption starts from the source model (θ, normalisation statistics, a fresh
   optimizer and fresh method state), as in Tent's and EATA's per-corruption results.
 - ``continual``: the corruptions follow each other in one stream and nothing is reset between
-  them, as in CoTTA's continual protocol.
+  them, as in CoTTA's continual protocol. With several rounds the whole sequence is played again,
+  still without a reset: a longer stream, on which a method that slowly collapses shows it.
+
+Under ``reset`` a round repeats the first: every corruption starts from the source again.
 
 Online evaluation: each batch is predicted as the method predicts it at that moment, and only
 then adapted on; the error counts those predictions (``StepResult.probabilities`` are taken
@@ -38,6 +41,8 @@ class CellResult:
     method: str
     protocol: str
     corruption: str
+    round: int = 1
+    """Which pass over the corruption sequence, from 1."""
     images: int = 0
     errors: int = 0
     steps: int = 0
@@ -82,8 +87,10 @@ def run_method(
     device: torch.device,
     on_batch: Callable[[CellResult, int], None] | None = None,
     on_corruption_start: Callable[[str, Adapter], None] | None = None,
+    rounds: int = 1,
 ) -> list[CellResult]:
-    """Run ``method`` through ``streams`` under ``protocol``; the bundle's model is left as it was.
+    """Run ``method`` through ``streams``, ``rounds`` times over, under ``protocol``; the bundle's
+    model is left as it was.
 
     ``on_batch(cell, images)`` follows every batch; ``on_corruption_start(name, adapter)`` is
     called before a corruption's first batch, with the adapter about to see it.
@@ -95,9 +102,10 @@ def run_method(
     adapter = bench_adapter(bundle, method, device)
     recovery = InMemoryRecovery(adapter)
     source_state = adapter.state_dict()
+    sequence = [(number, stream) for number in range(1, rounds + 1) for stream in streams]
     results = []
     try:
-        for index, stream in enumerate(streams):
+        for index, (number, stream) in enumerate(sequence):
             if protocol == "reset" and index > 0:
                 # A new adapter over the restored model: fresh optimizer and method state too.
                 adapter.load_state_dict(source_state)
@@ -106,7 +114,8 @@ def run_method(
                 recovery = InMemoryRecovery(adapter)
             if on_corruption_start is not None:
                 on_corruption_start(stream.corruption, adapter)
-            results.append(_run_stream(adapter, recovery, stream, protocol, batch_size, preprocess, device, on_batch))
+            cell = CellResult(method.name, protocol, stream.corruption, number)
+            results.append(_run_stream(adapter, recovery, stream, cell, batch_size, preprocess, device, on_batch))
     finally:
         adapter.close()
         bundle.model.load_state_dict(original)
@@ -117,13 +126,12 @@ def _run_stream(
     adapter: Adapter,
     recovery: InMemoryRecovery,
     stream: ShiftedStream,
-    protocol: str,
+    cell: CellResult,
     batch_size: int,
     preprocess: Preprocess,
     device: torch.device,
     on_batch: Callable[[CellResult, int], None] | None,
 ) -> CellResult:
-    cell = CellResult(adapter.method.name, protocol, stream.corruption)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tta_cli.bench.orders import parse_order
+
 SHORT_NAMES = {
     "gaussian_noise": "gauss",
     "shot_noise": "shot",
@@ -42,21 +44,34 @@ def _write(path: Path, text: str) -> None:
 
 
 def error_table(result: dict[str, Any], protocol: str) -> list[list[str]]:
-    """Header row, then per method: error % per corruption and the mean."""
+    """Header row, then per method: error % per corruption (its mean over the rounds), the mean,
+    and, where ``source`` ran, the cells in which the method made more errors than ``source``."""
     corruptions = result["config"]["corruptions"]
+    worse = result["worse_than_source"]
     header = ["method", *[SHORT_NAMES.get(name, name) for name in corruptions], "mean"]
-    rows = [header]
+    rows = [header + (["worse than source"] if worse else [])]
     for method in result["config"]["methods"]:
-        errors = {
-            cell["corruption"]: cell["error_percent"]
-            for cell in result["results"]
-            if cell["method"] == method and cell["protocol"] == protocol
-        }
+        errors: dict[str, list[float]] = {}
+        for cell in result["results"]:
+            if cell["method"] == method and cell["protocol"] == protocol:
+                errors.setdefault(cell["corruption"], []).append(cell["error_percent"])
         label = method
         if method == "eata" and result["fisher"].startswith("not measured"):
             label = "eata (as ETA)"
         mean = result["mean_error_percent"][protocol][method]
-        rows.append([label, *[f"{errors[name]:.1f}" for name in corruptions], f"**{mean:.1f}**"])
+        row = [label, *[f"{sum(errors[name]) / len(errors[name]):.1f}" for name in corruptions], f"**{mean:.1f}**"]
+        rows.append(row + ([str(worse[protocol][method])] if worse else []))
+    return rows
+
+
+def round_table(result: dict[str, Any]) -> list[list[str]]:
+    """Per method and protocol: the mean error % of each round."""
+    rounds = result["config"]["rounds"]
+    rows = [["method", "protocol", *[f"round {number}" for number in range(1, rounds + 1)]]]
+    for method in result["config"]["methods"]:
+        for protocol in result["config"]["protocols"]:
+            errors = result["error_per_round"][protocol][method]
+            rows.append([method, protocol, *[f"{error:.1f}" for error in errors]])
     return rows
 
 
@@ -90,19 +105,34 @@ def _markdown_table(rows: list[list[str]]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     config = result["config"]
+    rounds = config["rounds"]
     parts = [
         "# Benchmark",
         "",
         f"Model `{result['model']['path']}` ({result['model']['architecture']}), data `{config['data']}`, "
-        f"severity {config['severity']}, {result['images_per_corruption']} images per corruption, "
-        f"batch {config['batch_size']}, seed {config['seed']}, on {result['machine']['device']} "
-        f"(torch {result['machine']['torch']}); {result['seconds']:.0f} s in all.",
+        f"severity {config['severity']}, {_stream_words(result)}, "
+        f"batch {config['batch_size']}, {rounds} round{'s' if rounds > 1 else ''}, seed {config['seed']}, "
+        f"on {result['machine']['device']} (torch {result['machine']['torch']}); {result['seconds']:.0f} s in all.",
         "",
         f"EATA's Fisher information: {result['fisher']}.",
         "",
     ]
+    if rounds > 1:
+        parts += [f"A corruption's error is its mean over the {rounds} rounds.", ""]
+    if result["worse_than_source"]:
+        parts += ["*worse than source*: the cells (corruption and round) with more errors than `source`.", ""]
     for protocol in config["protocols"]:
         parts += [f"## Online error (%), protocol `{protocol}`", "", _markdown_table(error_table(result, protocol)), ""]
+    if rounds > 1:
+        parts += [
+            "## Error per round (%)",
+            "",
+            "Only `continual` carries a method's state from one round to the next; under `reset`, and for a "
+            "method that does not adapt, every round repeats the first.",
+            "",
+            _markdown_table(round_table(result)),
+            "",
+        ]
     parts += ["## Speed during the benchmark", "", _markdown_table(speed_table(result)), ""]
     parts += _speed_markdown(result["speed"])
     counts: dict[str, int] = {}
@@ -114,6 +144,15 @@ def markdown(result: dict[str, Any]) -> str:
     if counts:
         parts += ["## Events", "", *[f"- {key} ({count} batches)" for key, count in sorted(counts.items())], ""]
     return "\n".join(parts)
+
+
+def _stream_words(result: dict[str, Any]) -> str:
+    """How many images each corruption's stream holds, and in which order they arrive."""
+    order = parse_order(result["config"]["order"])
+    count = result["images_per_corruption"]
+    if order.kind == "video":
+        return f"{count} frames per corruption ({count // order.frames} images as {order.frames} frames each)"
+    return f"{count} images per corruption in `{result['config']['order']}` order"
 
 
 def _speed_markdown(speed: dict[str, Any]) -> list[str]:
@@ -156,7 +195,9 @@ def _speed_markdown(speed: dict[str, Any]) -> list[str]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Error per corruption per method (one panel per protocol) and images/s per method."""
+    """Error per corruption per method (one panel per protocol; with several rounds, each
+    corruption's mean over them), error per round under ``continual`` when there are several,
+    and images/s per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,24 +205,35 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     config = result["config"]
     protocols, methods, corruptions = config["protocols"], config["methods"], config["corruptions"]
-    widths = [3] * len(protocols) + [1]
+    with_rounds = config["rounds"] > 1 and "continual" in protocols
+    widths = [3] * len(protocols) + [2] * with_rounds + [1]
     figure, axes = plt.subplots(
-        1, len(widths), figsize=(6 * len(protocols) + 4, 4.5), gridspec_kw={"width_ratios": widths}
+        1, len(widths), figsize=(6 * len(protocols) + 4 * with_rounds + 4, 4.5), gridspec_kw={"width_ratios": widths}
     )
     positions = range(len(corruptions))
     for axis, protocol in zip(axes, protocols, strict=False):
         for method in methods:
-            errors = {
-                c["corruption"]: c["error_percent"]
-                for c in result["results"]
-                if c["method"] == method and c["protocol"] == protocol
-            }
-            axis.plot(positions, [errors[name] for name in corruptions], marker="o", label=method)
+            errors: dict[str, list[float]] = {}
+            for c in result["results"]:
+                if c["method"] == method and c["protocol"] == protocol:
+                    errors.setdefault(c["corruption"], []).append(c["error_percent"])
+            means = [sum(errors[name]) / len(errors[name]) for name in corruptions]
+            axis.plot(positions, means, marker="o", label=method)
         axis.set_xticks(list(positions), [SHORT_NAMES.get(name, name) for name in corruptions], rotation=60)
         axis.set_ylabel("online error (%)")
         axis.set_title(f"protocol: {protocol}")
         axis.grid(alpha=0.3)
     axes[0].legend()
+    if with_rounds:
+        rounds_axis = axes[len(protocols)]
+        numbers = range(1, config["rounds"] + 1)
+        for method in methods:
+            rounds_axis.plot(numbers, result["error_per_round"]["continual"][method], marker="o", label=method)
+        rounds_axis.set_xticks(list(numbers))
+        rounds_axis.set_xlabel("round")
+        rounds_axis.set_ylabel("online error (%)")
+        rounds_axis.set_title("continual: error per round")
+        rounds_axis.grid(alpha=0.3)
     speed_axis = axes[-1]
     rates = []
     for method in methods:

@@ -1,26 +1,27 @@
 """``tta-cli bench``: methods side by side on a labeled clean folder under the 15 corruptions.
 
-streams (cached) → Fisher on clean source data (EATA) → every method under every protocol
-→ speed → OUT/bench.json, OUT/bench.md, OUT/bench.png
+streams (cached) → put in ``order`` → Fisher on clean source data (EATA) → every method under
+every protocol, ``rounds`` times → speed → OUT/bench.json, OUT/bench.md, OUT/bench.png
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tta_cli.bench.orders import parse_order
 from tta_cli.bench.protocols import PROTOCOLS, CellResult, run_method
 from tta_cli.bench.report import write_report
 from tta_cli.bench.speed import measure_speed
-from tta_cli.bench.streams import build_streams, select_images
+from tta_cli.bench.streams import ShiftedStream, build_streams, select_images
 from tta_cli.corruptions import CORRUPTIONS
 from tta_cli.engine import get_method, resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
@@ -45,6 +46,8 @@ class BenchConfig(BaseModel):
     methods: tuple[str, ...] = BASELINES
     protocols: tuple[str, ...] = PROTOCOLS
     batch_size: int = Field(200, ge=1)
+    order: str = Field("shuffled", description="shuffled, sorted, dirichlet:ALPHA or video:K (``orders``)")
+    rounds: int = Field(1, ge=1, description="passes over the corruption sequence (continual: without a reset)")
     seed: int = 0
     device: str = "auto"
     source_data: Path | None = Field(None, description="clean labeled source images for EATA's Fisher")
@@ -52,6 +55,12 @@ class BenchConfig(BaseModel):
     cache_dir: Path | None = None
     speed: bool = True
     speed_repeats: int = Field(10, ge=1)
+
+    @field_validator("order")
+    @classmethod
+    def _known_order(cls, value: str) -> str:
+        parse_order(value)
+        return value
 
 
 @dataclass
@@ -111,7 +120,13 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
         config.cache_dir,
         on_image=corrupted,
     )
+    for index, stream in enumerate(streams):
+        # One at a time, so that at most one stream is held twice.
+        streams[index] = stream.reordered(config.order, config.seed)
     report("corrupt", "streams ready", total_images, total_images)
+    smallest_batch = min(config.batch_size, len(streams[0]) % config.batch_size or config.batch_size)
+    if smallest_batch == 1 and any(get_method(name).batch_statistics for name in config.methods):
+        check_batch_of_one(bundle, streams[0], device)
 
     fisher_note = "not needed (EATA not run)"
     if "eata" in config.methods:
@@ -141,6 +156,27 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
     return result
 
 
+def check_batch_of_one(bundle: Bundle, stream: ShiftedStream, device: torch.device) -> None:
+    """A batch of one image is normalised with its own statistics only where every BatchNorm
+    layer still has more than one value per channel (spatial size above 1×1): the zoo's CIFAR
+    networks do; a network that pools to 1×1 before a BatchNorm does not, and torch refuses it."""
+    model = bundle.model.to(device)
+    original = {name: value.clone() for name, value in model.state_dict().items()}
+    configure_model(model, batch_statistics=True, params=[])
+    try:
+        with torch.no_grad():
+            model(Preprocess(bundle.spec.mean, bundle.spec.std, device)(stream.images[:1]))
+    except ValueError as error:
+        raise UsageError(
+            f"A batch of one image leaves a BatchNorm layer of {bundle.spec.architecture} one value per channel, "
+            "which test-batch statistics cannot normalise; use a --batch-size of 2 or more and a --num-examples "
+            "whose last batch is not a single image."
+        ) from error
+    finally:
+        # Train-mode BatchNorm moved the running statistics.
+        model.load_state_dict(original)
+
+
 def _attach_fisher(bundle: Bundle, config: BenchConfig, device: torch.device) -> int:
     """Measure EATA's Fisher information once and keep it on the bundle for the EATA runs."""
     assert config.source_data is not None
@@ -164,7 +200,7 @@ def _attach_fisher(bundle: Bundle, config: BenchConfig, device: torch.device) ->
 def _run_matrix(
     bundle: Bundle,
     config: BenchConfig,
-    streams: list,
+    streams: list[ShiftedStream],
     device: torch.device,
     report: Callable[..., None],
 ) -> list[CellResult]:
@@ -173,31 +209,41 @@ def _run_matrix(
     for name in config.methods:
         method = get_method(name)
         # Nothing adapts in a method without objectives, so both protocols give the same
-        # predictions: it runs once and its cells are listed under each protocol.
-        plan.append((method, config.protocols if method.updates else config.protocols[:1]))
-    total = stream_images * sum(len(protocols) for _, protocols in plan)
+        # predictions: it runs once and its cells are listed under each protocol. For such a
+        # method, and under reset, every round repeats the first: it runs once and is listed
+        # under each round.
+        for protocol in config.protocols if method.updates else config.protocols[:1]:
+            plan.append((method, protocol, config.rounds if method.updates and protocol == "continual" else 1))
+    total = stream_images * sum(rounds for _, _, rounds in plan)
     done = {"images": 0}
     cells: list[CellResult] = []
-    for method, protocols in plan:
-        for protocol in protocols:
+    for method, protocol, rounds in plan:
 
-            def advance(cell: CellResult, images: int, protocol: str = protocol) -> None:
-                done["images"] += images
-                report("adapt", f"{cell.method} · {protocol} · {cell.corruption}", done["images"], total)
+        def advance(cell: CellResult, images: int, protocol: str = protocol) -> None:
+            done["images"] += images
+            where = f"round {cell.round} · {cell.corruption}" if config.rounds > 1 else cell.corruption
+            report("adapt", f"{cell.method} · {protocol} · {where}", done["images"], total)
 
-            torch.manual_seed(config.seed)
-            ran = run_method(bundle, method, streams, protocol, config.batch_size, device, on_batch=advance)
-            cells.extend(ran)
-            if not method.updates:
-                for other in config.protocols[1:]:
-                    cells.extend(_relabel(cell, other) for cell in ran)
+        torch.manual_seed(config.seed)
+        ran = run_method(bundle, method, streams, protocol, config.batch_size, device, on_batch=advance, rounds=rounds)
+        if rounds < config.rounds:
+            ran += [
+                _copy(cell, "same run as round 1", round=number)
+                for number in range(2, config.rounds + 1)
+                for cell in ran
+            ]
+        cells.extend(ran)
+        if not method.updates:
+            for other in config.protocols[1:]:
+                cells.extend(_copy(cell, f"same run as protocol {protocol}", protocol=other) for cell in ran)
     return cells
 
 
-def _relabel(cell: CellResult, protocol: str) -> CellResult:
-    copied = CellResult(**{**cell.__dict__, "protocol": protocol})
+def _copy(cell: CellResult, note: str, **changes: Any) -> CellResult:
+    """Another cell's result, listed again with ``changes`` and a ``note`` that says so."""
+    copied = replace(cell, **changes)
     copied.notes = cell.notes.copy()
-    copied.notes["same run as protocol " + cell.protocol] += 1
+    copied.notes[note] += 1
     return copied
 
 
@@ -217,6 +263,7 @@ def _summary(
             "method": cell.method,
             "protocol": cell.protocol,
             "corruption": cell.corruption,
+            "round": cell.round,
             "images": cell.images,
             "error_percent": round(cell.error_percent, 2),
             "images_per_second": round(cell.images_per_second, 1),
@@ -227,10 +274,11 @@ def _summary(
         for cell in cells
     ]
     mean_error = {
+        protocol: {name: _mean_error(cells, protocol, name) for name in config.methods} for protocol in config.protocols
+    }
+    error_per_round = {
         protocol: {
-            name: round(
-                float(np.mean([c.error_percent for c in cells if (c.protocol, c.method) == (protocol, name)])), 2
-            )
+            name: [_mean_error(cells, protocol, name, number) for number in range(1, config.rounds + 1)]
             for name in config.methods
         }
         for protocol in config.protocols
@@ -263,6 +311,39 @@ def _summary(
         "fisher": fisher_note,
         "results": results,
         "mean_error_percent": mean_error,
+        "error_per_round": error_per_round,
+        "worse_than_source": worse_than_source(cells, config.methods, config.protocols),
         "speed": speed,
         "seconds": round(seconds, 1),
+    }
+
+
+def _mean_error(cells: list[CellResult], protocol: str, method: str, number: int | None = None) -> float:
+    """Mean error % of a method's cells under a protocol, over every round or in round ``number``."""
+    errors = [
+        cell.error_percent
+        for cell in cells
+        if (cell.protocol, cell.method) == (protocol, method) and (number is None or cell.round == number)
+    ]
+    return round(float(np.mean(errors)), 2)
+
+
+def worse_than_source(
+    cells: Sequence[CellResult], methods: Sequence[str], protocols: Sequence[str]
+) -> dict[str, dict[str, int]] | None:
+    """Per protocol and method, the cells (corruption and round) with more errors than ``source``
+    on the same images; ``None`` where ``source`` was not run."""
+    if "source" not in methods:
+        return None
+    source = {(cell.protocol, cell.round, cell.corruption): cell.errors for cell in cells if cell.method == "source"}
+    return {
+        protocol: {
+            name: sum(
+                cell.errors > source[protocol, cell.round, cell.corruption]
+                for cell in cells
+                if (cell.protocol, cell.method) == (protocol, name)
+            )
+            for name in methods
+        }
+        for protocol in protocols
     }

@@ -10,7 +10,7 @@ parameters for 32×32 images and ImageNet-C's otherwise, and stored as PNG under
 
 A folder counts as built once its ``complete.json`` exists (written last, after an atomic
 rename of the whole folder) and records the same corruption parameters as the code now has;
-otherwise it is rebuilt.
+otherwise it is rebuilt. ``ShiftedStream.reordered`` plays a stream in another order (``orders``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tta_cli.bench.orders import order_indices, order_rng, parse_order, video_frames
 from tta_cli.corruptions import CIFAR_PARAMETERS, IMAGENET_PARAMETERS, check_corruption, corrupt, image_rng
 from tta_cli.corruptions.folder import save_png
 from tta_cli.errors import UsageError
@@ -49,6 +50,21 @@ class ShiftedStream:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def reordered(self, order: str, seed: int) -> ShiftedStream:
+        """A copy in ``order`` (``orders``), drawn from a generator of the seed and this corruption.
+
+        A video frame's id is its image's id with ``#`` and the frame's number (from 1).
+        """
+        rng = order_rng(seed, self.corruption)
+        indices = order_indices(self.labels, order, rng)
+        ids = [self.ids[index] for index in indices]
+        images = self.images[indices]
+        parsed = parse_order(order)
+        if parsed.kind == "video":
+            ids = [f"{image_id}#{position % parsed.frames + 1}" for position, image_id in enumerate(ids)]
+            images = video_frames(images, rng)
+        return replace(self, ids=ids, images=images, labels=self.labels[indices])
 
 
 def default_cache_dir() -> Path:
