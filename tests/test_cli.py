@@ -57,6 +57,9 @@ def test_config_file_is_loaded_and_flags_override_it(bundle_path: Path, tmp_path
     [
         (["--source", "{missing}"], "does not exist"),
         (["--method", "tnet"], "Unknown method 'tnet'"),
+        (["--method", "tent+memory0"], "memoryN with N ≥ 1"),
+        (["--method", "norm+memory"], "makes no update"),
+        (["--method", "tent+sharp"], "Unknown method variant 'sharp'"),
         (["--device", "cuda:7"], "cuda:7"),
         (["--model", "{missing}"], "does not exist"),
         (["--batch-size", "0"], "batch_size"),

@@ -191,7 +191,13 @@ def methods() -> None:
     table.add_column("what it does")
     for method in METHODS.values():
         table.add_row(method.name, method.summary)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(
+        "Variants: NAME:HARMONIZER (two objectives), +batch / +robust / +tbr (BatchNorm on test batches), "
+        "+memory[N] (learn from a class-balanced memory), +resetN (back to the source every N steps), "
+        "+guard (the benchmark runs it guarded), e.g. mgtta+tbr+memory."
+    )
 
 
 @app.command()

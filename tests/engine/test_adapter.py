@@ -91,6 +91,21 @@ def test_unknown_method() -> None:
         get_method("tnet")
 
 
+def test_method_variants_stack() -> None:
+    method = get_method("mgtta:gh+tbr+memory32+reset500+guard")
+    assert (method.name, method.harmonizer, method.norm, method.memory, method.reset_every, method.guard) == (
+        "mgtta:gh+tbr+memory32+reset500+guard",
+        "gh",
+        "tbr",
+        32,
+        500,
+        True,
+    )
+    assert get_method("rdumb").reset_every == 1000
+    with pytest.raises(UsageError, match="resetN"):
+        get_method("tent+reset")
+
+
 def test_method_variants_name_another_harmonizer() -> None:
     variant = get_method("harmonized:sam-gs")
     assert variant.harmonizer == "sam-gs" and variant.name == "harmonized:sam-gs"
