@@ -62,7 +62,10 @@ def adapt(
         typer.Option(help="Folder, glob, image, video file, camera index (0) or device (/dev/video0), rtsp/http URL."),
     ] = None,
     run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
-    method: Annotated[str | None, typer.Option(help="Method name (see tta-cli methods; default tent).")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Method (see tta-cli methods); default auto, the measured default."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default the method's).")] = None,

@@ -67,7 +67,7 @@ class AdaptConfig(BaseModel):
         default_factory=lambda: new_run_path(Path("runs")),
         description="run directory for history, predictions, summary and configuration",
     )
-    method: str = "tent"
+    method: str = Field("auto", description="a method of 'tta-cli methods', or auto: the measured default")
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "sgd"] | None = None
     lr: float | None = Field(None, gt=0)

@@ -119,10 +119,10 @@ def test_robust_stays_closer_to_the_source_on_a_class_sorted_stream(bundle_path:
 
 def test_the_config_overrides_the_method_norm(bundle_path: Path, tmp_path: Path) -> None:
     config = load_config(None, {"model": bundle_path, "source": tmp_path, "method": "tent", "norm": "tbr"})
-    method = configured_method(config)
+    method = configured_method(config, load_bundle(bundle_path))
     assert (method.name, method.norm, method.objectives) == ("tent+tbr", "tbr", ("entropy",))
-    assert configured_method(config.model_copy(update={"norm": None})).norm == "batch"
-    assert configured_method(config.model_copy(update={"method": "source"})).batch_statistics
+    assert configured_method(config.model_copy(update={"norm": None}), load_bundle(bundle_path)).norm == "batch"
+    assert configured_method(config.model_copy(update={"method": "source"}), load_bundle(bundle_path)).batch_statistics
     with pytest.raises(UsageError, match="norm"):
         load_config(None, {"model": bundle_path, "source": tmp_path, "norm": "layer"})
 
@@ -144,3 +144,14 @@ def test_a_second_look_at_the_batch_starts_from_the_same_statistics(
     torch.testing.assert_close(thetas["sam"], thetas["step"])
     for name, value in statistics["step"].items():
         assert torch.equal(statistics["sam"][name], value), name
+
+
+def test_auto_is_the_measured_default_and_the_run_records_what_it_ran(bundle_path: Path, tmp_path: Path) -> None:
+    from tta_cli.engine.methods import DEFAULT_METHOD, DEFAULT_METHOD_WITHOUT_MGG
+
+    config = load_config(None, {"model": bundle_path, "source": tmp_path})
+    assert config.method == "auto"
+    assert not (bundle_path / "mgg.safetensors").exists()
+    assert configured_method(config, load_bundle(bundle_path)).name == DEFAULT_METHOD_WITHOUT_MGG
+    shipped = load_bundle(Path(__file__).parents[2] / "sample_models" / "cifar10-airnet")
+    assert configured_method(config, shipped).name == DEFAULT_METHOD

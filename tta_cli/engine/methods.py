@@ -143,6 +143,13 @@ METHODS: dict[str, Method] = {
 DEFAULT_MEMORY = 64
 
 
+AUTO_METHOD = "auto"
+# Chosen by measurement over shuffled, class-sorted, Dirichlet-correlated and small-batch
+# streams (docs/benchmarks.md, "Real streams"); a run adds the guard, on by default.
+DEFAULT_METHOD = "mgtta+robust+memory"
+DEFAULT_METHOD_WITHOUT_MGG = "tent+robust+memory"
+
+
 def get_method(name: str) -> Method:
     """A preset by name, with variants so that benchmarks can set them side by side:
 

@@ -61,9 +61,9 @@ def export_run(
         target = store.resolve(selector)
         snapshot = store.load_snapshot(target.id)
         config = read_config(store.first_config())
-        method = configured_method(config)
         position = store.stream_position()
         bundle = load_bundle(bundle_path or config.model)
+        method = configured_method(config, bundle)
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
     finally:

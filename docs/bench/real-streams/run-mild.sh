@@ -4,7 +4,7 @@
 set -euo pipefail
 data=${1:?give the CIFAR-10 folder with train/ and test/}
 for severity in 1 3; do
-  tta-cli bench --model sample_models/cifar10-airnet --data "$data/test" --num-examples 1200 \
+  tta-cli bench --model sample_models/cifar10-airnet --data "$data/test" --num-examples 600 \
     --severity "$severity" --protocols continual --order shuffled --batch-size 64 \
     --methods source,norm,tent,mgtta,mgtta+tbr+memory+guard,mgtta+robust+memory+guard \
     --no-speed --out "docs/bench/real-streams/severity$severity"

@@ -5,7 +5,7 @@ set -euo pipefail
 data=${1:?give the CIFAR-10 folder with train/ and test/}
 shift
 out=docs/bench/real-streams
-methods=source,norm,tent,eata,sar,rdumb,mgtta,tent+tbr+memory+guard,mgtta+tbr+memory+guard,mgtta+robust+memory+guard
+methods=source,norm,tent,eata,sar,rdumb,mgtta,mgtta+tbr+memory+guard,mgtta+robust+memory+guard
 declare -A settings=(
   [shuffled-b200]="--order shuffled --batch-size 200"
   [sorted-b64]="--order sorted --batch-size 64"
@@ -16,7 +16,7 @@ for name in "${@:-shuffled-b200 sorted-b64 dirichlet0.1-b64 shuffled-b16}"; do
   for protocol in $name; do
     # shellcheck disable=SC2086
     tta-cli bench --model sample_models/cifar10-airnet --data "$data/test" --source-data "$data/train" \
-      --num-examples 1200 --severity 5 --protocols continual --methods "$methods" \
+      --num-examples 600 --severity 5 --protocols continual --methods "$methods" \
       ${settings[$protocol]} --no-speed --out "$out/$protocol"
   done
 done
