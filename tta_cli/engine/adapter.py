@@ -2,7 +2,7 @@
 
 1. logits, features = model(x)
 2. predictions are taken here, before the update; the guard watches them (and, for its harm
-   signal, the frozen source model's view of the same inputs)
+   signal, the un-updated model's view of the same inputs)
 3. losses = {name: objective(logits, features, batch)}, over the batch or, with a
    class-balanced memory, over the memory the batch was just offered to
 4. one gradient over θ per loss
@@ -95,13 +95,7 @@ class Adapter:
 
     def step(self, batch: Batch) -> StepResult:
         self.step_count += 1
-        reset = ""
-        period = self.method.reset_every
-        if period and self.source_state is None:
-            self.source_state = self.state_dict()
-        elif period and (self.step_count - 1) % period == 0:
-            self.load_state_dict(self.source_state)
-            reset = f"reset to the source state (every {period} steps)"
+        reset = self._reset_if_due()
         statistics = self._statistics() if self.method.updates or self.reference is not None else {}
         with torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
@@ -111,14 +105,7 @@ class Adapter:
             entropy=entropy(logits.detach()),
             note=reset,
         )
-        reference_probabilities = None
-        if self.reference is not None:
-            with torch.no_grad():
-                # The statistics the adapted model's forward started from, so that both see
-                # this batch once.
-                for name, buffer in norm_buffers(self.reference).items():
-                    buffer.copy_(statistics[name])
-                reference_probabilities = self.reference(batch.images).softmax(dim=1)
+        reference_probabilities = self._reference_probabilities(batch, statistics)
         result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
         plausibility = self.guard.plausibility() if self.reference is not None else None
         if plausibility is not None:
@@ -151,6 +138,29 @@ class Adapter:
         result.update_norm = (after - before).norm().item()
         result.verdict = self.guard.check_state(self.params)
         return result
+
+    def _reset_if_due(self) -> str:
+        """RDumb's periodic return to the state before the first step; a note when it happens."""
+        period = self.method.reset_every
+        if not period:
+            return ""
+        if self.source_state is None:
+            self.source_state = self.state_dict()
+            return ""
+        if (self.step_count - 1) % period:
+            return ""
+        self.load_state_dict(self.source_state)
+        return f"reset to the source state (every {period} steps)"
+
+    def _reference_probabilities(self, batch: Batch, statistics: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The harm signal's reference on the batch, normalising from the statistics the
+        adapted model's forward started from, so that both see this batch once."""
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            for name, buffer in norm_buffers(self.reference).items():
+                buffer.copy_(statistics[name])
+            return self.reference(batch.images).softmax(dim=1)
 
     def _losses(self, logits: torch.Tensor, batch: Batch, revisit: bool) -> dict[str, torch.Tensor] | str:
         """Each objective's loss, or the name of the first objective that found nothing to learn from."""
