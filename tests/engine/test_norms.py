@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -155,3 +156,34 @@ def test_auto_is_the_measured_default_and_the_run_records_what_it_ran(bundle_pat
     assert configured_method(config, load_bundle(bundle_path)).name == DEFAULT_METHOD_WITHOUT_MGG
     shipped = load_bundle(Path(__file__).parents[2] / "sample_models" / "cifar10-airnet")
     assert configured_method(config, shipped).name == DEFAULT_METHOD
+
+
+def test_balanced_rate_follows_the_class_spread_of_recent_predictions() -> None:
+    from tta_cli.engine.norms import balanced_rate
+
+    assert balanced_rate(list(range(10)) * 6, 10) == pytest.approx(0.5)  # every class: h = 1
+    assert balanced_rate([3] * 64, 10) == pytest.approx(0.05)  # one class: h = 0
+    assert balanced_rate([0, 1] * 32, 10) == pytest.approx(0.05)  # h = log 2 / log 10 < 0.5
+    # Four classes: h = log 4 / log 10 = 0.602, rate = 0.05 + 0.45 · (0.204)² = 0.0687.
+    assert balanced_rate([0, 1, 2, 3] * 16, 10) == pytest.approx(
+        0.05 + 0.45 * (2 * math.log(4) / math.log(10) - 1) ** 2
+    )
+    assert balanced_rate([], 10) == 0.05
+
+
+def test_balanced_moves_fast_on_a_mixed_stream_and_slowly_on_one_class(bundle_path: Path) -> None:
+    """The same batch moves the statistics further after a window of many classes."""
+    from tta_cli.engine.norms import set_rate, use_norm
+
+    bundle = load_bundle(bundle_path)
+    x = torch.randn(8, 3, 32, 32) * 3 + 1
+    moved = {}
+    for rate in (0.05, 0.5):
+        model = copy.deepcopy(bundle.model)
+        use_norm(model, "balanced")
+        set_rate(model, rate)
+        first = next(module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d))
+        before = first.running_mean.clone()
+        model(x)
+        moved[rate] = (first.running_mean - before).norm().item()
+    assert moved[0.5] == pytest.approx(10 * moved[0.05], rel=1e-4)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +29,16 @@ from torch import nn
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
+from tta_cli.engine.norms import balanced_rate, set_rate
 from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
 from tta_cli.objectives import Objective, entropy
 from tta_cli.streams import UNLABELED, Batch
 from tta_cli.update import UpdateRule
+
+BALANCED_WINDOW = 64
+"""Recent predictions whose class spread sets the rate of the "balanced" norm."""
 
 
 @dataclass
@@ -86,6 +91,9 @@ class Adapter:
         # The harm signal's reference: θ as given, frozen, normalising as the adapted model does
         # (see ``tta_cli.engine.guard``).
         self.reference = copy.deepcopy(model).requires_grad_(False) if guard.watches_harm else None
+        self.recent_predictions: deque[int] | None = None
+        if method.batch_statistics and method.norm == "balanced":
+            self.recent_predictions = deque(maxlen=BALANCED_WINDOW)
         self.source_state: dict[str, Any] | None = None
         """What ``reset_every`` returns to: the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
@@ -96,6 +104,11 @@ class Adapter:
     def step(self, batch: Batch) -> StepResult:
         self.step_count += 1
         reset = self._reset_if_due()
+        if self.recent_predictions is not None:
+            rate = balanced_rate(list(self.recent_predictions), self.guard.num_classes)
+            set_rate(self.model, rate)
+            if self.reference is not None:
+                set_rate(self.reference, rate)
         statistics = self._statistics() if self.method.updates or self.reference is not None else {}
         with torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
@@ -105,6 +118,8 @@ class Adapter:
             entropy=entropy(logits.detach()),
             note=reset,
         )
+        if self.recent_predictions is not None:
+            self.recent_predictions.extend(result.predictions.tolist())
         reference_probabilities = self._reference_probabilities(batch, statistics)
         result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
         plausibility = self.guard.plausibility() if self.reference is not None else None
@@ -245,6 +260,8 @@ class Adapter:
         self.harmonizer.load_state_dict(state.get("harmonizer", {}))
         if self.memory is not None:
             self.memory.clear()
+        if self.recent_predictions is not None:
+            self.recent_predictions.clear()
 
     def close(self) -> None:
         self._hooks.close()

@@ -30,6 +30,7 @@ which keeps every state-dict key, and in eval mode they run BatchNorm's own forw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from types import MethodType
 
@@ -38,11 +39,43 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.errors import UsageError
 
-NORMS = ("batch", "robust", "tbr")
-SMOOTHED = ("robust", "tbr")
+NORMS = ("batch", "robust", "tbr", "balanced")
+SMOOTHED = ("robust", "tbr", "balanced")
 """The norms that normalise with their running statistics, not with the batch's alone."""
 MOMENTUM = 0.05
 """RoTTA's α, and 1 − DELTA's prior of 0.95, as their public code sets them."""
+BALANCED_RATES = (0.05, 0.5)
+"""The slowest and the fastest rate of "balanced" (see ``balanced_rate``)."""
+
+
+def balanced_rate(predictions: list[int], num_classes: int) -> float:
+    """The smoothing rate of "balanced": robust BN whose rate follows how many classes recent
+    inputs hold, judged by the model's own predictions.
+
+    A window of recent predictions spread over the classes says the batches are a fair sample of
+    the domain, and their statistics can be trusted almost as test-batch BN trusts them; a
+    window of one or two classes (a sorted folder, a camera on one scene) says the opposite, and
+    the rate falls to RoTTA's 0.05. With ``h`` the entropy of the window's class histogram over
+    ``log C``: ``rate = 0.05 + 0.45 · max(0, (h − 0.5) / 0.5)²``.
+    """
+    slow, fast = BALANCED_RATES
+    if not predictions or num_classes < 2:
+        return slow
+    counts = torch.bincount(torch.tensor(predictions), minlength=num_classes).float()
+    share = counts[counts > 0] / counts.sum()
+    spread = float(-(share * share.log()).sum()) / math.log(num_classes)
+    return slow + (fast - slow) * max(0.0, (spread - 0.5) / 0.5) ** 2
+
+
+def set_rate(model: torch.nn.Module, rate: float) -> None:
+    """The rate at which the smoothed norms move towards each batch's statistics."""
+    for layer in model.modules():
+        if isinstance(layer, _BatchNorm):
+            layer.smoothing_rate = rate
+
+
+def _rate(layer: _BatchNorm) -> float:
+    return getattr(layer, "smoothing_rate", MOMENTUM)
 
 
 def use_norm(model: torch.nn.Module, norm: str | None) -> None:
@@ -57,6 +90,7 @@ def use_norm(model: torch.nn.Module, norm: str | None) -> None:
         if not isinstance(layer, _BatchNorm):
             continue
         layer.__dict__.pop("forward", None)
+        layer.__dict__.pop("smoothing_rate", None)
         layer.train(norm is not None)
         if norm in SMOOTHED:
             if layer.running_mean is None or layer.running_var is None:
@@ -73,8 +107,9 @@ def robust_forward(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
         return type(layer).forward(layer, x)
     assert layer.running_mean is not None and layer.running_var is not None
     batch_var, batch_mean = torch.var_mean(x, dim=_reduced_dims(x), unbiased=False)
-    mean = (1 - MOMENTUM) * layer.running_mean + MOMENTUM * batch_mean
-    var = (1 - MOMENTUM) * layer.running_var + MOMENTUM * batch_var
+    rate = _rate(layer)
+    mean = (1 - rate) * layer.running_mean + rate * batch_mean
+    var = (1 - rate) * layer.running_var + rate * batch_var
     _store(layer, mean, var)
     shape = _channel_shape(x)
     return _affine(layer, (x - mean.view(shape)) / torch.sqrt(var.view(shape) + layer.eps))
@@ -92,15 +127,17 @@ def tbr_forward(layer: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     d = (batch_mean.detach() - ema_mean) / ema_std
     shape = _channel_shape(x)
     normalised = (x - batch_mean.view(shape)) / batch_std.view(shape) * r.view(shape) + d.view(shape)
-    std = (1 - MOMENTUM) * ema_std + MOMENTUM * batch_std
+    rate = _rate(layer)
+    std = (1 - rate) * ema_std + rate * batch_std
     # σ ≥ sqrt(eps) keeps the variance non-negative; clamped for rounding at σ = sqrt(eps).
-    _store(layer, (1 - MOMENTUM) * ema_mean + MOMENTUM * batch_mean, (std.square() - layer.eps).clamp_min(0))
+    _store(layer, (1 - rate) * ema_mean + rate * batch_mean, (std.square() - layer.eps).clamp_min(0))
     return _affine(layer, normalised)
 
 
 _FORWARDS: dict[str, Callable[[_BatchNorm, torch.Tensor], torch.Tensor]] = {
     "robust": robust_forward,
     "tbr": tbr_forward,
+    "balanced": robust_forward,
 }
 
 
