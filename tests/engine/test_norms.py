@@ -161,14 +161,16 @@ def test_auto_is_the_measured_default_and_the_run_records_what_it_ran(bundle_pat
 def test_balanced_rate_follows_the_class_spread_of_recent_predictions() -> None:
     from tta_cli.engine.norms import balanced_rate
 
-    assert balanced_rate(list(range(10)) * 6, 10) == pytest.approx(0.5)  # every class: h = 1
-    assert balanced_rate([3] * 64, 10) == pytest.approx(0.05)  # one class: h = 0
-    assert balanced_rate([0, 1] * 32, 10) == pytest.approx(0.05)  # h = log 2 / log 10 < 0.5
+    assert balanced_rate(list(range(10)) * 6, 10, 100) == pytest.approx(0.5)  # every class: h = 1
+    assert balanced_rate([3] * 64, 10, 100) == pytest.approx(0.05)  # one class: h = 0
+    assert balanced_rate([0, 1] * 32, 10, 100) == pytest.approx(0.05)  # h = log 2 / log 10 < 0.5
     # Four classes: h = log 4 / log 10 = 0.602, rate = 0.05 + 0.45 · (0.204)² = 0.0687.
-    assert balanced_rate([0, 1, 2, 3] * 16, 10) == pytest.approx(
+    assert balanced_rate([0, 1, 2, 3] * 16, 10, 100) == pytest.approx(
         0.05 + 0.45 * (2 * math.log(4) / math.log(10) - 1) ** 2
     )
-    assert balanced_rate([], 10) == 0.05
+    assert balanced_rate([], 10, 100) == 0.05
+    # The first batches: a running mean in which the source counts as one batch.
+    assert [balanced_rate([3] * 64, 10, seen) for seen in (0, 1, 2)] == pytest.approx([1 / 2, 1 / 3, 1 / 4])
 
 
 def test_balanced_moves_fast_on_a_mixed_stream_and_slowly_on_one_class(bundle_path: Path) -> None:

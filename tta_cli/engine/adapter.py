@@ -94,6 +94,7 @@ class Adapter:
         self.recent_predictions: deque[int] | None = None
         if method.batch_statistics and method.norm == "balanced":
             self.recent_predictions = deque(maxlen=BALANCED_WINDOW)
+        self.balanced_batches = 0
         self.source_state: dict[str, Any] | None = None
         """What ``reset_every`` returns to: the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
@@ -105,7 +106,8 @@ class Adapter:
         self.step_count += 1
         reset = self._reset_if_due()
         if self.recent_predictions is not None:
-            rate = balanced_rate(list(self.recent_predictions), self.guard.num_classes)
+            rate = balanced_rate(list(self.recent_predictions), self.guard.num_classes, self.balanced_batches)
+            self.balanced_batches += 1
             set_rate(self.model, rate)
             if self.reference is not None:
                 set_rate(self.reference, rate)
@@ -262,6 +264,7 @@ class Adapter:
             self.memory.clear()
         if self.recent_predictions is not None:
             self.recent_predictions.clear()
+            self.balanced_batches = 0
 
     def close(self) -> None:
         self._hooks.close()

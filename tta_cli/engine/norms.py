@@ -48,7 +48,7 @@ BALANCED_RATES = (0.05, 0.5)
 """The slowest and the fastest rate of "balanced" (see ``balanced_rate``)."""
 
 
-def balanced_rate(predictions: list[int], num_classes: int) -> float:
+def balanced_rate(predictions: list[int], num_classes: int, batches_seen: int = 0) -> float:
     """The smoothing rate of "balanced": robust BN whose rate follows how many classes recent
     inputs hold, judged by the model's own predictions.
 
@@ -57,14 +57,19 @@ def balanced_rate(predictions: list[int], num_classes: int) -> float:
     window of one or two classes (a sorted folder, a camera on one scene) says the opposite, and
     the rate falls to RoTTA's 0.05. With ``h`` the entropy of the window's class histogram over
     ``log C``: ``rate = 0.05 + 0.45 · max(0, (h − 0.5) / 0.5)²``.
+
+    The first batches are averaged in at least at ``1 / (batches_seen + 2)``, as a running mean
+    in which the source's statistics count as one batch: under a strong shift the source model
+    predicts one or two classes, which alone would keep the rate at its slowest for good.
     """
     slow, fast = BALANCED_RATES
+    warm = 1 / (batches_seen + 2)
     if not predictions or num_classes < 2:
-        return slow
+        return max(slow, warm)
     counts = torch.bincount(torch.tensor(predictions), minlength=num_classes).float()
     share = counts[counts > 0] / counts.sum()
     spread = float(-(share * share.log()).sum()) / math.log(num_classes)
-    return slow + (fast - slow) * max(0.0, (spread - 0.5) / 0.5) ** 2
+    return max(slow + (fast - slow) * max(0.0, (spread - 0.5) / 0.5) ** 2, warm)
 
 
 def set_rate(model: torch.nn.Module, rate: float) -> None:
