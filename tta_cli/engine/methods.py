@@ -146,8 +146,8 @@ DEFAULT_MEMORY = 64
 AUTO_METHOD = "auto"
 # Chosen by measurement over shuffled, class-sorted, Dirichlet-correlated and small-batch
 # streams (docs/benchmarks.md, "Real streams"); a run adds the guard, on by default.
-DEFAULT_METHOD = "mgtta+robust+memory"
-DEFAULT_METHOD_WITHOUT_MGG = "tent+robust+memory"
+DEFAULT_METHOD = "mgtta+balanced"
+DEFAULT_METHOD_WITHOUT_MGG = "tent+balanced"
 
 
 def get_method(name: str) -> Method:

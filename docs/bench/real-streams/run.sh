@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The real-stream tables of docs/benchmarks.md: one `tta-cli bench` per stream protocol.
-# Usage: docs/bench/real-streams/run.sh CIFAR10_DIR [PROTOCOL...]   (from the repository root)
+# Usage: [METHODS=a,b] [OUT=DIR] docs/bench/real-streams/run.sh CIFAR10_DIR [PROTOCOL...]   (from the repository root)
 set -euo pipefail
 data=${1:?give the CIFAR-10 folder with train/ and test/}
 shift
-out=docs/bench/real-streams
-methods=source,norm,tent,eata,sar,rdumb,mgtta,mgtta+tbr+memory+guard,mgtta+robust+memory+guard
+out=${OUT:-docs/bench/real-streams}
+methods=${METHODS:-source,norm,tent,eata,sar,rdumb,mgtta,mgtta+tbr+memory+guard,mgtta+robust+memory+guard,mgtta+balanced+guard}
 declare -A settings=(
   [shuffled-b200]="--order shuffled --batch-size 200"
   [sorted-b64]="--order sorted --batch-size 64"
