@@ -50,6 +50,8 @@ class CellResult:
     total_seconds: float = 0.0
     peak_gpu_memory_mb: float | None = None
     notes: Counter[str] = field(default_factory=Counter)
+    cosines: list[float] = field(default_factory=list)
+    """cos(g1, g2) of each step that had two objectives' gradients."""
 
     @property
     def error_percent(self) -> float:
@@ -154,6 +156,8 @@ def _run_stream(
         cell.step_seconds += finished - stepped
         cell.total_seconds += finished - began
         cell.steps += 1
+        if "cosine" in result.diagnostics:
+            cell.cosines.append(result.diagnostics["cosine"])
         cell.images += end - start
         cell.errors += errors
         if result.note:

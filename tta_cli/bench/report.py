@@ -197,7 +197,7 @@ def _speed_markdown(speed: dict[str, Any]) -> list[str]:
 def plot(result: dict[str, Any], path: Path) -> None:
     """Error per corruption per method (one panel per protocol; with several rounds, each
     corruption's mean over them), error per round under ``continual`` when there are several,
-    and images/s per method."""
+    cos(g1, g2) over the steps of the methods with two objectives, and images/s per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,9 +206,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     config = result["config"]
     protocols, methods, corruptions = config["protocols"], config["methods"], config["corruptions"]
     with_rounds = config["rounds"] > 1 and "continual" in protocols
-    widths = [3] * len(protocols) + [2] * with_rounds + [1]
+    with_cosines = any(c.get("cosines") for c in result["results"])
+    widths = [3] * len(protocols) + [2] * with_rounds + [3] * with_cosines + [1]
     figure, axes = plt.subplots(
-        1, len(widths), figsize=(6 * len(protocols) + 4 * with_rounds + 4, 4.5), gridspec_kw={"width_ratios": widths}
+        1,
+        len(widths),
+        figsize=(6 * len(protocols) + 4 * with_rounds + 6 * with_cosines + 4, 4.5),
+        gridspec_kw={"width_ratios": widths},
     )
     positions = range(len(corruptions))
     for axis, protocol in zip(axes, protocols, strict=False):
@@ -234,6 +238,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         rounds_axis.set_ylabel("online error (%)")
         rounds_axis.set_title("continual: error per round")
         rounds_axis.grid(alpha=0.3)
+    if with_cosines:
+        _plot_cosines(axes[-2], result, protocols[-1])
     speed_axis = axes[-1]
     rates = []
     for method in methods:
@@ -247,3 +253,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _plot_cosines(axis: Any, result: dict[str, Any], protocol: str) -> None:
+    """cos(g1, g2) per step through the stream of ``protocol``, corruption after corruption."""
+    for method in result["config"]["methods"]:
+        values = [
+            value
+            for cell in result["results"]
+            if cell["method"] == method and cell["protocol"] == protocol
+            for value in cell.get("cosines", [])
+        ]
+        if values:
+            axis.plot(range(1, len(values) + 1), values, lw=1, label=method)
+    axis.axhline(0, color="grey", lw=0.8, ls=":")
+    axis.set_xlabel("step")
+    axis.set_ylabel("cos(g1, g2)")
+    axis.set_title(f"{protocol}: gradient conflict (< 0)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)

@@ -270,6 +270,7 @@ def _summary(
             "step_ms": round(cell.step_ms, 2),
             "peak_gpu_memory_mb": None if cell.peak_gpu_memory_mb is None else round(cell.peak_gpu_memory_mb, 1),
             "notes": dict(cell.notes),
+            "cosines": [round(value, 4) for value in cell.cosines],
         }
         for cell in cells
     ]
