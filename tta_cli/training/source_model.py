@@ -117,11 +117,14 @@ def train(
     # The loss is summed over the batch, so the step sizes are per-example (arXiv 2404.00498).
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
     lr, weight_decay = 11.5 / kilostep_scale, 0.0153 * batch_size / kilostep_scale
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    others = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    # BatchNorm biases learn 64× faster; the whitening stem's bias is an ordinary parameter.
+    biases = [p for n, p in model.named_parameters() if p.requires_grad and ".norm" in n]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and ".norm" not in n]
+    # SGD multiplies the decay by the learning rate; dividing it out makes each step shrink the
+    # weights by ``weight_decay`` times the schedule's factor, as in the paper's code.
     groups = [
-        {"params": biases, "lr": lr * bias_scale, "weight_decay": weight_decay / bias_scale},
-        {"params": others, "lr": lr, "weight_decay": weight_decay},
+        {"params": biases, "lr": lr * bias_scale, "weight_decay": weight_decay / (lr * bias_scale)},
+        {"params": others, "lr": lr, "weight_decay": weight_decay / lr},
     ]
     optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
     for group in optimizer.param_groups:
