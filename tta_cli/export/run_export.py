@@ -54,7 +54,7 @@ def export_run(
     the run saw last. The file appears at ``out`` only once it passed.
 
     ``bn_stats`` defaults to the statistics the run normalised with where they are stored:
-    "tracked" for a run with "robust" or "tbr" normalisation, else "source" (a run with "batch"
+    "tracked" for a run with smoothed normalisation ("robust", "tbr", "balanced"), else "source" (a run with "batch"
     normalisation used each batch's own, which no stored statistics reproduce)."""
     store = HistoryStore.open(run_dir)
     try:
