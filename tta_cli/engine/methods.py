@@ -61,6 +61,9 @@ MGTTA = Method(
     update_options={"generator": "mgg.safetensors"},
 )
 
+# EATA's sample selection and weighting, without its Fisher term: ETA.
+ETA_OPTIONS = {"margin": 0.4, "redundancy_margin": 0.4, "weighted": True}
+
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
@@ -108,10 +111,7 @@ METHODS: dict[str, Method] = {
             objectives=("reliable-entropy", "fisher"),
             optimizer="adam",
             lr=1e-3,
-            objective_options={
-                "reliable-entropy": {"margin": 0.4, "redundancy_margin": 0.4, "weighted": True},
-                "fisher": {"weight": 1.0},
-            },
+            objective_options={"reliable-entropy": ETA_OPTIONS, "fisher": {"weight": 1.0}},
         ),
         # SAR's ImageNet ResNet-50 setting is SGD lr 2.5e-4 at batch 64 and skips the last stage.
         Method(
@@ -133,7 +133,7 @@ METHODS: dict[str, Method] = {
             objectives=("reliable-entropy",),
             optimizer="adam",
             lr=1e-3,
-            objective_options={"reliable-entropy": {"margin": 0.4, "redundancy_margin": 0.4, "weighted": True}},
+            objective_options={"reliable-entropy": ETA_OPTIONS},
             reset_every=1000,
         ),
     )
