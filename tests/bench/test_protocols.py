@@ -119,16 +119,7 @@ def test_cells_count_images_steps_and_errors(bundle_path: Path, clean_folder: Pa
 def test_reset_every_n_steps_returns_to_the_source(bundle_path: Path, clean_folder: Path) -> None:
     bundle = load_bundle(bundle_path)
     stream = clean_stream(clean_folder, "clean")  # 18 images: six steps of three
-    thetas: list[torch.Tensor] = []
-    (cell,) = run_method(
-        bundle,
-        get_method("tent+reset2"),
-        [stream],
-        "continual",
-        batch_size=3,
-        device=torch.device("cpu"),
-        on_corruption_start=lambda name, adapter: thetas.append(theta(adapter)),
-    )
+    (cell,) = run_method(bundle, get_method("tent+reset2"), [stream], "continual", 3, torch.device("cpu"))
     assert cell.notes["reset to the source state (every 2 steps)"] == 2  # before steps 3 and 5
 
 
