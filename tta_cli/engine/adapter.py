@@ -29,7 +29,7 @@ from torch import nn
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
-from tta_cli.engine.norms import balanced_rate, set_rate
+from tta_cli.engine.norms import StreamWeights, balanced_rate, copy_rates, set_rate
 from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
@@ -95,6 +95,9 @@ class Adapter:
         if method.batch_statistics and method.norm == "balanced":
             self.recent_predictions = deque(maxlen=BALANCED_WINDOW)
         self.balanced_batches = 0
+        self.stream_weights: StreamWeights | None = None
+        if method.batch_statistics and method.norm == "weighted":
+            self.stream_weights = StreamWeights(model)
         self.source_state: dict[str, Any] | None = None
         """What ``reset_every`` returns to: the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
@@ -112,7 +115,8 @@ class Adapter:
             if self.reference is not None:
                 set_rate(self.reference, rate)
         statistics = self._statistics() if self.method.updates or self.reference is not None else {}
-        with torch.set_grad_enabled(self.method.updates and self.memory is None):
+        watch = self.stream_weights.watch() if self.stream_weights is not None else contextlib.nullcontext()
+        with watch, torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
         result = StepResult(
             step=self.step_count,
@@ -174,6 +178,8 @@ class Adapter:
         adapted model's forward started from, so that both see this batch once."""
         if self.reference is None:
             return None
+        if self.stream_weights is not None:
+            copy_rates(self.model, self.reference)
         with torch.no_grad():
             for name, buffer in norm_buffers(self.reference).items():
                 buffer.copy_(statistics[name])
@@ -265,6 +271,10 @@ class Adapter:
         if self.recent_predictions is not None:
             self.recent_predictions.clear()
             self.balanced_batches = 0
+        if self.stream_weights is not None:
+            self.stream_weights.clear()
 
     def close(self) -> None:
         self._hooks.close()
+        if self.stream_weights is not None:
+            self.stream_weights.close()

@@ -35,7 +35,8 @@ class Method:
     norm: str = "batch"
     """With ``batch_statistics``: how BatchNorm normalises a test batch. "batch": the batch's own
     statistics; "robust": statistics smoothed across batches from the source's (RoTTA);
-    "tbr": test-time batch renormalisation (DELTA)."""
+    "tbr": test-time batch renormalisation (DELTA); "balanced" and "weighted": robust BN whose
+    rate follows the stream (``tta_cli.engine.norms``)."""
     memory: int = 0
     """Capacity of the class-balanced memory the update step learns from (0: the batch itself)."""
     guard: bool = False

@@ -20,6 +20,13 @@ running statistics and move them slowly:
   moving averages at the first test batch (its source initialisation is commented out); here
   they start at the source's, so that step 0 is the source model.
 
+- "weighted": robust BN whose rate is the weight a batch's statistics deserve (``StreamWeights``):
+  the batch counts for its effective number of images, its size over the design effect of the
+  stream (how much more consecutive batches differ than independent draws of the same domain
+  would), against a prior of 64 images for the statistics it moves; layers in the deeper half
+  of the network move only when the batches are independent draws, because their statistics
+  carry the classes a correlated batch holds.
+
 The smoothed statistics live in the layer's own ``running_mean`` and ``running_var`` (for
 "tbr", ``running_var = σ_ema² − eps``), so snapshots, rollback, resume and export see them
 with no change, and the eval-mode layer normalises with them: that eval-mode model is the
@@ -30,8 +37,11 @@ which keeps every state-dict key, and in eval mode they run BatchNorm's own forw
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import statistics
+from collections import deque
+from collections.abc import Callable, Iterator
 from types import MethodType
 
 import torch
@@ -39,8 +49,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.errors import UsageError
 
-NORMS = ("batch", "robust", "tbr", "balanced")
-SMOOTHED = ("robust", "tbr", "balanced")
+NORMS = ("batch", "robust", "tbr", "balanced", "weighted")
+SMOOTHED = ("robust", "tbr", "balanced", "weighted")
 """The norms that normalise with their running statistics, not with the batch's alone."""
 MOMENTUM = 0.05
 """RoTTA's α, and 1 − DELTA's prior of 0.95, as their public code sets them."""
@@ -77,6 +87,109 @@ def set_rate(model: torch.nn.Module, rate: float) -> None:
     for layer in model.modules():
         if isinstance(layer, _BatchNorm):
             layer.smoothing_rate = rate
+
+
+def copy_rates(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Give each BatchNorm layer of ``target`` the rate of its namesake in ``source``."""
+    layers = dict(source.named_modules())
+    for name, layer in target.named_modules():
+        if isinstance(layer, _BatchNorm):
+            layer.smoothing_rate = _rate(layers[name])  # type: ignore[arg-type]
+
+
+class StreamWeights:
+    """The rates of the "weighted" norm, set from each batch before the network normalises it.
+
+    Normalisation statistics estimated from a batch are as good as the number of independent
+    images behind them. For a shuffled stream that is the batch size; for a folder sorted by
+    class, or a camera on one scene, consecutive batches are clusters, and a batch of 64 may say
+    no more about the domain than a few images would. Survey statistics calls the factor the
+    *design effect*; here it is measured on the input of the first BatchNorm layer, whose
+    statistics respond to the domain more than to the classes:
+
+        ratio_t = mean over channels of (μ_t − μ_{t−1})² / (v_t + v_{t−1})
+
+    with ``μ_t`` the batch's mean, ``v_t`` its sampling variance (the variance of the per-image
+    means over the batch size). Independent batches of one domain give ratios near 1; the design
+    effect ``D`` is the median of the last ``window`` ratios (a change of domain is one outlying
+    ratio, not a trend), at least 1, and ``start`` before two batches have been seen. The batch
+    then counts as ``n / D`` images against ``prior`` images for the statistics it moves:
+
+        rate = (n / D) / (n / D + prior)
+
+    Layers in the first half (in module order) move at that rate. The deeper half holds
+    statistics that depend on which classes a batch holds, so it moves only while batches are
+    independent, at ``rate · clamp((clustered − D) / (clustered − 1), 0, 1)``: at ``D = 1`` as
+    the shallow half, not at all from ``D = clustered``.
+
+    The state is a view of the recent stream, not of the model: snapshots do not hold it and a
+    restore starts it again (``clear``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prior: float = 64.0,
+        window: int = 8,
+        start: float = 4.0,
+        clustered: float = 2.0,
+    ) -> None:
+        self.layers = [layer for layer in model.modules() if isinstance(layer, _BatchNorm)]
+        if not self.layers:
+            raise UsageError('The model has no BatchNorm layer, so "weighted" has nothing to normalise.')
+        self.shallow = math.ceil(len(self.layers) / 2)
+        self.prior, self.start, self.clustered = prior, start, clustered
+        self.ratios: deque[float] = deque(maxlen=window)
+        self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.design_effect = start
+        self._hook = self.layers[0].register_forward_pre_hook(self._observe)
+        self.watching = False
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Within this block the first BatchNorm layer's input sets the rates: the forward pass
+        that predicts a batch, not a second look at it or a memory batch."""
+        self.watching = True
+        try:
+            yield
+        finally:
+            self.watching = False
+
+    def _observe(self, layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if self.watching:
+            self.observe(inputs[0])
+
+    def observe(self, x: torch.Tensor) -> float:
+        """Update the design effect with the first layer's input ``x`` and set every rate;
+        returns the shallow half's rate."""
+        with torch.no_grad():
+            per_image = x.detach().flatten(2).mean(dim=2) if x.dim() > 2 else x.detach()
+            count = per_image.shape[0]
+            mean = per_image.mean(dim=0)
+            if count > 1:
+                noise = per_image.var(dim=0) / count
+                if self.previous is not None:
+                    previous_mean, previous_noise = self.previous
+                    tiny = torch.finfo(noise.dtype).tiny
+                    ratio = (mean - previous_mean).square() / (noise + previous_noise + tiny)
+                    self.ratios.append(float(ratio.mean()))
+                self.previous = (mean, noise)
+        if self.ratios:
+            self.design_effect = max(1.0, statistics.median(self.ratios))
+        effective = count / self.design_effect
+        rate = effective / (effective + self.prior)
+        gate = min(1.0, max(0.0, (self.clustered - self.design_effect) / (self.clustered - 1)))
+        for index, layer in enumerate(self.layers):
+            layer.smoothing_rate = rate if index < self.shallow else rate * gate
+        return rate
+
+    def clear(self) -> None:
+        self.ratios.clear()
+        self.previous = None
+        self.design_effect = self.start
+
+    def close(self) -> None:
+        self._hook.remove()
 
 
 def _rate(layer: _BatchNorm) -> float:
@@ -143,6 +256,7 @@ _FORWARDS: dict[str, Callable[[_BatchNorm, torch.Tensor], torch.Tensor]] = {
     "robust": robust_forward,
     "tbr": tbr_forward,
     "balanced": robust_forward,
+    "weighted": robust_forward,
 }
 
 
