@@ -73,7 +73,10 @@ def adapt(
         str | None, typer.Option(help="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda (default the method's).")
     ] = None,
     norm: Annotated[
-        str | None, typer.Option(help="BatchNorm on test batches: batch, robust or tbr (default the method's).")
+        str | None,
+        typer.Option(
+            help="BatchNorm on test batches: batch, robust, tbr, balanced or weighted (default the method's)."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto).")] = None,
     order: Annotated[str | None, typer.Option(help="sorted or shuffled (with --seed) (default sorted).")] = None,

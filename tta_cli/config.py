@@ -72,7 +72,7 @@ class AdaptConfig(BaseModel):
     optimizer: Literal["adam", "sgd"] | None = None
     lr: float | None = Field(None, gt=0)
     harmonizer: str | None = Field(None, description="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda")
-    norm: Literal["batch", "robust", "tbr"] | None = Field(
+    norm: Literal["batch", "robust", "tbr", "balanced", "weighted"] | None = Field(
         None, description="how BatchNorm normalises test batches, instead of the method's"
     )
     device: str = "auto"

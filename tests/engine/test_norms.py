@@ -16,7 +16,7 @@ from tests.conftest import CLASSES, MEAN, STD, write_image_folder
 from tests.engine.test_adapter import first_batch, make_adapter
 from tta_cli.bench.protocols import bench_adapter
 from tta_cli.config import load_config
-from tta_cli.engine.norms import use_norm
+from tta_cli.engine.norms import NORMS, use_norm
 from tta_cli.engine.run import configured_method
 from tta_cli.errors import UsageError
 from tta_cli.models import load_bundle
@@ -126,9 +126,11 @@ def test_the_config_overrides_the_method_norm(bundle_path: Path, tmp_path: Path)
     assert configured_method(config.model_copy(update={"method": "source"}), load_bundle(bundle_path)).batch_statistics
     with pytest.raises(UsageError, match="norm"):
         load_config(None, {"model": bundle_path, "source": tmp_path, "norm": "layer"})
+    for norm in NORMS:
+        assert load_config(None, {"model": bundle_path, "source": tmp_path, "norm": norm}).norm == norm
 
 
-@pytest.mark.parametrize("norm", ["batch", "robust", "tbr"])
+@pytest.mark.parametrize("norm", ["batch", "robust", "tbr", "weighted"])
 def test_a_second_look_at_the_batch_starts_from_the_same_statistics(
     bundle_path: Path, clean_folder: Path, norm: str
 ) -> None:
@@ -189,3 +191,68 @@ def test_balanced_moves_fast_on_a_mixed_stream_and_slowly_on_one_class(bundle_pa
         model(x)
         moved[rate] = (first.running_mean - before).norm().item()
     assert moved[0.5] == pytest.approx(10 * moved[0.05], rel=1e-4)
+
+
+def six_layer_model() -> nn.Module:
+    """Six BatchNorm layers: the first three are the shallow half."""
+    return nn.Sequential(*[nn.BatchNorm2d(8) for _ in range(6)])
+
+
+def test_weighted_counts_independent_batches_at_their_size() -> None:
+    from tta_cli.engine.norms import StreamWeights
+
+    model = six_layer_model()
+    weights = StreamWeights(model)
+    generator = torch.Generator().manual_seed(0)
+    rates = [weights.observe(torch.randn(64, 8, 4, 4, generator=generator)) for _ in range(12)]
+    # Before two batches: D = start = 4, so 64 images count as 16 against the prior's 64.
+    assert rates[0] == pytest.approx(16 / 80)
+    # Draws of one distribution: consecutive means differ by their sampling noise, D ≈ 1.
+    assert weights.design_effect < 1.5
+    assert rates[-1] == pytest.approx(64 / weights.design_effect / (64 / weights.design_effect + 64))
+    deep = [layer.smoothing_rate for layer in list(model)[3:]]
+    assert deep == pytest.approx([rates[-1] * (2 - weights.design_effect)] * 3)
+
+
+def test_weighted_discounts_clustered_batches_and_freezes_the_deeper_half() -> None:
+    """Batches that are clusters (each its own class) say little about the domain."""
+    from tta_cli.engine.norms import StreamWeights
+
+    model = six_layer_model()
+    weights = StreamWeights(model)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        centre = torch.randn(1, 8, 1, 1, generator=generator)
+        rate = weights.observe(centre + 0.5 * torch.randn(64, 8, 4, 4, generator=generator))
+    assert weights.design_effect > 10
+    assert rate < 64 / 10 / (64 / 10 + 64)
+    assert [layer.smoothing_rate for layer in list(model)[:3]] == pytest.approx([rate] * 3)
+    assert [layer.smoothing_rate for layer in list(model)[3:]] == [0.0] * 3
+    # One change of domain among independent batches is an outlier, not a trend.
+    weights.clear()
+    for index in range(8):
+        shift = 5.0 if index == 4 else 0.0
+        weights.observe(shift + torch.randn(64, 8, 4, 4, generator=generator))
+    assert weights.design_effect < 1.5
+
+
+def test_weighted_learns_from_the_forward_that_predicts_only(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """Another forward (a second look at the batch, a memory batch) does not count as the stream."""
+    adapter = make_adapter(bundle_path, "tent+weighted", tmp_path)
+    weights = adapter.stream_weights
+    assert weights is not None
+    batch = first_batch(clean_folder)
+    adapter.step(batch)
+    adapter.step(batch)
+    assert len(weights.ratios) == 1
+    adapter.model(batch.images)
+    assert len(weights.ratios) == 1
+    state = adapter.state_dict()["norm"]
+    adapter.step(batch)
+    assert len(weights.ratios) == 2
+    adapter.load_state_dict({**adapter.state_dict(), "norm": state})
+    assert weights.state_dict()["ratios"] == state["ratios"]
+    adapter.load_state_dict({**adapter.state_dict(), "norm": {}})
+    assert (len(weights.ratios), weights.previous, weights.design_effect) == (0, None, weights.start)

@@ -38,7 +38,7 @@ def probe(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         return copy.deepcopy(model)(images).softmax(1)
 
 
-@pytest.mark.parametrize("method", ["tent", "tent+robust", "norm+tbr"])
+@pytest.mark.parametrize("method", ["tent", "tent+robust", "norm+tbr", "tent+weighted"])
 def test_rollback_restores_state_bit_for_bit(method: str, bundle_path: Path, tmp_path: Path) -> None:
     """With robust BN and TBR the smoothed statistics are part of the state: the next step's
     predictions from a restored step K are those the live run made from step K."""

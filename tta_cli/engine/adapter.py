@@ -248,12 +248,14 @@ class Adapter:
         return diagnostics
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that adapts: θ, normalisation running statistics, the update rule's state."""
+        """Everything that adapts: θ, normalisation running statistics, the update rule's state,
+        and what sets the rate of the "weighted" norm."""
         return {
             "params": {name: param.detach().clone() for name, param in self.named_params.items()},
             "buffers": self._statistics(),
             "update_rule": self.update_rule.state_dict() if self.update_rule is not None else {},
             "harmonizer": self.harmonizer.state_dict(),
+            "norm": self.stream_weights.state_dict() if self.stream_weights is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -272,7 +274,7 @@ class Adapter:
             self.recent_predictions.clear()
             self.balanced_batches = 0
         if self.stream_weights is not None:
-            self.stream_weights.clear()
+            self.stream_weights.load_state_dict(state.get("norm", {}))
 
     def close(self) -> None:
         self._hooks.close()

@@ -43,6 +43,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import MethodType
+from typing import Any
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -122,8 +123,8 @@ class StreamWeights:
     independent, at ``rate · clamp((clustered − D) / (clustered − 1), 0, 1)``: at ``D = 1`` as
     the shallow half, not at all from ``D = clustered``.
 
-    The state is a view of the recent stream, not of the model: snapshots do not hold it and a
-    restore starts it again (``clear``).
+    The state (the recent ratios, the last batch's mean and the rates set) is part of every
+    snapshot, so that the step after a rollback normalises as the step after the snapshot did.
     """
 
     def __init__(
@@ -187,6 +188,29 @@ class StreamWeights:
         self.ratios.clear()
         self.previous = None
         self.design_effect = self.start
+        for layer in self.layers:
+            layer.__dict__.pop("smoothing_rate", None)
+
+    def state_dict(self) -> dict[str, Any]:
+        previous = {} if self.previous is None else {"mean": self.previous[0], "noise": self.previous[1]}
+        return {
+            "ratios": list(self.ratios),
+            "previous": previous,
+            "design_effect": self.design_effect,
+            "rates": [_rate(layer) for layer in self.layers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; an empty dict starts afresh."""
+        self.clear()
+        if not state:
+            return
+        self.ratios.extend(state["ratios"])
+        if state["previous"]:
+            self.previous = (state["previous"]["mean"].clone(), state["previous"]["noise"].clone())
+        self.design_effect = state["design_effect"]
+        for layer, rate in zip(self.layers, state["rates"], strict=True):
+            layer.smoothing_rate = rate
 
     def close(self) -> None:
         self._hook.remove()
