@@ -200,9 +200,10 @@ def methods() -> None:
     console = Console()
     console.print(table)
     console.print(
-        "Variants: NAME:HARMONIZER (two objectives), +batch / +robust / +tbr (BatchNorm on test batches), "
+        "Variants: NAME:HARMONIZER (two objectives), +batch / +robust / +tbr / +balanced / +weighted "
+        "(BatchNorm on test batches), "
         "+memory[N] (learn from a class-balanced memory), +resetN (back to the source every N steps), "
-        "+guard (the benchmark runs it guarded), e.g. mgtta+tbr+memory."
+        "+guard (the benchmark runs it guarded), e.g. mgtta+weighted+memory."
     )
 
 

@@ -147,15 +147,16 @@ DEFAULT_MEMORY = 64
 AUTO_METHOD = "auto"
 # Chosen by measurement over shuffled, class-sorted, Dirichlet-correlated and small-batch
 # streams (docs/benchmarks.md, "Real streams"); a run adds the guard, on by default.
-DEFAULT_METHOD = "mgtta+balanced"
-DEFAULT_METHOD_WITHOUT_MGG = "tent+balanced"
+DEFAULT_METHOD = "mgtta+weighted+memory"
+DEFAULT_METHOD_WITHOUT_MGG = "tent+weighted+memory"
 
 
 def get_method(name: str) -> Method:
     """A preset by name, with variants so that benchmarks can set them side by side:
 
     - ``NAME:HARMONIZER``: that preset with another harmonizer (methods with two objectives);
-    - ``+robust``, ``+tbr``, ``+batch``: another normalisation of test batches;
+    - ``+batch``, ``+robust``, ``+tbr``, ``+balanced``, ``+weighted``: another normalisation of
+      test batches (``tta_cli.engine.norms``);
     - ``+memory`` (or ``+memoryN``): learn from a class-balanced memory of N recent samples;
     - ``+guard``: with the guard on;
     - ``+resetN``: back to the source state every N steps.

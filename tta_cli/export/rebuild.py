@@ -39,8 +39,8 @@ def build_export_model(
     in ``state``. ``bn_stats="target"`` re-estimates them on ``target_batches`` (normalised
     ``N×3×H×W`` tensors). ``bn_stats="tracked"`` uses the statistics ``state`` carries, and it
     is an error when it does not carry them for every BatchNorm layer: for a run that
-    normalised with smoothed statistics ("robust", "tbr", "balanced"; ``tta_cli.engine.norms``) these are the smoothed
-    statistics, and the model is the adapted one in eval mode.
+    normalised with smoothed statistics (``SMOOTHED`` in ``tta_cli.engine.norms``) these are the
+    smoothed statistics, and the model is the adapted one in eval mode.
     """
     model = load_source_model(bundle)
     require_running_statistics(model)

@@ -54,8 +54,9 @@ def export_run(
     the run saw last. The file appears at ``out`` only once it passed.
 
     ``bn_stats`` defaults to the statistics the run normalised with where they are stored:
-    "tracked" for a run with smoothed normalisation ("robust", "tbr", "balanced"), else "source" (a run with "batch"
-    normalisation used each batch's own, which no stored statistics reproduce)."""
+    "tracked" for a run with smoothed normalisation (``SMOOTHED``: "robust", "tbr", "balanced",
+    "weighted"), else "source" (a run with "batch" normalisation used each batch's own, which no
+    stored statistics reproduce)."""
     store = HistoryStore.open(run_dir)
     try:
         target = store.resolve(selector)

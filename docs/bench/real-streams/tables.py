@@ -1,5 +1,6 @@
 """Tables and the rounds plot of docs/benchmarks.md ("Real streams") from the bench.json files
-that run.sh, run-mild.sh and run-rounds.sh write (with and without OUT=.../defaults).
+that run.sh, run-mild.sh and run-rounds.sh write (with and without OUT=.../defaults and
+OUT=.../weighted).
 
     python docs/bench/real-streams/tables.py
 """
@@ -25,7 +26,7 @@ SHORT = {"gaussian_noise": "gauss", "shot_noise": "shot", "impulse_noise": "impu
 def cells(name: str) -> dict[str, dict[tuple[str, int], float]]:
     """method → (corruption, round) → error %, merged over the full run and the defaults' run."""
     merged: dict[str, dict[tuple[str, int], float]] = {}
-    for folder in (HERE / name, HERE / "defaults" / name):
+    for folder in (HERE / name, HERE / "defaults" / name, HERE / "weighted" / name):
         path = folder / "bench.json"
         if path.is_file():
             for row in json.loads(path.read_text())["results"]:
