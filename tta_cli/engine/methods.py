@@ -148,7 +148,7 @@ AUTO_METHOD = "auto"
 # Chosen by measurement over shuffled, class-sorted, Dirichlet-correlated and small-batch
 # streams (docs/benchmarks.md, "Real streams"); a run adds the guard, on by default.
 DEFAULT_METHOD = "mgtta+weighted+memory"
-DEFAULT_METHOD_WITHOUT_MGG = "tent+weighted+memory"
+DEFAULT_METHOD_WITHOUT_MGG = "norm+weighted"
 
 
 def get_method(name: str) -> Method:
