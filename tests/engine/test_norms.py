@@ -120,10 +120,10 @@ def test_robust_stays_closer_to_the_source_on_a_class_sorted_stream(bundle_path:
 
 def test_the_config_overrides_the_method_norm(bundle_path: Path, tmp_path: Path) -> None:
     config = load_config(None, {"model": bundle_path, "source": tmp_path, "method": "tent", "norm": "tbr"})
-    method = configured_method(config, load_bundle(bundle_path))
+    method = configured_method(config)
     assert (method.name, method.norm, method.objectives) == ("tent+tbr", "tbr", ("entropy",))
-    assert configured_method(config.model_copy(update={"norm": None}), load_bundle(bundle_path)).norm == "batch"
-    assert configured_method(config.model_copy(update={"method": "source"}), load_bundle(bundle_path)).batch_statistics
+    assert configured_method(config.model_copy(update={"norm": None})).norm == "batch"
+    assert configured_method(config.model_copy(update={"method": "source"})).batch_statistics
     with pytest.raises(UsageError, match="norm"):
         load_config(None, {"model": bundle_path, "source": tmp_path, "norm": "layer"})
     for norm in NORMS:
@@ -149,15 +149,12 @@ def test_a_second_look_at_the_batch_starts_from_the_same_statistics(
         assert torch.equal(statistics["sam"][name], value), name
 
 
-def test_auto_is_the_measured_default_and_the_run_records_what_it_ran(bundle_path: Path, tmp_path: Path) -> None:
-    from tta_cli.engine.methods import DEFAULT_METHOD, DEFAULT_METHOD_WITHOUT_MGG
+def test_auto_is_the_measured_default(bundle_path: Path, tmp_path: Path) -> None:
+    from tta_cli.engine.methods import DEFAULT_METHOD
 
     config = load_config(None, {"model": bundle_path, "source": tmp_path})
     assert config.method == "auto"
-    assert not (bundle_path / "mgg.safetensors").exists()
-    assert configured_method(config, load_bundle(bundle_path)).name == DEFAULT_METHOD_WITHOUT_MGG
-    shipped = load_bundle(Path(__file__).parents[2] / "sample_models" / "cifar10-airnet")
-    assert configured_method(config, shipped).name == DEFAULT_METHOD
+    assert configured_method(config).name == DEFAULT_METHOD == "norm+weighted"
 
 
 def test_balanced_rate_follows_the_class_spread_of_recent_predictions() -> None:
@@ -256,3 +253,110 @@ def test_weighted_learns_from_the_forward_that_predicts_only(
     assert weights.state_dict()["ratios"] == state["ratios"]
     adapter.load_state_dict({**adapter.state_dict(), "norm": {}})
     assert (len(weights.ratios), weights.previous, weights.design_effect) == (0, None, weights.start)
+
+
+def weighted_model() -> tuple[nn.Module, object]:
+    """Six BatchNorm layers at source statistics (0, 1), normalising as "weighted"."""
+    from tta_cli.engine.norms import StreamWeights
+
+    model = six_layer_model()
+    use_norm(model, "weighted")
+    return model, StreamWeights(model)
+
+
+def feed(model: nn.Module, weights: object, batch: torch.Tensor) -> torch.Tensor:
+    with weights.watch(), torch.no_grad():  # type: ignore[attr-defined]
+        return model(batch)
+
+
+def test_weighted_keeps_the_source_statistics_for_a_shift_within_its_noise_on_clustered_batches() -> None:
+    """Batches of one class each, in a domain that is the source's: the estimate's departure is
+    the classes seen so far, within its error, and the layers normalise with the source's."""
+    model, weights = weighted_model()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        centre = 0.3 * torch.randn(1, 8, 1, 1, generator=generator)
+        feed(model, weights, centre + torch.randn(64, 8, 4, 4, generator=generator))
+    assert weights.design_effect > 2 and weights.shrinkage == pytest.approx(5.0)  # type: ignore[attr-defined]
+    first = model[0]
+    stream = weights.streams[0]  # type: ignore[attr-defined]
+    assert not torch.equal(stream.mean, torch.zeros(8)), "the estimate moves"
+    assert torch.equal(first.running_mean, torch.zeros(8)) and torch.equal(first.running_var, torch.ones(8))
+    # A shift far beyond the noise is normalised with in full, clustered or not.
+    for _ in range(30):
+        centre = 3 + 0.3 * torch.randn(1, 8, 1, 1, generator=generator)
+        feed(model, weights, centre + torch.randn(64, 8, 4, 4, generator=generator))
+    torch.testing.assert_close(first.running_mean, stream.mean, rtol=0.01, atol=0)
+    assert first.running_mean.mean() > 0.5
+
+
+def test_weighted_normalises_independent_batches_with_its_estimate() -> None:
+    model, weights = weighted_model()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        feed(model, weights, 0.2 + torch.randn(64, 8, 4, 4, generator=generator))
+    assert weights.design_effect < 1.5 and weights.shrinkage < 2.5  # type: ignore[attr-defined]
+    # The first layer sees the shift (the later ones see its normalised output).
+    torch.testing.assert_close(model[0].running_mean, weights.streams[0].mean, rtol=0.02, atol=0)  # type: ignore[attr-defined]
+
+
+def test_weighted_returns_to_the_source_when_a_batch_fits_it_better() -> None:
+    """A strong shift, then the source's domain again: the estimates restart from the source's
+    at once instead of unlearning the shift at the slow rate of clustered batches."""
+    model, weights = weighted_model()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        feed(model, weights, 2 + 0.2 * torch.randn(64, 8, 4, 4, generator=generator))
+    assert weights.returns == 0  # type: ignore[attr-defined]
+    assert model[0].running_var.mean() < 0.5
+    feed(model, weights, torch.randn(64, 8, 4, 4, generator=generator))
+    assert weights.returned and weights.returns == 1  # type: ignore[attr-defined]
+    for stream in weights.streams:  # type: ignore[attr-defined]
+        assert (stream.mean - stream.source[0]).abs().max() < 0.2
+    assert (model[0].running_var - 1).abs().max() < 0.5
+
+
+def test_weighted_moves_nothing_outside_the_forward_that_predicts() -> None:
+    model, weights = weighted_model()
+    generator = torch.Generator().manual_seed(0)
+    feed(model, weights, 1 + torch.randn(64, 8, 4, 4, generator=generator))
+    state = copy.deepcopy(weights.state_dict())  # type: ignore[attr-defined]
+    buffers = copy.deepcopy(model.state_dict())
+    other = torch.randn(16, 8, 4, 4, generator=generator)
+    expected = torch.nn.functional.batch_norm(
+        other, model[0].running_mean, model[0].running_var, model[0].weight, model[0].bias, False, 0.0, model[0].eps
+    )
+    torch.testing.assert_close(model[0](other), expected)
+    model(other)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, buffers[name]), name
+    assert weights.state_dict()["estimates"][0]["mean"].equal(state["estimates"][0]["mean"])  # type: ignore[attr-defined]
+
+
+def test_a_step_that_returns_to_the_source_says_so(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    from tta_cli.config import AdaptConfig
+    from tta_cli.engine.adapter import RETURN_NOTE
+    from tta_cli.engine.methods import get_method
+    from tta_cli.engine.run import build_adapter
+    from tta_cli.streams import Batch
+
+    bundle = load_bundle(bundle_path)
+    clean = first_batch(clean_folder)
+    # The test bundle's random weights come with BatchNorm's initial statistics: measure them on
+    # the clean batch, so that it is the source's domain.
+    for layer in bundle.model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None
+    with torch.no_grad():
+        bundle.model.train()(clean.images)
+    bundle.model.eval()
+    config = AdaptConfig(model=bundle_path, source=tmp_path, run=tmp_path / "run", method="tent+weighted")
+    adapter = build_adapter(bundle, get_method("tent+weighted"), config, torch.device("cpu"))
+    assert adapter.reference is not None and not adapter.reference.training, "the guard's reference runs in eval mode"
+    dark = Batch(clean.ids, 0.1 * clean.images - 1.5, clean.labels)
+    notes = [adapter.step(batch).note for batch in [dark] * 6 + [clean]]
+    assert notes[:6] == [""] * 6
+    assert RETURN_NOTE in notes[6]
+    assert adapter.stream_weights is not None and adapter.stream_weights.returns == 1
+    assert make_adapter(bundle_path, "norm+weighted", tmp_path).reference is None, "nothing to compare without a step"

@@ -123,7 +123,7 @@ def test_a_robust_run_exports_its_smoothed_statistics(robust_run: Path, bundle_p
     state = store.load_snapshot(store.resolve("current").id)
     store.close()
     bundle = load_bundle(bundle_path)
-    adapter = build_adapter(bundle, configured_method(config, bundle), config, torch.device("cpu"))
+    adapter = build_adapter(bundle, configured_method(config), config, torch.device("cpu"))
     adapter.load_state_dict(state)
     adapted = adapter.model.eval()
     source_mean = load_bundle(bundle_path).model.get_submodule("stage1.0.bn1").running_mean

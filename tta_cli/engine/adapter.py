@@ -29,7 +29,7 @@ from torch import nn
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
-from tta_cli.engine.norms import StreamWeights, balanced_rate, copy_rates, set_rate
+from tta_cli.engine.norms import StreamWeights, balanced_rate, set_rate, use_norm
 from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
@@ -39,6 +39,8 @@ from tta_cli.update import UpdateRule
 
 BALANCED_WINDOW = 64
 """Recent predictions whose class spread sets the rate of the "balanced" norm."""
+RETURN_NOTE = "normalisation statistics back to the source's: the batch fits them better"
+"""The note of a step at which "weighted" saw the domain turn back towards the source."""
 
 
 @dataclass
@@ -89,8 +91,9 @@ class Adapter:
         self.step_count = 0
         self.memory = ClassBalancedMemory(method.memory, guard.num_classes) if method.memory else None
         # The harm signal's reference: θ as given, frozen, normalising as the adapted model does
-        # (see ``tta_cli.engine.guard``).
-        self.reference = copy.deepcopy(model).requires_grad_(False) if guard.watches_harm else None
+        # (see ``tta_cli.engine.guard``). Without gradient steps it would be the adapted model.
+        watches_harm = guard.watches_harm and method.updates
+        self.reference = copy.deepcopy(model).requires_grad_(False) if watches_harm else None
         self.recent_predictions: deque[int] | None = None
         if method.batch_statistics and method.norm == "balanced":
             self.recent_predictions = deque(maxlen=BALANCED_WINDOW)
@@ -98,6 +101,8 @@ class Adapter:
         self.stream_weights: StreamWeights | None = None
         if method.batch_statistics and method.norm == "weighted":
             self.stream_weights = StreamWeights(model)
+            if self.reference is not None:
+                use_norm(self.reference, None)
         self.source_state: dict[str, Any] | None = None
         """What ``reset_every`` returns to: the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
@@ -126,6 +131,8 @@ class Adapter:
         )
         if self.recent_predictions is not None:
             self.recent_predictions.extend(result.predictions.tolist())
+        if self.stream_weights is not None and self.stream_weights.returned:
+            result.note = "; ".join(filter(None, (result.note, RETURN_NOTE)))
         reference_probabilities = self._reference_probabilities(batch, statistics)
         result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
         plausibility = self.guard.plausibility() if self.reference is not None else None
@@ -179,7 +186,9 @@ class Adapter:
         if self.reference is None:
             return None
         if self.stream_weights is not None:
-            copy_rates(self.model, self.reference)
+            # "weighted" wrote what normalised this batch into the buffers; the reference runs
+            # in eval mode on exactly those.
+            statistics = self._statistics()
         with torch.no_grad():
             for name, buffer in norm_buffers(self.reference).items():
                 buffer.copy_(statistics[name])
@@ -201,10 +210,12 @@ class Adapter:
         BatchNorm starts again from ``statistics``, those the step's first forward started from,
         and is left as that forward left it: a second look at the batch must not move the running
         statistics again, and with "robust" or "tbr" it must normalise as the first look did.
+        ("weighted" moves nothing outside the first look, and normalises with what it wrote.)
         The gradients are summed, not harmonized: a stateful harmonizer sees each step once.
         """
         after = self._statistics()
-        self._load_statistics(statistics)
+        if self.stream_weights is None:
+            self._load_statistics(statistics)
         try:
             with torch.enable_grad():
                 logits = self.model(batch.images)

@@ -25,7 +25,10 @@ running statistics and move them slowly:
   stream (how much more consecutive batches differ than independent draws of the same domain
   would), against a prior of 64 images for the statistics it moves; layers in the deeper half
   of the network move only when the batches are independent draws, because their statistics
-  carry the classes a correlated batch holds.
+  carry the classes a correlated batch holds. On correlated batches a layer normalises with
+  the source's statistics plus only the significant part of its estimate's departure from them,
+  and a batch that fits the source's statistics better than the estimate sends every estimate
+  back to the source's.
 
 The smoothed statistics live in the layer's own ``running_mean`` and ``running_var`` (for
 "tbr", ``running_var = σ_ema² − eps``), so snapshots, rollback, resume and export see them
@@ -46,6 +49,7 @@ from types import MethodType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.errors import UsageError
@@ -90,23 +94,22 @@ def set_rate(model: torch.nn.Module, rate: float) -> None:
             layer.smoothing_rate = rate
 
 
-def copy_rates(source: torch.nn.Module, target: torch.nn.Module) -> None:
-    """Give each BatchNorm layer of ``target`` the rate of its namesake in ``source``."""
-    layers = dict(source.named_modules())
-    for name, layer in target.named_modules():
-        if isinstance(layer, _BatchNorm):
-            layer.smoothing_rate = _rate(layers[name])  # type: ignore[arg-type]
+SHRINKAGE = 5.0
+"""How many times its tracked error variance an estimate must depart from the source's before
+"weighted" normalises with it in full, on clustered batches; chosen by measurement
+(docs/benchmarks.md, "Real streams")."""
 
 
 class StreamWeights:
-    """The rates of the "weighted" norm, set from each batch before the network normalises it.
+    """The "weighted" norm: how far each batch moves each BatchNorm layer's statistics, and how
+    far the statistics it normalises with may stray from the source's.
 
-    Normalisation statistics estimated from a batch are as good as the number of independent
-    images behind them. For a shuffled stream that is the batch size; for a folder sorted by
-    class, or a camera on one scene, consecutive batches are clusters, and a batch of 64 may say
-    no more about the domain than a few images would. Survey statistics calls the factor the
-    *design effect*; here it is measured on the input of the first BatchNorm layer, whose
-    statistics respond to the domain more than to the classes:
+    **Rates.** Normalisation statistics estimated from a batch are as good as the number of
+    independent images behind them. For a shuffled stream that is the batch size; for a folder
+    sorted by class, or a camera on one scene, consecutive batches are clusters, and a batch of
+    64 may say no more about the domain than a few images would. Survey statistics calls the
+    factor the *design effect*; here it is measured on the input of the first BatchNorm layer,
+    whose statistics respond to the domain more than to the classes:
 
         ratio_t = mean over channels of (μ_t − μ_{t−1})² / (v_t + v_{t−1})
 
@@ -118,13 +121,35 @@ class StreamWeights:
 
         rate = (n / D) / (n / D + prior)
 
-    Layers in the first half (in module order) move at that rate. The deeper half holds
-    statistics that depend on which classes a batch holds, so it moves only while batches are
-    independent, at ``rate · clamp((clustered − D) / (clustered − 1), 0, 1)``: at ``D = 1`` as
-    the shallow half, not at all from ``D = clustered``.
+    Layers in the first half (in module order) move their estimate at that rate. The deeper half
+    holds statistics that depend on which classes a batch holds, so it moves only while batches
+    are independent, at ``rate · gate`` with ``gate = clamp((clustered − D) / (clustered − 1), 0, 1)``:
+    at ``D = 1`` as the shallow half, not at all from ``D = clustered``.
 
-    The state (the recent ratios, the last batch's mean and the rates set) is part of every
-    snapshot, so that the step after a rollback normalises as the step after the snapshot did.
+    **Shrinkage.** On clustered batches an estimate that has moved by less than its own noise
+    is mostly the classes seen so far, not the domain. Each layer tracks the variance of its
+    estimate's error, ``e ← (1 − rate)²·e + rate²·D·v`` per channel, and normalises with the
+    source's statistics plus a positive-part James–Stein share of the estimate's departure:
+
+        weight = max(0, 1 − shrinkage · Σ e/σ²_src / Σ (μ − μ_src)²/σ²_src)
+
+    with ``shrinkage = SHRINKAGE · (1 − gate)``: none while batches are independent, full from
+    ``D = clustered``. A mild shift under a sorted stream thus keeps the source's statistics.
+
+    **Return.** When a batch's statistics at the first layer fit the source's better than the
+    running estimate's (symmetric Kullback–Leibler divergence of per-channel Gaussians), the
+    domain has changed back towards the source, and every estimate restarts from the source's
+    (counted in ``returns``). A mild shift that follows a strong one is thus not normalised with
+    the strong one's statistics.
+
+    What a layer normalises with is written to its ``running_mean`` and ``running_var``, so the
+    eval-mode model, an export and the history hold it. Only the forward pass that predicts a
+    batch (inside ``watch``) moves the estimates; any other forward (a memory batch, a
+    re-evaluation, eval mode) normalises with what normalised the last batch predicted.
+
+    The state (recent ratios, last batch's mean, rates, every layer's estimate and error) is
+    part of every snapshot, so that the step after a rollback normalises as the step after the
+    snapshot did.
     """
 
     def __init__(
@@ -143,13 +168,19 @@ class StreamWeights:
         self.ratios: deque[float] = deque(maxlen=window)
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
         self.design_effect = start
+        self.shrinkage = 0.0
+        self.returns = 0
+        self.returned = False
+        """Whether the last batch seen sent the estimates back to the source's."""
+        self.streams = [_LayerStream(self, layer) for layer in self.layers]
         self._hook = self.layers[0].register_forward_pre_hook(self._observe)
         self.watching = False
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
-        """Within this block the first BatchNorm layer's input sets the rates: the forward pass
-        that predicts a batch, not a second look at it or a memory batch."""
+        """Within this block the first BatchNorm layer's input sets the rates and every layer's
+        estimate moves: the forward pass that predicts a batch, not a second look at it or a
+        memory batch."""
         self.watching = True
         try:
             yield
@@ -161,10 +192,10 @@ class StreamWeights:
             self.observe(inputs[0])
 
     def observe(self, x: torch.Tensor) -> float:
-        """Update the design effect with the first layer's input ``x`` and set every rate;
-        returns the shallow half's rate."""
+        """Update the design effect with the first layer's input ``x``, return to the source's
+        statistics if ``x`` fits them better, and set every rate; returns the shallow half's rate."""
         with torch.no_grad():
-            per_image = x.detach().flatten(2).mean(dim=2) if x.dim() > 2 else x.detach()
+            per_image = _per_image(x)
             count = per_image.shape[0]
             mean = per_image.mean(dim=0)
             if count > 1:
@@ -175,21 +206,32 @@ class StreamWeights:
                     ratio = (mean - previous_mean).square() / (noise + previous_noise + tiny)
                     self.ratios.append(float(ratio.mean()))
                 self.previous = (mean, noise)
+            self.returned = self.streams[0].fits_source_better(x.detach())
+            if self.returned:
+                self.returns += 1
+                for stream in self.streams:
+                    stream.restart()
         if self.ratios:
             self.design_effect = max(1.0, statistics.median(self.ratios))
         effective = count / self.design_effect
         rate = effective / (effective + self.prior)
         gate = min(1.0, max(0.0, (self.clustered - self.design_effect) / (self.clustered - 1)))
+        self.shrinkage = SHRINKAGE * (1 - gate)
         for index, layer in enumerate(self.layers):
             layer.smoothing_rate = rate if index < self.shallow else rate * gate
         return rate
 
     def clear(self) -> None:
+        """Start afresh: no batch seen, every estimate at the source's statistics."""
         self.ratios.clear()
         self.previous = None
         self.design_effect = self.start
-        for layer in self.layers:
+        self.shrinkage = 0.0
+        self.returns = 0
+        self.returned = False
+        for layer, stream in zip(self.layers, self.streams, strict=True):
             layer.__dict__.pop("smoothing_rate", None)
+            stream.restart()
 
     def state_dict(self) -> dict[str, Any]:
         previous = {} if self.previous is None else {"mean": self.previous[0], "noise": self.previous[1]}
@@ -197,7 +239,10 @@ class StreamWeights:
             "ratios": list(self.ratios),
             "previous": previous,
             "design_effect": self.design_effect,
+            "shrinkage": self.shrinkage,
+            "returns": self.returns,
             "rates": [_rate(layer) for layer in self.layers],
+            "estimates": [stream.state_dict() for stream in self.streams],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -209,11 +254,102 @@ class StreamWeights:
         if state["previous"]:
             self.previous = (state["previous"]["mean"].clone(), state["previous"]["noise"].clone())
         self.design_effect = state["design_effect"]
+        self.shrinkage = state["shrinkage"]
+        self.returns = state["returns"]
         for layer, rate in zip(self.layers, state["rates"], strict=True):
             layer.smoothing_rate = rate
+        for stream, estimate in zip(self.streams, state["estimates"], strict=True):
+            stream.load_state_dict(estimate)
 
     def close(self) -> None:
+        """Give the layers back their plain smoothed forward."""
         self._hook.remove()
+        for layer in self.layers:
+            if "forward" in layer.__dict__:
+                layer.forward = MethodType(robust_forward, layer)  # type: ignore[method-assign]
+
+
+class _LayerStream:
+    """One BatchNorm layer under "weighted": its estimate of the domain's statistics (the
+    running mean and variance it would have as robust BN), that estimate's error variance, and
+    the source's statistics it shrinks towards."""
+
+    def __init__(self, owner: StreamWeights, layer: _BatchNorm) -> None:
+        if layer.running_mean is None or layer.running_var is None:
+            raise UsageError('A BatchNorm layer keeps no running statistics, so "weighted" has none to smooth.')
+        self.owner, self.layer = owner, layer
+        self.source = (layer.running_mean.detach().clone(), layer.running_var.detach().clone())
+        self.restart()
+        if layer.__dict__.get("forward") is not None:
+            layer.forward = self.forward  # type: ignore[method-assign]
+
+    def restart(self) -> None:
+        self.mean, self.var = (value.clone() for value in self.source)
+        self.error = torch.zeros_like(self.mean)
+
+    def fits_source_better(self, x: torch.Tensor) -> bool:
+        var, mean = torch.var_mean(x, dim=_reduced_dims(x), unbiased=False)
+        source_mean, source_var = self.source
+        return _divergence(mean, var, source_mean, source_var) < _divergence(mean, var, self.mean, self.var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if not layer.training or not self.owner.watching:
+            # Eval mode, or a forward that is not the stream's: the statistics that normalised
+            # the last batch predicted, which the layer's buffers hold.
+            return F.batch_norm(
+                x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps
+            )
+        batch_var, batch_mean = torch.var_mean(x, dim=_reduced_dims(x), unbiased=False)
+        rate = _rate(layer)
+        # The batch's share keeps its gradient, as in robust BN.
+        mean = (1 - rate) * self.mean + rate * batch_mean
+        var = (1 - rate) * self.var + rate * batch_var
+        self.mean, self.var = mean.detach(), var.detach()
+        weight = self._weight(x, rate)
+        source_mean, source_var = self.source
+        mean = source_mean + weight * (mean - source_mean)
+        var = source_var + weight * (var - source_var)
+        _store(layer, mean, var)
+        shape = _channel_shape(x)
+        return _affine(layer, (x - mean.view(shape)) / torch.sqrt(var.view(shape) + layer.eps))
+
+    def _weight(self, x: torch.Tensor, rate: float) -> torch.Tensor | float:
+        """The James–Stein share of the new estimate's departure from the source's (a tensor on
+        the layer's device, so that the forward pass does not wait for it)."""
+        count = x.shape[0]
+        if count > 1:
+            noise = _per_image(x).var(dim=0) / count
+            self.error = (1 - rate) ** 2 * self.error + rate**2 * self.owner.design_effect * noise
+        if self.owner.shrinkage == 0:
+            return 1.0
+        source_mean, source_var = self.source
+        scale = source_var + self.layer.eps
+        departure = ((self.mean - source_mean).square() / scale).sum()
+        expected = self.owner.shrinkage * (self.error / scale).sum()
+        # No departure: the source's statistics, unless nothing is uncertain either.
+        return torch.where(departure > 0, (1 - expected / departure).clamp_min(0), (expected == 0).to(departure))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "error": self.error.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.mean, self.var, self.error = (state[key].clone() for key in ("mean", "var", "error"))
+
+
+def _per_image(x: torch.Tensor) -> torch.Tensor:
+    """Each image's mean per channel, ``N×C``."""
+    x = x.detach()
+    return x.flatten(2).mean(dim=2) if x.dim() > 2 else x
+
+
+def _divergence(mean: torch.Tensor, var: torch.Tensor, other_mean: torch.Tensor, other_var: torch.Tensor) -> float:
+    """Symmetric Kullback–Leibler divergence between per-channel Gaussians, averaged over channels."""
+    tiny = torch.finfo(var.dtype).tiny
+    var, other_var = var + tiny, other_var + tiny
+    spread = var / other_var + other_var / var - 2
+    offset = (mean - other_mean).square() * (1 / var + 1 / other_var)
+    return float((spread + offset).mean() / 4)
 
 
 def _rate(layer: _BatchNorm) -> float:

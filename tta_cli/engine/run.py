@@ -20,14 +20,13 @@ from tta_cli.config import AdaptConfig, dump_config, read_config
 from tta_cli.engine.adapter import Adapter, StepResult
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.guard import Guard
-from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, DEFAULT_METHOD_WITHOUT_MGG, Method, get_method
+from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, Method, get_method
 from tta_cli.engine.stopping import stop_on_signals
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import make_harmonizer
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
 from tta_cli.mgg import rule_for_bundle
 from tta_cli.models import Bundle, load_bundle
-from tta_cli.models.bundle import MGG_FILE
 from tta_cli.objectives import OBJECTIVES
 from tta_cli.streams import Batch, Preprocess, Stream, batches, open_source
 from tta_cli.update import make_update_rule
@@ -61,15 +60,12 @@ class Progress:
         return self.images_seen / elapsed if elapsed > 0 else 0.0
 
 
-def configured_method(config: AdaptConfig, bundle: Bundle) -> Method:
+def configured_method(config: AdaptConfig) -> Method:
     """``config.method`` with ``config.norm``, when set, as its normalisation of test batches.
 
-    ``auto`` is the default chosen by measurement (docs/benchmarks.md, "Real streams"), or,
-    for a bundle without a Meta Gradient Generator, the same with Tent's update rule.
+    ``auto`` is the default chosen by measurement (``DEFAULT_METHOD``).
     """
-    name = config.method
-    if name == AUTO_METHOD:
-        name = DEFAULT_METHOD if (bundle.path / MGG_FILE).is_file() else DEFAULT_METHOD_WITHOUT_MGG
+    name = DEFAULT_METHOD if config.method == AUTO_METHOD else config.method
     return get_method(name if config.norm is None else f"{name}+{config.norm}")
 
 
@@ -101,7 +97,7 @@ def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None
     # Absolute, so that resume and export find the bundle from any working directory.
     config = config.model_copy(update={"model": Path(config.model).resolve()})
     device, bundle = resolve_device(config.device), load_bundle(config.model)
-    method = configured_method(config, bundle)
+    method = configured_method(config)
     # The run records the method it ran, whatever "auto" or --norm named.
     config = config.model_copy(update={"method": method.name, "norm": None})
     stream = _stream(config, bundle)
@@ -129,7 +125,7 @@ def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunS
         store = HistoryStore.open(run_dir.path)
         config = read_config(store.first_config())
         device, bundle = resolve_device(config.device), load_bundle(config.model)
-        method = configured_method(config, bundle)
+        method = configured_method(config)
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"The bundle at {config.model} has changed since this run started; it cannot resume.")
         current = store.aliases()["current"]

@@ -64,7 +64,7 @@ def export_run(
         config = read_config(store.first_config())
         position = store.stream_position()
         bundle = load_bundle(bundle_path or config.model)
-        method = configured_method(config, bundle)
+        method = configured_method(config)
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
     finally:
