@@ -360,3 +360,61 @@ def test_a_step_that_returns_to_the_source_says_so(bundle_path: Path, clean_fold
     assert RETURN_NOTE in notes[6]
     assert adapter.stream_weights is not None and adapter.stream_weights.returns == 1
     assert make_adapter(bundle_path, "norm+weighted", tmp_path).reference is None, "nothing to compare without a step"
+
+
+def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_less_confident() -> None:
+    """One class for a long time: the batches are independent draws, but normalising with
+    their statistics removes the class; the source's statistics predict more confidently."""
+    from tta_cli.engine.norms import LESS_CONFIDENT
+
+    model, weights = weighted_model()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        feed(model, weights, 1 + torch.randn(64, 8, 4, 4, generator=generator))
+    used = copy.deepcopy(model.state_dict())
+    confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
+    uncertain = torch.tensor([[1.0, 0.5, 0.0]] * 4)
+
+    assert weights.second_look(lambda: uncertain, confident) is confident  # type: ignore[attr-defined]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, used[name]), "kept: the buffers hold what normalised the batch"
+    assert not weights.returned  # type: ignore[attr-defined]
+
+    chosen = weights.second_look(lambda: confident, uncertain)  # type: ignore[attr-defined]
+    assert torch.equal(chosen, confident)
+    assert weights.returned == LESS_CONFIDENT and weights.returns == 1  # type: ignore[attr-defined]
+    for layer, stream in zip(model, weights.streams, strict=True):  # type: ignore[attr-defined]
+        assert torch.equal(layer.running_mean, stream.source[0]) and torch.equal(stream.mean, stream.source[0])
+
+
+def test_a_step_whose_second_look_prefers_the_source_takes_no_gradient_step(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    from tta_cli.engine.norms import LESS_CONFIDENT
+
+    adapter = make_adapter(bundle_path, "tent+weighted", tmp_path)
+    weights = adapter.stream_weights
+    assert weights is not None
+
+    def prefer_source(forward, logits):  # type: ignore[no-untyped-def]
+        weights._return(LESS_CONFIDENT)
+        return forward().detach()
+
+    weights.second_look = prefer_source  # type: ignore[method-assign]
+    before = torch.cat([param.detach().flatten() for param in adapter.params])
+    result = adapter.step(first_batch(clean_folder))
+    assert LESS_CONFIDENT in result.note and result.note.endswith("no update")
+    assert torch.equal(torch.cat([param.detach().flatten() for param in adapter.params]), before)
+
+
+def test_the_second_look_leaves_the_features_of_the_first_for_the_objectives(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """The feature-alignment objective learns from the predicting forward's features, not from
+    those of the second look (taken without gradient)."""
+    adapter = make_adapter(bundle_path, "harmonized+weighted", tmp_path)
+    before = torch.cat([param.detach().flatten() for param in adapter.params])
+    for _ in range(2):
+        result = adapter.step(first_batch(clean_folder))
+    assert set(result.losses) == {"entropy", "alignment"}
+    assert not torch.equal(torch.cat([param.detach().flatten() for param in adapter.params]), before)

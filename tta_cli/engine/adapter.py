@@ -29,7 +29,7 @@ from torch import nn
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
-from tta_cli.engine.norms import StreamWeights, balanced_rate, set_rate, use_norm
+from tta_cli.engine.norms import LESS_CONFIDENT, StreamWeights, balanced_rate, set_rate, use_norm
 from tta_cli.engine.params import configure_model, norm_affine_parameters, norm_buffers
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
@@ -39,7 +39,7 @@ from tta_cli.update import UpdateRule
 
 BALANCED_WINDOW = 64
 """Recent predictions whose class spread sets the rate of the "balanced" norm."""
-RETURN_NOTE = "normalisation statistics back to the source's: the batch fits them better"
+RETURN_NOTE = "normalisation statistics back to the source's"
 """The note of a step at which "weighted" saw the domain turn back towards the source."""
 
 
@@ -123,6 +123,10 @@ class Adapter:
         watch = self.stream_weights.watch() if self.stream_weights is not None else contextlib.nullcontext()
         with watch, torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
+        if self.stream_weights is not None:
+            features = dict(self._features)  # the second look's forward records its own
+            logits = self.stream_weights.second_look(lambda: self.model(batch.images), logits)
+            self._features.update(features)
         result = StepResult(
             step=self.step_count,
             probabilities=logits.detach().softmax(dim=1),
@@ -131,14 +135,18 @@ class Adapter:
         )
         if self.recent_predictions is not None:
             self.recent_predictions.extend(result.predictions.tolist())
-        if self.stream_weights is not None and self.stream_weights.returned:
-            result.note = "; ".join(filter(None, (result.note, RETURN_NOTE)))
+        returned = self.stream_weights.returned if self.stream_weights is not None else ""
+        if returned:
+            result.note = "; ".join(filter(None, (result.note, f"{RETURN_NOTE}: {returned}")))
         reference_probabilities = self._reference_probabilities(batch, statistics)
         result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
         plausibility = self.guard.plausibility() if self.reference is not None else None
         if plausibility is not None:
             result.diagnostics["plausibility"] = plausibility
         if not self.method.updates or self.update_rule is None or not result.verdict.ok:
+            return result
+        if returned == LESS_CONFIDENT:
+            result.note = f"{result.note}; no update"
             return result
         if self.memory is not None:
             self.memory.add(batch.images, result.predictions, result.entropy)

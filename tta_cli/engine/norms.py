@@ -27,8 +27,8 @@ running statistics and move them slowly:
   of the network move only when the batches are independent draws, because their statistics
   carry the classes a correlated batch holds. On correlated batches a layer normalises with
   the source's statistics plus only the significant part of its estimate's departure from them,
-  and a batch that fits the source's statistics better than the estimate sends every estimate
-  back to the source's.
+  and a batch that fits the source's statistics better than the estimate, or is predicted more
+  confidently with them, sends every estimate back to the source's.
 
 The smoothed statistics live in the layer's own ``running_mean`` and ``running_var`` (for
 "tbr", ``running_var = σ_ema² − eps``), so snapshots, rollback, resume and export see them
@@ -94,6 +94,11 @@ def set_rate(model: torch.nn.Module, rate: float) -> None:
             layer.smoothing_rate = rate
 
 
+FITS_SOURCE = "the batch fits them better"
+LESS_CONFIDENT = "predictions with them are more confident"
+CONFIDENCE_RATIO = 1.25
+"""How many times the mean prediction entropy with the source's statistics the statistics in use
+may give before "weighted" returns to the source's (``StreamWeights.second_look``)."""
 SHRINKAGE = 5.0
 """How many times its tracked error variance an estimate must depart from the source's before
 "weighted" normalises with it in full, on clustered batches; chosen by measurement
@@ -140,7 +145,9 @@ class StreamWeights:
     running estimate's (symmetric Kullback–Leibler divergence of per-channel Gaussians), the
     domain has changed back towards the source, and every estimate restarts from the source's
     (counted in ``returns``). A mild shift that follows a strong one is thus not normalised with
-    the strong one's statistics.
+    the strong one's statistics. The same happens when the predictions with the statistics in
+    use are less confident than with the source's by more than ``CONFIDENCE_RATIO`` in mean
+    entropy (``second_look``, one more forward pass): a stream of one class.
 
     What a layer normalises with is written to its ``running_mean`` and ``running_var``, so the
     eval-mode model, an export and the history hold it. Only the forward pass that predicts a
@@ -170,8 +177,8 @@ class StreamWeights:
         self.design_effect = start
         self.shrinkage = 0.0
         self.returns = 0
-        self.returned = False
-        """Whether the last batch seen sent the estimates back to the source's."""
+        self.returned = ""
+        """Why the last batch seen sent the estimates back to the source's, if it did."""
         self.streams = [_LayerStream(self, layer) for layer in self.layers]
         self._hook = self.layers[0].register_forward_pre_hook(self._observe)
         self.watching = False
@@ -206,11 +213,9 @@ class StreamWeights:
                     ratio = (mean - previous_mean).square() / (noise + previous_noise + tiny)
                     self.ratios.append(float(ratio.mean()))
                 self.previous = (mean, noise)
-            self.returned = self.streams[0].fits_source_better(x.detach())
-            if self.returned:
-                self.returns += 1
-                for stream in self.streams:
-                    stream.restart()
+            self.returned = ""
+            if self.streams[0].fits_source_better(x.detach()):
+                self._return(FITS_SOURCE)
         if self.ratios:
             self.design_effect = max(1.0, statistics.median(self.ratios))
         effective = count / self.design_effect
@@ -221,6 +226,34 @@ class StreamWeights:
             layer.smoothing_rate = rate if index < self.shallow else rate * gate
         return rate
 
+    def second_look(self, forward: Callable[[], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """The batch's logits with the source's statistics if they make the predictions clearly
+        more confident than ``logits``, those with the statistics used; then every estimate
+        returns to the source's. ``forward`` runs the model on the batch again.
+
+        A stream of one class (a camera on one scene) is a run of independent draws, so the
+        design effect does not flag it, and its statistics normalise the class away: the
+        predictions lose their confidence. Correcting a shift of the domain makes them more
+        confident instead (docs/benchmarks.md, "Real streams", has the measurements).
+        """
+        with torch.no_grad():
+            used = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in self.layers]
+            for layer, stream in zip(self.layers, self.streams, strict=True):
+                _store_plain(layer, *stream.source)
+            source_logits = forward().detach()
+            if _mean_entropy(logits) <= CONFIDENCE_RATIO * _mean_entropy(source_logits):
+                for layer, (mean, var) in zip(self.layers, used, strict=True):
+                    _store_plain(layer, mean, var)
+                return logits
+        self._return(LESS_CONFIDENT)
+        return source_logits
+
+    def _return(self, reason: str) -> None:
+        self.returned = reason
+        self.returns += 1
+        for stream in self.streams:
+            stream.restart()
+
     def clear(self) -> None:
         """Start afresh: no batch seen, every estimate at the source's statistics."""
         self.ratios.clear()
@@ -228,7 +261,7 @@ class StreamWeights:
         self.design_effect = self.start
         self.shrinkage = 0.0
         self.returns = 0
-        self.returned = False
+        self.returned = ""
         for layer, stream in zip(self.layers, self.streams, strict=True):
             layer.__dict__.pop("smoothing_rate", None)
             stream.restart()
@@ -335,6 +368,16 @@ class _LayerStream:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.mean, self.var, self.error = (state[key].clone() for key in ("mean", "var", "error"))
+
+
+def _store_plain(layer: _BatchNorm, mean: torch.Tensor, var: torch.Tensor) -> None:
+    assert layer.running_mean is not None and layer.running_var is not None
+    layer.running_mean.copy_(mean)
+    layer.running_var.copy_(var)
+
+
+def _mean_entropy(logits: torch.Tensor) -> float:
+    return float(-(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1).mean())
 
 
 def _per_image(x: torch.Tensor) -> torch.Tensor:
