@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.errors import UsageError
+from tta_cli.objectives.entropy import entropy
 
 NORMS = ("batch", "robust", "tbr", "balanced", "weighted")
 SMOOTHED = ("robust", "tbr", "balanced", "weighted")
@@ -241,7 +242,7 @@ class StreamWeights:
             for layer, stream in zip(self.layers, self.streams, strict=True):
                 _store_plain(layer, *stream.source)
             source_logits = forward().detach()
-            if _mean_entropy(logits) <= CONFIDENCE_RATIO * _mean_entropy(source_logits):
+            if float(entropy(logits).mean()) <= CONFIDENCE_RATIO * float(entropy(source_logits).mean()):
                 for layer, (mean, var) in zip(self.layers, used, strict=True):
                     _store_plain(layer, mean, var)
                 return logits
@@ -374,10 +375,6 @@ def _store_plain(layer: _BatchNorm, mean: torch.Tensor, var: torch.Tensor) -> No
     assert layer.running_mean is not None and layer.running_var is not None
     layer.running_mean.copy_(mean)
     layer.running_var.copy_(var)
-
-
-def _mean_entropy(logits: torch.Tensor) -> float:
-    return float(-(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1).mean())
 
 
 def _per_image(x: torch.Tensor) -> torch.Tensor:
