@@ -94,18 +94,26 @@ def test_a_degenerate_stream_triggers_the_guard(bundle_path: Path, tmp_path: Pat
     run = tmp_path / "run"
     data = tmp_path / "data"
     command = [sys.executable, "-m", "tta_cli", "adapt", "--model", str(bundle_path), "--source", str(data)]
-    result = subprocess.run(
-        [*command, "--run", str(run), "--config", str(settings), "--batch-size", "4"], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    history = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "tta_cli", "history", str(run), "--json"], capture_output=True, text=True
-        ).stdout
-    )
-    rollbacks = [event for event in history["events"] if event["kind"] == "rollback"]
-    assert rollbacks and "one class took 100% of the last 8 predictions" in rollbacks[0]["detail"]
-    assert rollbacks[0]["snapshot_id"] == history["aliases"]["source"]["id"]
+    rollbacks, sources = {}, {}
+    for method in ("tent", "norm+weighted"):
+        run = tmp_path / f"run-{method}"
+        result = subprocess.run(
+            [*command, "--run", str(run), "--config", str(settings), "--batch-size", "4", "--method", method],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        history = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "tta_cli", "history", str(run), "--json"], capture_output=True, text=True
+            ).stdout
+        )
+        rollbacks[method] = [event for event in history["events"] if event["kind"] == "rollback"]
+        sources[method] = history["aliases"]["source"]["id"]
+    assert rollbacks["tent"] and "one class took 100% of the last 8 predictions" in rollbacks["tent"][0]["detail"]
+    assert rollbacks["tent"][0]["snapshot_id"] == sources["tent"]
+    # Without gradient steps, one class is what the stream shows, not a collapse.
+    assert rollbacks["norm+weighted"] == []
 
 
 def test_harm_signal_is_the_source_plausibility_of_the_adapted_predictions() -> None:

@@ -76,6 +76,10 @@ def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: t
     # Only a state that updates itself can drift; for the others the guard just watches.
     stateful = method.updates or (method.batch_statistics and method.norm != "batch")
     guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and stateful})
+    if not method.updates:
+        # The collapse rules watch what gradient steps do: without them, predictions of one
+        # class are the stream's (a camera on one scene), not a collapse.
+        guard_config = guard_config.model_copy(update={"majority_max": 1.0, "entropy_ema_min": 0.0})
     guard = Guard(guard_config, bundle.spec.num_classes)
     harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
     adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
