@@ -176,13 +176,21 @@ class StreamWeights:
         self.ratios: deque[float] = deque(maxlen=window)
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
         self.design_effect = start
-        self.shrinkage = 0.0
         self.returns = 0
         self.returned = ""
         """Why the last batch seen sent the estimates back to the source's, if it did."""
         self.streams = [_LayerStream(self, layer) for layer in self.layers]
         self._hook = self.layers[0].register_forward_pre_hook(self._observe)
         self.watching = False
+
+    @property
+    def gate(self) -> float:
+        """1 while batches are independent draws (D = 1), 0 from D = ``clustered``."""
+        return min(1.0, max(0.0, (self.clustered - self.design_effect) / (self.clustered - 1)))
+
+    @property
+    def shrinkage(self) -> float:
+        return SHRINKAGE * (1 - self.gate)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
@@ -221,10 +229,8 @@ class StreamWeights:
             self.design_effect = max(1.0, statistics.median(self.ratios))
         effective = count / self.design_effect
         rate = effective / (effective + self.prior)
-        gate = min(1.0, max(0.0, (self.clustered - self.design_effect) / (self.clustered - 1)))
-        self.shrinkage = SHRINKAGE * (1 - gate)
         for index, layer in enumerate(self.layers):
-            layer.smoothing_rate = rate if index < self.shallow else rate * gate
+            layer.smoothing_rate = rate if index < self.shallow else rate * self.gate
         return rate
 
     def second_look(self, forward: Callable[[], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -260,7 +266,6 @@ class StreamWeights:
         self.ratios.clear()
         self.previous = None
         self.design_effect = self.start
-        self.shrinkage = 0.0
         self.returns = 0
         self.returned = ""
         for layer, stream in zip(self.layers, self.streams, strict=True):
@@ -273,7 +278,6 @@ class StreamWeights:
             "ratios": list(self.ratios),
             "previous": previous,
             "design_effect": self.design_effect,
-            "shrinkage": self.shrinkage,
             "returns": self.returns,
             "rates": [_rate(layer) for layer in self.layers],
             "estimates": [stream.state_dict() for stream in self.streams],
@@ -288,7 +292,6 @@ class StreamWeights:
         if state["previous"]:
             self.previous = (state["previous"]["mean"].clone(), state["previous"]["noise"].clone())
         self.design_effect = state["design_effect"]
-        self.shrinkage = state["shrinkage"]
         self.returns = state["returns"]
         for layer, rate in zip(self.layers, state["rates"], strict=True):
             layer.smoothing_rate = rate
