@@ -160,8 +160,8 @@ def _run_stream(
             cell.cosines.append(result.diagnostics["cosine"])
         cell.images += end - start
         cell.errors += errors
-        if result.note:
-            cell.notes[result.note.split(":")[0]] += 1
+        for event in filter(None, result.note.split("; ")):
+            cell.notes[event.split(":")[0]] += 1
         if result.verdict.action == "rollback":
             cell.notes[f"guard: rollback to {result.verdict.target}"] += 1
         if on_batch is not None:

@@ -41,6 +41,9 @@ BALANCED_WINDOW = 64
 """Recent predictions whose class spread sets the rate of the "balanced" norm."""
 RETURN_NOTE = "normalisation statistics back to the source's"
 """The note of a step at which "weighted" saw the domain turn back towards the source."""
+DEFER_NOTE = "a mild shift: the source's statistics predict, without gradient steps"
+RESUME_NOTE = "the stream's statistics predict again"
+"""The notes of the steps at which "weighted" starts and stops deferring to the source's statistics."""
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Adapter:
         watch = self.stream_weights.watch() if self.stream_weights is not None else contextlib.nullcontext()
         with watch, torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
+        deferred = self.stream_weights is not None and self.stream_weights.deferring
         if self.stream_weights is not None:
             features = dict(self._features)  # the second look's forward records its own
             logits = self.stream_weights.second_look(lambda: self.model(batch.images), logits)
@@ -138,6 +142,9 @@ class Adapter:
         returned = self.stream_weights.returned if self.stream_weights is not None else ""
         if returned:
             result.note = "; ".join(filter(None, (result.note, f"{RETURN_NOTE}: {returned}")))
+        if self.stream_weights is not None and self.stream_weights.deferring != deferred:
+            switch = DEFER_NOTE if self.stream_weights.deferring else RESUME_NOTE
+            result.note = "; ".join(filter(None, (result.note, switch)))
         reference_probabilities = self._reference_probabilities(batch, statistics)
         result.verdict = self.guard.observe(result.predictions, result.entropy, reference_probabilities)
         plausibility = self.guard.plausibility() if self.reference is not None else None
@@ -148,6 +155,8 @@ class Adapter:
         if returned == LESS_CONFIDENT:
             result.note = f"{result.note}; no update"
             return result
+        if self.stream_weights is not None and self.stream_weights.source_predicted:
+            return result  # the source's statistics predicted: the step has nothing to learn from
         if self.memory is not None:
             self.memory.add(batch.images, result.predictions, result.entropy)
             images = self.memory.images()

@@ -28,7 +28,9 @@ running statistics and move them slowly:
   carry the classes a correlated batch holds. On correlated batches a layer normalises with
   the source's statistics plus only the significant part of its estimate's departure from them,
   and a batch that fits the source's statistics better than the estimate, or is predicted more
-  confidently with them, sends every estimate back to the source's.
+  confidently with them, sends every estimate back to the source's. While the estimates change
+  few predictions and make them no more confident (a mild shift), the source's statistics
+  predict and the estimates follow the stream unused.
 
 The smoothed statistics live in the layer's own ``running_mean`` and ``running_var`` (for
 "tbr", ``running_var = σ_ema² − eps``), so snapshots, rollback, resume and export see them
@@ -100,6 +102,14 @@ LESS_CONFIDENT = "predictions with them are more confident"
 CONFIDENCE_RATIO = 1.25
 """How many times the mean prediction entropy with the source's statistics the statistics in use
 may give before "weighted" returns to the source's (``StreamWeights.second_look``)."""
+AGREEMENT = 0.9
+"""The share of predictions the statistics in use must change less than (moving average) for
+"weighted" to predict with the source's statistics on a mild shift (``StreamWeights.second_look``)."""
+GAIN = 0.98
+"""The mean-entropy ratio, statistics in use to source's (moving average), that the statistics
+in use must stay below to predict when they change fewer than ``1 − AGREEMENT`` of the predictions."""
+SMOOTHING = 0.8
+"""Momentum of those two moving averages, over batches since the estimates last restarted."""
 SHRINKAGE = 5.0
 """How many times its tracked error variance an estimate must depart from the source's before
 "weighted" normalises with it in full, on clustered batches; chosen by measurement
@@ -150,13 +160,24 @@ class StreamWeights:
     use are less confident than with the source's by more than ``CONFIDENCE_RATIO`` in mean
     entropy (``second_look``, one more forward pass): a stream of one class.
 
+    **Deferral.** The same second look also measures how much the estimates change: the share
+    of the batch's predictions on which they agree with the source's, and the ratio of mean
+    prediction entropies. Both are averaged over batches (momentum ``SMOOTHING``, restarting
+    with the estimates). While the estimates agree on more than ``AGREEMENT`` of the
+    predictions and do not bring the entropy below ``GAIN`` times the source's, the shift is
+    mild: the source model already handles it, and the few predictions the estimates change
+    are as likely wrong as right. The source's statistics then predict, the estimates keep
+    following the stream, and there is no gradient step; the estimates predict again as soon
+    as they change more or gain confidence. A strong shift changes many predictions (under
+    impulse noise the source's are confident and mostly one class), so this never holds there.
+
     What a layer normalises with is written to its ``running_mean`` and ``running_var``, so the
     eval-mode model, an export and the history hold it. Only the forward pass that predicts a
     batch (inside ``watch``) moves the estimates; any other forward (a memory batch, a
     re-evaluation, eval mode) normalises with what normalised the last batch predicted.
 
-    The state (recent ratios, last batch's mean, rates, every layer's estimate and error) is
-    part of every snapshot, so that the step after a rollback normalises as the step after the
+    The state (recent ratios, last batch's mean, rates, every layer's estimate and error, the
+    second look's averages) is part of every snapshot, so that the step after a rollback normalises as the step after the
     snapshot did.
     """
 
@@ -179,6 +200,13 @@ class StreamWeights:
         self.returns = 0
         self.returned = ""
         """Why the last batch seen sent the estimates back to the source's, if it did."""
+        self.agreement: float | None = None
+        self.log_ratio: float | None = None
+        """Moving averages of the second look's agreement and log entropy ratio."""
+        self.deferring = False
+        """Whether the last batch was predicted with the source's statistics on a mild shift."""
+        self.source_predicted = False
+        """Whether the last batch was predicted with the source's statistics, for either reason."""
         self.streams = [_LayerStream(self, layer) for layer in self.layers]
         self._hook = self.layers[0].register_forward_pre_hook(self._observe)
         self.watching = False
@@ -234,26 +262,52 @@ class StreamWeights:
         return rate
 
     def second_look(self, forward: Callable[[], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
-        """The batch's logits with the source's statistics if they make the predictions clearly
-        more confident than ``logits``, those with the statistics used; then every estimate
-        returns to the source's. ``forward`` runs the model on the batch again.
+        """The logits that predict the batch: ``logits``, those with the statistics in use, or
+        those with the source's statistics (``forward`` runs the model on the batch again),
+        which the layers' buffers then hold.
 
-        A stream of one class (a camera on one scene) is a run of independent draws, so the
-        design effect does not flag it, and its statistics normalise the class away: the
-        predictions lose their confidence. Correcting a shift of the domain makes them more
-        confident instead (docs/benchmarks.md, "Real streams", has the measurements).
+        The source's predict, and every estimate returns to the source's, when they make the
+        predictions clearly more confident: a stream of one class (a camera on one scene) is a
+        run of independent draws, so the design effect does not flag it, and its statistics
+        normalise the class away, so that the predictions lose their confidence. Correcting a
+        shift of the domain makes them more confident instead. The source's also predict, the
+        estimates going on, on a mild shift (the class docstring's "Deferral").
+        docs/benchmarks.md, "Real streams", has the measurements.
         """
         with torch.no_grad():
             used = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in self.layers]
             for layer, stream in zip(self.layers, self.streams, strict=True):
                 _store_plain(layer, *stream.source)
             source_logits = forward().detach()
-            if float(entropy(logits).mean()) <= CONFIDENCE_RATIO * float(entropy(source_logits).mean()):
-                for layer, (mean, var) in zip(self.layers, used, strict=True):
-                    _store_plain(layer, mean, var)
-                return logits
-        self._return(LESS_CONFIDENT)
-        return source_logits
+            used_entropy, source_entropy = float(entropy(logits).mean()), float(entropy(source_logits).mean())
+            less_confident = used_entropy > CONFIDENCE_RATIO * source_entropy
+            if less_confident:
+                self._return(LESS_CONFIDENT)
+            agreement = float((logits.argmax(dim=1) == source_logits.argmax(dim=1)).float().mean())
+            tiny = torch.finfo(torch.float32).tiny
+            self._follow(agreement, math.log((used_entropy + tiny) / (source_entropy + tiny)))
+            self.deferring = self.mild
+            self.source_predicted = less_confident or self.deferring
+            if self.source_predicted:
+                return source_logits
+            for layer, (mean, var) in zip(self.layers, used, strict=True):
+                _store_plain(layer, mean, var)
+            return logits
+
+    def _follow(self, agreement: float, log_ratio: float) -> None:
+        """Move the second look's averages; they restart with the estimates."""
+        if self.returned or self.agreement is None or self.log_ratio is None:
+            self.agreement, self.log_ratio = agreement, log_ratio
+            return
+        self.agreement = SMOOTHING * self.agreement + (1 - SMOOTHING) * agreement
+        self.log_ratio = SMOOTHING * self.log_ratio + (1 - SMOOTHING) * log_ratio
+
+    @property
+    def mild(self) -> bool:
+        """Whether the estimates change few predictions and make them no more confident."""
+        if self.agreement is None or self.log_ratio is None:
+            return False
+        return self.agreement > AGREEMENT and self.log_ratio > math.log(GAIN)
 
     def _return(self, reason: str) -> None:
         self.returned = reason
@@ -268,6 +322,8 @@ class StreamWeights:
         self.design_effect = self.start
         self.returns = 0
         self.returned = ""
+        self.agreement = self.log_ratio = None
+        self.deferring = self.source_predicted = False
         for layer, stream in zip(self.layers, self.streams, strict=True):
             layer.__dict__.pop("smoothing_rate", None)
             stream.restart()
@@ -279,6 +335,9 @@ class StreamWeights:
             "previous": previous,
             "design_effect": self.design_effect,
             "returns": self.returns,
+            "agreement": self.agreement,
+            "log_ratio": self.log_ratio,
+            "deferring": self.deferring,
             "rates": [_rate(layer) for layer in self.layers],
             "estimates": [stream.state_dict() for stream in self.streams],
         }
@@ -293,6 +352,8 @@ class StreamWeights:
             self.previous = (state["previous"]["mean"].clone(), state["previous"]["noise"].clone())
         self.design_effect = state["design_effect"]
         self.returns = state["returns"]
+        self.agreement, self.log_ratio = state.get("agreement"), state.get("log_ratio")
+        self.deferring = state.get("deferring", False)
         for layer, rate in zip(self.layers, state["rates"], strict=True):
             layer.smoothing_rate = rate
         for stream, estimate in zip(self.streams, state["estimates"], strict=True):
