@@ -177,8 +177,8 @@ class StreamWeights:
     re-evaluation, eval mode) normalises with what normalised the last batch predicted.
 
     The state (recent ratios, last batch's mean, rates, every layer's estimate and error, the
-    second look's averages) is part of every snapshot, so that the step after a rollback normalises as the step after the
-    snapshot did.
+    second look's averages) is part of every snapshot, so that the step after a rollback
+    normalises as the step after the snapshot did.
     """
 
     def __init__(
