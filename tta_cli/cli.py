@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tta_cli import __version__
@@ -382,7 +382,7 @@ def bench(
         TimeElapsedColumn(),
         console=console,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     last_logged = [""]
 
     def show(progress: BenchProgress) -> None:

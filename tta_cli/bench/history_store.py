@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,12 +29,14 @@ from tta_cli.history import HistoryStore, StepRecord, rollback
 from tta_cli.models import load_bundle
 
 
-def measure(model: Path, steps: int, repeats: int) -> dict[str, float]:
+def measure(model: Path, steps: int, repeats: int) -> dict[str, Any]:
     bundle = load_bundle(model)
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(scratch)
         config = AdaptConfig(model=model, source=run, run=run, method="tent")
         adapter = build_adapter(bundle, get_method("tent"), config, torch.device("cpu"))
+        if adapter.update_rule is None:
+            raise RuntimeError("tent was built without an update rule, so the snapshots would hold no Adam moments.")
         # One real update so that the optimizer state has its moments.
         adapter.update_rule.apply(adapter.params, torch.randn(sum(p.numel() for p in adapter.params)))
         store = HistoryStore(run)

@@ -15,6 +15,7 @@ under the CPU's name: they are ratios within one run on one machine, not GPU fig
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import tempfile
@@ -84,7 +85,7 @@ def step_against_floor(
             for name in methods:
                 method = get_method(name)
                 adapter = bench_adapter(bundle, method, device)
-                step_ms = _timed(device, lambda adapter=adapter, batch=batch: adapter.step(batch), repeats, warmup)
+                step_ms = _timed(device, functools.partial(adapter.step, batch), repeats, warmup)
                 adapter.close()
                 bundle.model.load_state_dict(original)
                 forward_ms, floor_ms = _floor(bundle, method.batch_statistics, batch, device, repeats, warmup)

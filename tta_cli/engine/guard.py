@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -96,7 +97,7 @@ class Guard:
             return Verdict("skip", "non-finite gradient")
         return OK
 
-    def check_state(self, params: list[torch.Tensor]) -> Verdict:
+    def check_state(self, params: Sequence[torch.Tensor]) -> Verdict:
         if self.config.enabled and not all(torch.isfinite(param).all() for param in params):
             return Verdict("rollback", "non-finite parameter after the update")
         return OK

@@ -94,7 +94,8 @@ def set_rate(model: torch.nn.Module, rate: float) -> None:
     """The rate at which the smoothed norms move towards each batch's statistics."""
     for layer in model.modules():
         if isinstance(layer, _BatchNorm):
-            layer.smoothing_rate = rate
+            # torch's stub types Module.__setattr__ for tensors and modules; plain attributes work.
+            layer.smoothing_rate = rate  # type: ignore[assignment]
 
 
 FITS_SOURCE = "the batch fits them better"
@@ -258,7 +259,8 @@ class StreamWeights:
         effective = count / self.design_effect
         rate = effective / (effective + self.prior)
         for index, layer in enumerate(self.layers):
-            layer.smoothing_rate = rate if index < self.shallow else rate * self.gate
+            # torch's stub types Module.__setattr__ for tensors and modules; plain attributes work.
+            layer.smoothing_rate = rate if index < self.shallow else rate * self.gate  # type: ignore[assignment]
         return rate
 
     def second_look(self, forward: Callable[[], torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
@@ -275,7 +277,7 @@ class StreamWeights:
         docs/benchmarks.md, "Real streams", has the measurements.
         """
         with torch.no_grad():
-            used = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in self.layers]
+            used = [(mean.clone(), var.clone()) for mean, var in map(_running_stats, self.layers)]
             for layer, stream in zip(self.layers, self.streams, strict=True):
                 _store_plain(layer, *stream.source)
             source_logits = forward().detach()
@@ -379,7 +381,9 @@ class _LayerStream:
         self.source = (layer.running_mean.detach().clone(), layer.running_var.detach().clone())
         self.restart()
         if layer.__dict__.get("forward") is not None:
-            layer.forward = self.forward  # type: ignore[method-assign]
+            # Swapped on the instance on purpose (see the module docstring); Module.__call__ passes
+            # the input positionally, so the parameter's name (x, not torch's input) does not matter.
+            layer.forward = self.forward  # type: ignore[method-assign, assignment]
 
     def restart(self) -> None:
         self.mean, self.var = (value.clone() for value in self.source)
@@ -433,6 +437,14 @@ class _LayerStream:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.mean, self.var, self.error = (state[key].clone() for key in ("mean", "var", "error"))
+
+
+def _running_stats(layer: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's running mean and variance; every layer "weighted" holds keeps them
+    (``_LayerStream`` refuses one that does not), so their absence here is a bug."""
+    if layer.running_mean is None or layer.running_var is None:
+        raise RuntimeError('A BatchNorm layer under "weighted" lost its running statistics.')
+    return layer.running_mean, layer.running_var
 
 
 def _store_plain(layer: _BatchNorm, mean: torch.Tensor, var: torch.Tensor) -> None:

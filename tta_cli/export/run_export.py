@@ -100,7 +100,7 @@ def export_run(
     return ExportReport(out=out, snapshot_id=target.id, step=target.step, bn_stats=bn_stats, parity=parity)
 
 
-def _recent_images(bundle: Bundle, source: Path, position: int, count: int) -> torch.Tensor:
+def _recent_images(bundle: Bundle, source: Path | str, position: int, count: int) -> torch.Tensor:
     """Up to ``count`` readable images: those just before ``position`` in the run's stream
     (the newest target data), or the start of another folder."""
     if not Path(source).exists():

@@ -133,6 +133,8 @@ class HistoryStore:
                 "INSERT INTO runs (started, method, bundle_sha256, config, resumed_from_step) VALUES (?, ?, ?, ?, ?)",
                 (time.time(), method, bundle_sha256, config, resumed_from_step),
             )
+        if cursor.lastrowid is None:
+            raise RuntimeError("SQLite gave no row id for the run just inserted.")
         self.run_id = cursor.lastrowid
         return self.run_id
 

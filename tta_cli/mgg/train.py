@@ -116,8 +116,14 @@ class FunctionalModel:
     def losses(self, theta: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the ``(K,)`` test-time losses at θ."""
         logits = self.logits(theta, batch.images)
-        losses = torch.stack([objective(logits, self._features, batch) for objective in self.objectives])
-        return logits, losses
+        losses = []
+        for objective in self.objectives:
+            loss = objective(logits, self._features, batch)
+            if loss is None:
+                # The MGG's input is one loss per objective; a batch without one has no row to fill.
+                raise RuntimeError(f"Objective {objective.name!r} gave no loss, which the MGG cannot train on.")
+            losses.append(loss)
+        return logits, torch.stack(losses)
 
     @staticmethod
     def gradients(losses: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
