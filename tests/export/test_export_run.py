@@ -142,3 +142,38 @@ def test_a_robust_run_exports_its_smoothed_statistics(robust_run: Path, bundle_p
 def test_a_batch_statistics_run_exports_source_statistics_by_default(run: Path, tmp_path: Path) -> None:
     report = export_run(run, tmp_path / "tent.onnx", check=False)
     assert report.bn_stats == "source" and read_metadata(report.out)["tta_cli.bn_stats"] == "source"
+
+
+def test_a_run_from_a_glob_verifies_against_its_own_last_images(bundle_path: Path, tmp_path: Path) -> None:
+    """The images read again are the run's stream in the run's order (shuffled here), the last
+    ``num_images`` before where it stopped."""
+    import torch
+
+    from tta_cli.export.run_export import _recent_images
+    from tta_cli.models import load_bundle
+    from tta_cli.streams import FolderStream, Preprocess, batches
+
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    pattern = str(data / "*" / "*.png")
+    run = tmp_path / "run"
+    adapt(AdaptConfig(model=bundle_path, source=pattern, run=run, method="tent", order="shuffled", seed=3, limit=12))
+    report = export_run(run, tmp_path / "model.onnx", num_images=8)
+    assert report.parity is not None and report.parity.passed
+
+    bundle = load_bundle(bundle_path)
+    stream = FolderStream(pattern, (32, 32), bundle.spec.class_names, order="shuffled", seed=3)
+    seen = torch.cat([batch.images for batch in batches(stream, 4, Preprocess(bundle.spec.mean, bundle.spec.std))])
+    recent = _recent_images(bundle, pattern, 12, 8, "shuffled", 3)
+    assert torch.equal(recent, seen[4:12])
+
+
+def test_a_source_that_is_not_images_asks_for_a_folder(bundle_path: Path, tmp_path: Path) -> None:
+    from tta_cli.export.run_export import _recent_images
+    from tta_cli.models import load_bundle
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"frames, not images")
+    with pytest.raises(UsageError, match="pass a folder with --images"):
+        _recent_images(load_bundle(bundle_path), video, 10, 8)
+    with pytest.raises(UsageError, match=r"does not exist\. Pass a folder of images"):
+        _recent_images(load_bundle(bundle_path), tmp_path / "gone", 10, 8)

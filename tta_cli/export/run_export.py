@@ -73,7 +73,14 @@ def export_run(
     if bn_stats is None:
         bn_stats = "tracked" if method.batch_statistics and method.norm in SMOOTHED else "source"
     needs_images = check or bn_stats == "target"
-    recent = _recent_images(bundle, images or config.source, position, num_images) if needs_images else None
+    recent = None
+    if needs_images:
+        if images:
+            recent = _recent_images(bundle, images, 0, num_images)
+        else:  # the run's own stream, in the run's order
+            recent = _recent_images(
+                bundle, config.source, position, num_images, config.order, config.seed, config.stride
+            )
     state = snapshot["params"] | snapshot["buffers"]
     model = build_export_model(bundle, state, bn_stats, _chunks(recent) if bn_stats == "target" else None)
     metadata = {
@@ -100,17 +107,27 @@ def export_run(
     return ExportReport(out=out, snapshot_id=target.id, step=target.step, bn_stats=bn_stats, parity=parity)
 
 
-def _recent_images(bundle: Bundle, source: Path | str, position: int, count: int) -> torch.Tensor:
+def _recent_images(
+    bundle: Bundle,
+    source: Path | str,
+    position: int,
+    count: int,
+    order: str = "sorted",
+    seed: int = 0,
+    stride: int = 1,
+) -> torch.Tensor:
     """Up to ``count`` readable images: those just before ``position`` in the run's stream
-    (the newest target data), or the start of another folder."""
-    if not Path(source).exists():
-        raise UsageError(f"The images to verify against ({source}) are gone; pass a folder with --images.")
-    stream = FolderStream(source, bundle.spec.input_size, bundle.spec.class_names)
+    (the newest target data), or the start of another folder. A run from a video, a camera or
+    a network stream has no images to read again."""
+    try:
+        stream = FolderStream(source, bundle.spec.input_size, bundle.spec.class_names, order, seed, stride=stride)
+    except UsageError as error:
+        raise UsageError(f"{error} Pass a folder of images to verify the export against with --images.") from error
     stream.start = max(0, min(position, len(stream)) - count)
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std)
     chunks = [batch.images for batch in batches(stream, 64, preprocess)]
     if not chunks:
-        raise UsageError(f"No readable images in {source} to verify the export against.")
+        raise UsageError(f"No readable images in {source} to verify the export against; pass a folder with --images.")
     return torch.cat(chunks)[:count]
 
 
