@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from tests.engine.test_adapter import first_batch, make_adapter
 from tta_cli.bench.protocols import bench_adapter
 from tta_cli.engine import Method
 from tta_cli.models import load_bundle
-from tta_cli.update import SharpnessAware, make_optimizer_rule
+from tta_cli.update import RESET_TO_SOURCE, SharpnessAware, make_optimizer_rule
 
 
 def quartic(param: torch.Tensor) -> torch.Tensor:
@@ -96,3 +97,18 @@ def test_sar_preset_is_sam_with_recovery_around_sgd(bundle_path: Path, tmp_path:
     assert isinstance(rule.base.optimizer, torch.optim.SGD)
     assert [objective.name for objective in adapter.objectives] == ["reliable-entropy"]
     assert adapter.method.update == "sam"
+
+
+def test_recovery_returns_the_smoothed_statistics_to_the_source_too(bundle_path: Path, clean_folder: Path) -> None:
+    """SAR resets the model; with smoothed statistics they are part of it, not just θ."""
+    method = Method(
+        "test", "", True, ("entropy",), "sgd", 0.5, update="sam", update_options={"reset_below": 1e9}, norm="robust"
+    )
+    adapter = bench_adapter(load_bundle(bundle_path), method, torch.device("cpu"))
+    source = copy.deepcopy(adapter.state_dict())
+    result = adapter.step(first_batch(clean_folder))
+    assert result.note.startswith(RESET_TO_SOURCE)
+    for name, value in source["buffers"].items():
+        assert torch.equal(adapter.state_dict()["buffers"][name], value), name
+    for name, value in source["params"].items():
+        assert torch.equal(adapter.named_params[name], value), name

@@ -35,7 +35,7 @@ from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
 from tta_cli.objectives import Objective, entropy
 from tta_cli.streams import UNLABELED, Batch
-from tta_cli.update import UpdateRule
+from tta_cli.update import RESET_TO_SOURCE, UpdateRule
 
 BALANCED_WINDOW = 64
 """Recent predictions whose class spread sets the rate of the "balanced" norm."""
@@ -107,7 +107,7 @@ class Adapter:
             if self.reference is not None:
                 use_norm(self.reference, None)
         self.source_state: dict[str, Any] | None = None
-        """What ``reset_every`` returns to: the state before the first step."""
+        """What a reset returns to (RDumb's period, SAR's recovery): the state before the first step."""
         self._features: dict[str, torch.Tensor] = {}
         self._hooks = contextlib.ExitStack()
         if method.updates and feature_layers:
@@ -178,6 +178,9 @@ class Adapter:
             return result
         before = torch.cat([param.detach().flatten() for param in self.params])
         note = self.update_rule.apply(self.params, gradient, closure=lambda: self._reevaluate(batch, statistics))
+        if note.startswith(RESET_TO_SOURCE) and self.source_state is not None:
+            # The rule reset θ and itself; the normalisation statistics go back with them.
+            self.load_state_dict(self.source_state)
         result.note = "; ".join(filter(None, (result.note, note)))
         after = torch.cat([param.detach().flatten() for param in self.params])
         result.update_norm = (after - before).norm().item()
@@ -185,17 +188,16 @@ class Adapter:
         return result
 
     def _reset_if_due(self) -> str:
-        """RDumb's periodic return to the state before the first step; a note when it happens."""
-        period = self.method.reset_every
-        if not period:
-            return ""
+        """RDumb's periodic return to the state before the first step (kept at the first step
+        for any reset); a note when it happens."""
         if self.source_state is None:
             self.source_state = self.state_dict()
             return ""
-        if (self.step_count - 1) % period:
+        period = self.method.reset_every
+        if not period or (self.step_count - 1) % period:
             return ""
         self.load_state_dict(self.source_state)
-        return f"reset to the source state (every {period} steps)"
+        return f"{RESET_TO_SOURCE} (every {period} steps)"
 
     def _reference_probabilities(self, batch: Batch, statistics: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The harm signal's reference on the batch, normalising from the statistics the

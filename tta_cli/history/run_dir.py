@@ -146,7 +146,8 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         device=device,
         images_seen=images,
         images_skipped=int(totals["skipped"]),
-        skipped=[tuple(event.detail.split(": ", 1)) for event in events if event.kind == "skipped"],
+        # Recorded as "ID: REASON"; a detail without the separator is an ID with no reason.
+        skipped=[event.detail.partition(": ")[::2] for event in events if event.kind == "skipped"],
         steps=len(steps),
         seconds=round(seconds, 3),
         images_per_second=round(images / seconds, 2) if seconds > 0 else 0.0,

@@ -15,6 +15,11 @@ or ``None`` when the objectives find nothing to learn from there. As with ``clos
 ``torch.optim``, a rule that needs the loss elsewhere than at θ (SAM) calls it; others ignore it."""
 
 
+RESET_TO_SOURCE = "reset to the source state"
+"""How the note of a rule begins when it returned θ and its own state to the source's (SAR's
+recovery); the adapter then returns what else adapts (normalisation statistics) there too."""
+
+
 class UpdateRule(Protocol):
     """``(θ, g) -> θ'``: applies a flat gradient to the parameters, keeping its own state.
 

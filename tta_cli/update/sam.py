@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tta_cli.update.rules import Closure, OptimizerRule
+from tta_cli.update.rules import RESET_TO_SOURCE, Closure, OptimizerRule
 
 
 class SharpnessAware:
@@ -72,7 +72,7 @@ class SharpnessAware:
                     param.copy_(source)
             self.base.load_state_dict(self.source_optimizer)
             self.loss_ema = None
-            return f"reset to the source state: loss moving average {ema:.3f} < {self.reset_below}"
+            return f"{RESET_TO_SOURCE}: loss moving average {ema:.3f} < {self.reset_below}"
         return ""
 
     def state_dict(self) -> dict[str, Any]:
