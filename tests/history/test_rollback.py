@@ -114,6 +114,29 @@ def test_resume_after_rollback_adapts_from_the_restored_state(bundle_path: Path,
     assert len(rows) == 1 + 24
 
 
+def test_a_resumed_run_resets_to_its_source_not_to_where_it_resumed(bundle_path: Path, tmp_path: Path) -> None:
+    """RDumb every step: each step is the source plus one update, resumed or not."""
+    data = write_image_folder(tmp_path / "data", per_class=8)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    adapt(AdaptConfig(model=bundle_path, source=data, run=whole, method="tent+reset1", batch_size=4, limit=24))
+    adapt(AdaptConfig(model=bundle_path, source=data, run=resumed, method="tent+reset1", batch_size=4, limit=12))
+    store = HistoryStore.open(resumed)
+    store.db.execute("UPDATE runs SET config = replace(config, 'limit = 12', 'limit = 24')")
+    store.close()
+    resume(resumed)
+
+    def params_at(run: Path, step: str) -> list[torch.Tensor]:
+        store = HistoryStore.open(run)
+        try:
+            return tensors_of(store.load_snapshot(store.resolve(step).id)["params"])
+        finally:
+            store.close()
+
+    for step in ("4", "5", "6"):
+        for mine, theirs in zip(params_at(whole, step), params_at(resumed, step), strict=True):
+            assert torch.equal(mine, theirs), step
+
+
 def test_rollback_errors_are_clear(bundle_path: Path, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=2)
     run = tmp_path / "run"

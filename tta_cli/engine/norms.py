@@ -104,11 +104,12 @@ CONFIDENCE_RATIO = 1.25
 """How many times the mean prediction entropy with the source's statistics the statistics in use
 may give before "weighted" returns to the source's (``StreamWeights.second_look``)."""
 AGREEMENT = 0.9
-"""The share of predictions the statistics in use must change less than (moving average) for
-"weighted" to predict with the source's statistics on a mild shift (``StreamWeights.second_look``)."""
+"""The share of a batch's predictions (moving average) above which the statistics in use leave
+them as the source's make them: a mild shift, on which "weighted" defers to the source's
+statistics unless it gains ``GAIN`` (``StreamWeights.second_look``)."""
 GAIN = 0.98
-"""The mean-entropy ratio, statistics in use to source's (moving average), that the statistics
-in use must stay below to predict when they change fewer than ``1 − AGREEMENT`` of the predictions."""
+"""The ratio of mean prediction entropies, statistics in use to the source's (moving average),
+below which the statistics in use predict even on a mild shift."""
 SMOOTHING = 0.8
 """Momentum of those two moving averages, over batches since the estimates last restarted."""
 SHRINKAGE = 5.0

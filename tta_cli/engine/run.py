@@ -135,6 +135,8 @@ def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunS
         current = store.aliases()["current"]
         stream = _stream(config, bundle, start=store.stream_position())
         adapter = build_adapter(bundle, method, config, device)
+        # A reset (RDumb's, SAR's) returns to the run's source, not to where it resumed.
+        adapter.source_state = store.load_snapshot(store.aliases()["source"].id)
         adapter.load_state_dict(store.load_snapshot(current.id))
         adapter.step_count = store.last_step()
         store.begin_run(method.name, bundle.weights_sha256, dump_config(config), resumed_from_step=adapter.step_count)
