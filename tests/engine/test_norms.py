@@ -383,6 +383,7 @@ def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_les
     chosen = weights.second_look(lambda: confident, uncertain)  # type: ignore[attr-defined]
     assert torch.equal(chosen, confident)
     assert weights.returned == LESS_CONFIDENT and weights.returns == 1  # type: ignore[attr-defined]
+    assert weights.agreement is None, "the deferral's averages restart with the estimates"  # type: ignore[attr-defined]
     for layer, stream in zip(model, weights.streams, strict=True):  # type: ignore[attr-defined]
         assert torch.equal(layer.running_mean, stream.source[0]) and torch.equal(stream.mean, stream.source[0])
 
@@ -418,6 +419,27 @@ def test_weighted_defers_to_the_source_while_its_estimates_change_little_and_gai
     assert weights.agreement is None and not weights.deferring  # type: ignore[attr-defined]
     weights.load_state_dict(state)  # type: ignore[attr-defined]
     assert (weights.agreement, weights.log_ratio) == (state["agreement"], state["log_ratio"])  # type: ignore[attr-defined]
+
+
+def test_a_non_finite_entropy_leaves_the_deferral_averages_alone() -> None:
+    _, weights = weighted_model()
+    logits = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    weights.second_look(lambda: logits, logits)  # type: ignore[attr-defined]
+    before = (weights.agreement, weights.log_ratio)  # type: ignore[attr-defined]
+    broken = logits.clone()
+    broken[0, 0] = float("nan")
+    weights.second_look(lambda: logits, broken)  # type: ignore[attr-defined]
+    assert (weights.agreement, weights.log_ratio) == before  # type: ignore[attr-defined]
+
+
+def test_a_deferral_across_a_reset_is_noted_once(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    from tta_cli.engine.adapter import DEFER_NOTE, RESUME_NOTE
+
+    adapter = make_adapter(bundle_path, "norm+weighted+reset2", tmp_path)
+    batch = first_batch(clean_folder)
+    notes = " ".join(adapter.step(batch).note for _ in range(5))
+    assert "reset to the source state" in notes
+    assert notes.count(DEFER_NOTE) == 1 and RESUME_NOTE not in notes
 
 
 def test_a_step_on_a_mild_shift_says_so_and_takes_no_gradient_step(

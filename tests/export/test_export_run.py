@@ -177,3 +177,30 @@ def test_a_source_that_is_not_images_asks_for_a_folder(bundle_path: Path, tmp_pa
         _recent_images(load_bundle(bundle_path), video, 10, 8)
     with pytest.raises(UsageError, match=r"does not exist\. Pass a folder of images"):
         _recent_images(load_bundle(bundle_path), tmp_path / "gone", 10, 8)
+
+
+def test_export_reads_the_run_stream_with_the_run_settings(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tta_cli.export import run_export
+
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    adapt(
+        AdaptConfig(
+            model=bundle_path, source=data, run=run, method="tent", order="shuffled", seed=5, stride=2, batch_size=4
+        )
+    )
+    seen = []
+    real = run_export._recent_images
+
+    def recording(*args):  # type: ignore[no-untyped-def]
+        seen.append(args[1:])
+        return real(*args)
+
+    monkeypatch.setattr(run_export, "_recent_images", recording)
+    export_run(run, tmp_path / "model.onnx", num_images=4)
+    store = HistoryStore.open(run)
+    position = store.stream_position()
+    store.close()
+    assert seen == [(str(data), position, 4, "shuffled", 5, 2)]

@@ -115,6 +115,8 @@ class Adapter:
 
     def step(self, batch: Batch) -> StepResult:
         self.step_count += 1
+        # Before a reset, which ends a deferral without a step to note it.
+        deferred = self.stream_weights is not None and self.stream_weights.deferring
         reset = self._reset_if_due()
         if self.recent_predictions is not None:
             rate = balanced_rate(list(self.recent_predictions), self.guard.num_classes, self.balanced_batches)
@@ -126,7 +128,6 @@ class Adapter:
         watch = self.stream_weights.watch() if self.stream_weights is not None else contextlib.nullcontext()
         with watch, torch.set_grad_enabled(self.method.updates and self.memory is None):
             logits = self.model(batch.images)
-        deferred = self.stream_weights is not None and self.stream_weights.deferring
         if self.stream_weights is not None:
             features = dict(self._features)  # the second look's forward records its own
             logits = self.stream_weights.second_look(lambda: self.model(batch.images), logits)

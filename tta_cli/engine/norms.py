@@ -171,7 +171,8 @@ class StreamWeights:
     are as likely wrong as right. The source's statistics then predict, the estimates keep
     following the stream, and there is no gradient step; the estimates predict again as soon
     as they change more or gain confidence. A strong shift changes many predictions (under
-    impulse noise the source's are confident and mostly one class), so this never holds there.
+    impulse noise the source's are confident and mostly one class), so this holds there at
+    most for the first batches after the estimates restart, while they are still near the source's.
 
     What a layer normalises with is written to its ``running_mean`` and ``running_var``, so the
     eval-mode model, an export and the history hold it. Only the forward pass that predicts a
@@ -285,11 +286,16 @@ class StreamWeights:
             used_entropy, source_entropy = float(entropy(logits).mean()), float(entropy(source_logits).mean())
             less_confident = used_entropy > CONFIDENCE_RATIO * source_entropy
             if less_confident:
+                # The averages restart with the estimates, from the next batch they predict;
+                # whether a deferral goes on is for that batch to say.
                 self._return(LESS_CONFIDENT)
-            agreement = float((logits.argmax(dim=1) == source_logits.argmax(dim=1)).float().mean())
-            tiny = torch.finfo(torch.float32).tiny
-            self._follow(agreement, math.log((used_entropy + tiny) / (source_entropy + tiny)))
-            self.deferring = self.mild
+                self.agreement = self.log_ratio = None
+            else:
+                if math.isfinite(used_entropy) and math.isfinite(source_entropy):
+                    agreement = float((logits.argmax(dim=1) == source_logits.argmax(dim=1)).float().mean())
+                    tiny = torch.finfo(torch.float32).tiny
+                    self._follow(agreement, math.log((used_entropy + tiny) / (source_entropy + tiny)))
+                self.deferring = self.mild
             self.source_predicted = less_confident or self.deferring
             if self.source_predicted:
                 return source_logits
