@@ -56,6 +56,30 @@ class LiveConfig(BaseModel):
     backoff_max: float = Field(10.0, ge=0, description="longest wait between reconnects")
 
 
+class WeightedNormConfig(BaseModel):
+    """The "weighted" normalisation's mechanisms, each with a switch, and its constants
+    (``tta_cli.engine.norms.weighted`` says what each does and where the numbers come from)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prior: float = Field(64.0, gt=0, description="images the moved statistics count for against a batch")
+    window: int = Field(8, ge=1, description="recent batch-to-batch ratios whose median is the design effect")
+    start: float = Field(4.0, ge=1, description="the design effect assumed before two batches were seen")
+    deep_gate: bool = Field(True, description="the deeper half of the layers moves only on independent batches")
+    clustered: float = Field(2.0, gt=1, description="the design effect from which batches count as clustered")
+    shrinkage: bool = Field(True, description="on clustered batches, keep only an estimate's significant departure")
+    shrinkage_factor: float = Field(5.0, ge=0, description="times its error variance an estimate must depart")
+    return_on_fit: bool = Field(True, description="restart from the source's when a batch fits them better")
+    return_on_confidence: bool = Field(
+        True, description="restart from the source's when they predict the batch more confidently"
+    )
+    confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
+    deferral: bool = Field(True, description="on a mild shift the source's statistics predict, without steps")
+    agreement: float = Field(0.9, ge=0, le=1, description="share of unchanged predictions above which a shift is mild")
+    gain: float = Field(0.98, gt=0, description="entropy ratio below which the estimates predict even so")
+    smoothing: float = Field(0.8, ge=0, lt=1, description="momentum of the deferral's two averages")
+
+
 class AdaptConfig(BaseModel):
     """Everything ``tta-cli adapt`` needs; ``run.toml`` in the run directory holds it resolved."""
 
@@ -90,6 +114,7 @@ class AdaptConfig(BaseModel):
     guard: GuardConfig = GuardConfig()
     history: HistoryConfig = HistoryConfig()
     live: LiveConfig = LiveConfig()
+    weighted: WeightedNormConfig = WeightedNormConfig()
 
     @field_validator("source", mode="before")
     @classmethod

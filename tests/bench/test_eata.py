@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tests.engine.test_adapter import first_batch, make_adapter
+from tta_cli.events import Event, EventKind
 from tta_cli.objectives import FisherRegulariser, ReliableEntropy, measure_fisher
 
 E0 = 0.4 * math.log(4)  # 0.5545 nats for C = 4
@@ -118,6 +119,7 @@ def test_eata_makes_no_update_when_no_sample_is_reliable(bundle_path: Path, clea
     before = torch.cat([p.detach().flatten().clone() for p in adapter.params])
     result = adapter.step(first_batch(clean_folder))
     assert (result.entropy >= 0.4 * math.log(3)).all()
-    assert result.note == "reliable-entropy selected no sample; no update" and result.update_norm == 0
+    assert result.events == [Event(EventKind.NO_UPDATE, "reliable-entropy selected no sample")]
+    assert result.update_norm == 0
     assert torch.equal(before, torch.cat([p.detach().flatten() for p in adapter.params]))
     assert [objective.name for objective in adapter.objectives] == ["reliable-entropy"]  # no Fisher: ETA

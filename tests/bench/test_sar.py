@@ -11,8 +11,9 @@ import torch
 from tests.engine.test_adapter import first_batch, make_adapter
 from tta_cli.bench.protocols import bench_adapter
 from tta_cli.engine import Method
+from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
-from tta_cli.update import RESET_TO_SOURCE, SharpnessAware, make_optimizer_rule
+from tta_cli.update import APPLIED, Outcome, SharpnessAware, make_optimizer_rule
 
 
 def quartic(param: torch.Tensor) -> torch.Tensor:
@@ -44,7 +45,7 @@ def test_sam_step_is_sgd_at_the_perturbed_point() -> None:
     expected = theta - 0.1 * perturbed**3
     after, note, _ = sam_step(rho=0.05)
     torch.testing.assert_close(after, expected)
-    assert note == ""
+    assert note == APPLIED
     plain = theta - 0.1 * gradient
     assert not torch.allclose(after, plain)
 
@@ -57,7 +58,7 @@ def test_sam_with_rho_zero_is_the_plain_step() -> None:
 def test_recovery_resets_to_the_source_when_the_loss_average_falls_below_the_threshold() -> None:
     after, note, rule = sam_step(rho=0.05, reset_below=0.2, loss_value=0.1)
     torch.testing.assert_close(after, torch.tensor([1.0, 2.0]))  # back to the source θ
-    assert note.startswith("reset to the source state") and rule.loss_ema is None
+    assert note.outcome is Outcome.RESET_TO_SOURCE and rule.loss_ema is None
     assert rule.base.optimizer.state_dict()["state"] == {}  # momentum forgotten too
 
     # Average 0.9·0.5 + 0.1·0.1 = 0.46 stays above 0.2: no reset.
@@ -65,7 +66,7 @@ def test_recovery_resets_to_the_source_when_the_loss_average_falls_below_the_thr
     rule = SharpnessAware(make_optimizer_rule("sgd", [param], lr=0.1), [param], rho=0.05, reset_below=0.2)
     rule.apply([param], param.detach() ** 3, closure_for(param, 0.5))
     note = rule.apply([param], param.detach() ** 3, closure_for(param, 0.1))
-    assert note == "" and rule.loss_ema == pytest.approx(0.46)
+    assert note == APPLIED and rule.loss_ema == pytest.approx(0.46)
     assert not torch.allclose(param.detach(), torch.tensor([1.0, 2.0]))
 
 
@@ -107,7 +108,7 @@ def test_recovery_returns_the_smoothed_statistics_to_the_source_too(bundle_path:
     adapter = bench_adapter(load_bundle(bundle_path), method, torch.device("cpu"))
     source = copy.deepcopy(adapter.state_dict())
     result = adapter.step(first_batch(clean_folder))
-    assert result.note.startswith(RESET_TO_SOURCE)
+    assert [event.kind for event in result.events] == [EventKind.RESET]
     for name, value in source["buffers"].items():
         assert torch.equal(adapter.state_dict()["buffers"][name], value), name
     for name, value in source["params"].items():

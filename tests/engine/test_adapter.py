@@ -8,7 +8,7 @@ import torch
 from tests.conftest import CLASSES, MEAN, STD
 from tta_cli.config import AdaptConfig
 from tta_cli.engine import Adapter, get_method, resolve_device
-from tta_cli.engine.run import build_adapter
+from tta_cli.engine.build import adapter_for
 from tta_cli.errors import UsageError
 from tta_cli.models import load_bundle
 from tta_cli.streams import FolderStream, Preprocess, batches
@@ -21,7 +21,7 @@ def first_batch(folder: Path, size: int = 8):
 def make_adapter(bundle_path: Path, method: str, tmp_path: Path, **settings) -> Adapter:
     bundle = load_bundle(bundle_path)
     config = AdaptConfig(model=bundle_path, source=tmp_path, run=tmp_path / "run", method=method, **settings)
-    return build_adapter(bundle, get_method(method), config, torch.device("cpu"))
+    return adapter_for(bundle, config, torch.device("cpu"))
 
 
 def test_source_changes_nothing(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:

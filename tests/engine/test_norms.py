@@ -15,10 +15,12 @@ from tests.bench.test_sar import entropy_method
 from tests.conftest import CLASSES, MEAN, STD, write_image_folder
 from tests.engine.test_adapter import first_batch, make_adapter
 from tta_cli.bench.protocols import bench_adapter
-from tta_cli.config import load_config
-from tta_cli.engine.norms import NORMS, use_norm
-from tta_cli.engine.run import configured_method
+from tta_cli.config import WeightedNormConfig, load_config
+from tta_cli.engine.build import resolve_method
+from tta_cli.engine.norms import NORMS, Prediction, WeightedNorm, use_norm
+from tta_cli.engine.norms.weighted import MORE_CONFIDENT
 from tta_cli.errors import UsageError
+from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
 from tta_cli.streams import FolderStream, Preprocess, batches
 
@@ -120,10 +122,10 @@ def test_robust_stays_closer_to_the_source_on_a_class_sorted_stream(bundle_path:
 
 def test_the_config_overrides_the_method_norm(bundle_path: Path, tmp_path: Path) -> None:
     config = load_config(None, {"model": bundle_path, "source": tmp_path, "method": "tent", "norm": "tbr"})
-    method = configured_method(config)
+    method = resolve_method(config.method, config.norm)
     assert (method.name, method.norm, method.objectives) == ("tent+tbr", "tbr", ("entropy",))
-    assert configured_method(config.model_copy(update={"norm": None})).norm == "batch"
-    assert configured_method(config.model_copy(update={"method": "source"})).batch_statistics
+    assert resolve_method(config.method).norm == "batch"
+    assert resolve_method("source", config.norm).batch_statistics
     with pytest.raises(UsageError, match="norm"):
         load_config(None, {"model": bundle_path, "source": tmp_path, "norm": "layer"})
     for norm in NORMS:
@@ -154,7 +156,7 @@ def test_auto_is_the_measured_default(bundle_path: Path, tmp_path: Path) -> None
 
     config = load_config(None, {"model": bundle_path, "source": tmp_path})
     assert config.method == "auto"
-    assert configured_method(config).name == DEFAULT_METHOD == "norm+weighted"
+    assert resolve_method(config.method, config.norm).name == DEFAULT_METHOD == "norm+weighted"
 
 
 def test_balanced_rate_follows_the_class_spread_of_recent_predictions() -> None:
@@ -174,7 +176,7 @@ def test_balanced_rate_follows_the_class_spread_of_recent_predictions() -> None:
 
 def test_balanced_moves_fast_on_a_mixed_stream_and_slowly_on_one_class(bundle_path: Path) -> None:
     """The same batch moves the statistics further after a window of many classes."""
-    from tta_cli.engine.norms import set_rate, use_norm
+    from tta_cli.engine.norms.layers import batch_norm_layers, set_rate
 
     bundle = load_bundle(bundle_path)
     x = torch.randn(8, 3, 32, 32) * 3 + 1
@@ -182,7 +184,7 @@ def test_balanced_moves_fast_on_a_mixed_stream_and_slowly_on_one_class(bundle_pa
     for rate in (0.05, 0.5):
         model = copy.deepcopy(bundle.model)
         use_norm(model, "balanced")
-        set_rate(model, rate)
+        set_rate(batch_norm_layers(model), rate)
         first = next(module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d))
         before = first.running_mean.clone()
         model(x)
@@ -196,10 +198,10 @@ def six_layer_model() -> nn.Module:
 
 
 def test_weighted_counts_independent_batches_at_their_size() -> None:
-    from tta_cli.engine.norms import StreamWeights
+    from tta_cli.engine.norms import WeightedNorm
 
     model = six_layer_model()
-    weights = StreamWeights(model)
+    weights = WeightedNorm(model)
     generator = torch.Generator().manual_seed(0)
     rates = [weights.observe(torch.randn(64, 8, 4, 4, generator=generator)) for _ in range(12)]
     # Before two batches: D = start = 4, so 64 images count as 16 against the prior's 64.
@@ -213,10 +215,10 @@ def test_weighted_counts_independent_batches_at_their_size() -> None:
 
 def test_weighted_discounts_clustered_batches_and_freezes_the_deeper_half() -> None:
     """Batches that are clusters (each its own class) say little about the domain."""
-    from tta_cli.engine.norms import StreamWeights
+    from tta_cli.engine.norms import WeightedNorm
 
     model = six_layer_model()
-    weights = StreamWeights(model)
+    weights = WeightedNorm(model)
     generator = torch.Generator().manual_seed(0)
     for _ in range(12):
         centre = torch.randn(1, 8, 1, 1, generator=generator)
@@ -238,8 +240,8 @@ def test_weighted_learns_from_the_forward_that_predicts_only(
 ) -> None:
     """Another forward (a second look at the batch, a memory batch) does not count as the stream."""
     adapter = make_adapter(bundle_path, "tent+weighted", tmp_path)
-    weights = adapter.stream_weights
-    assert weights is not None
+    weights = adapter.norm
+    assert isinstance(weights, WeightedNorm)
     batch = first_batch(clean_folder)
     adapter.step(batch)
     adapter.step(batch)
@@ -252,16 +254,15 @@ def test_weighted_learns_from_the_forward_that_predicts_only(
     adapter.load_state_dict({**adapter.state_dict(), "norm": state})
     assert weights.state_dict()["ratios"] == state["ratios"]
     adapter.load_state_dict({**adapter.state_dict(), "norm": {}})
-    assert (len(weights.ratios), weights.previous, weights.design_effect) == (0, None, weights.start)
+    assert (len(weights.ratios), weights.previous, weights.design_effect) == (0, None, weights.settings.start)
 
 
 def weighted_model() -> tuple[nn.Module, object]:
     """Six BatchNorm layers at source statistics (0, 1), normalising as "weighted"."""
-    from tta_cli.engine.norms import StreamWeights
+    from tta_cli.engine.norms import WeightedNorm
 
     model = six_layer_model()
-    use_norm(model, "weighted")
-    return model, StreamWeights(model)
+    return model, WeightedNorm(model)
 
 
 def feed(model: nn.Module, weights: object, batch: torch.Tensor) -> torch.Tensor:
@@ -279,7 +280,7 @@ def test_weighted_keeps_the_source_statistics_for_a_shift_within_its_noise_on_cl
         feed(model, weights, centre + torch.randn(64, 8, 4, 4, generator=generator))
     assert weights.design_effect > 2 and weights.shrinkage == pytest.approx(5.0)  # type: ignore[attr-defined]
     first = model[0]
-    stream = weights.streams[0]  # type: ignore[attr-defined]
+    stream = weights.estimates[0]  # type: ignore[attr-defined]
     assert not torch.equal(stream.mean, torch.zeros(8)), "the estimate moves"
     assert torch.equal(first.running_mean, torch.zeros(8)) and torch.equal(first.running_var, torch.ones(8))
     # A shift far beyond the noise is normalised with in full, clustered or not.
@@ -297,7 +298,7 @@ def test_weighted_normalises_independent_batches_with_its_estimate() -> None:
         feed(model, weights, 0.2 + torch.randn(64, 8, 4, 4, generator=generator))
     assert weights.design_effect < 1.5 and weights.shrinkage < 2.5  # type: ignore[attr-defined]
     # The first layer sees the shift (the later ones see its normalised output).
-    torch.testing.assert_close(model[0].running_mean, weights.streams[0].mean, rtol=0.02, atol=0)  # type: ignore[attr-defined]
+    torch.testing.assert_close(model[0].running_mean, weights.estimates[0].mean, rtol=0.02, atol=0)  # type: ignore[attr-defined]
 
 
 def test_weighted_returns_to_the_source_when_a_batch_fits_it_better() -> None:
@@ -311,7 +312,7 @@ def test_weighted_returns_to_the_source_when_a_batch_fits_it_better() -> None:
     assert model[0].running_var.mean() < 0.5
     feed(model, weights, torch.randn(64, 8, 4, 4, generator=generator))
     assert weights.returned and weights.returns == 1  # type: ignore[attr-defined]
-    for stream in weights.streams:  # type: ignore[attr-defined]
+    for stream in weights.estimates:  # type: ignore[attr-defined]
         assert (stream.mean - stream.source[0]).abs().max() < 0.2
     assert (model[0].running_var - 1).abs().max() < 0.5
 
@@ -335,9 +336,7 @@ def test_weighted_moves_nothing_outside_the_forward_that_predicts() -> None:
 
 def test_a_step_that_returns_to_the_source_says_so(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
     from tta_cli.config import AdaptConfig
-    from tta_cli.engine.adapter import RETURN_NOTE
-    from tta_cli.engine.methods import get_method
-    from tta_cli.engine.run import build_adapter
+    from tta_cli.engine.build import adapter_for
     from tta_cli.streams import Batch
 
     bundle = load_bundle(bundle_path)
@@ -352,21 +351,19 @@ def test_a_step_that_returns_to_the_source_says_so(bundle_path: Path, clean_fold
         bundle.model.train()(clean.images)
     bundle.model.eval()
     config = AdaptConfig(model=bundle_path, source=tmp_path, run=tmp_path / "run", method="tent+weighted")
-    adapter = build_adapter(bundle, get_method("tent+weighted"), config, torch.device("cpu"))
+    adapter = adapter_for(bundle, config, torch.device("cpu"))
     assert adapter.reference is not None and not adapter.reference.training, "the guard's reference runs in eval mode"
     dark = Batch(clean.ids, 0.1 * clean.images - 1.5, clean.labels)
-    notes = [adapter.step(batch).note for batch in [dark] * 6 + [clean]]
-    assert not any(RETURN_NOTE in note for note in notes[:6])
-    assert RETURN_NOTE in notes[6]
-    assert adapter.stream_weights is not None and adapter.stream_weights.returns == 1
+    kinds = [[event.kind for event in adapter.step(batch).events] for batch in [dark] * 6 + [clean]]
+    assert not any(EventKind.NORM_RETURN in step for step in kinds[:6])
+    assert EventKind.NORM_RETURN in kinds[6]
+    assert isinstance(adapter.norm, WeightedNorm) and adapter.norm.returns == 1
     assert make_adapter(bundle_path, "norm+weighted", tmp_path).reference is None, "nothing to compare without a step"
 
 
 def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_less_confident() -> None:
     """One class for a long time: the batches are independent draws, but normalising with
     their statistics removes the class; the source's statistics predict more confidently."""
-    from tta_cli.engine.norms import LESS_CONFIDENT
-
     model, weights = weighted_model()
     generator = torch.Generator().manual_seed(0)
     for _ in range(4):
@@ -375,16 +372,16 @@ def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_les
     confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
     uncertain = torch.tensor([[1.0, 0.5, 0.0]] * 4)
 
-    assert weights.second_look(lambda: uncertain, confident) is confident  # type: ignore[attr-defined]
+    assert weights.second_look(lambda: uncertain, confident).logits is confident  # type: ignore[attr-defined]
     for name, value in model.state_dict().items():
         assert torch.equal(value, used[name]), "kept: the buffers hold what normalised the batch"
     assert not weights.returned  # type: ignore[attr-defined]
 
     chosen = weights.second_look(lambda: confident, uncertain)  # type: ignore[attr-defined]
-    assert torch.equal(chosen, confident)
-    assert weights.returned == LESS_CONFIDENT and weights.returns == 1  # type: ignore[attr-defined]
+    assert torch.equal(chosen.logits, confident) and not chosen.learn
+    assert weights.returned == MORE_CONFIDENT and weights.returns == 1  # type: ignore[attr-defined]
     assert weights.agreement is None, "the deferral's averages restart with the estimates"  # type: ignore[attr-defined]
-    for layer, stream in zip(model, weights.streams, strict=True):  # type: ignore[attr-defined]
+    for layer, stream in zip(model, weights.estimates, strict=True):  # type: ignore[attr-defined]
         assert torch.equal(layer.running_mean, stream.source[0]) and torch.equal(stream.mean, stream.source[0])
 
 
@@ -400,9 +397,9 @@ def test_weighted_defers_to_the_source_while_its_estimates_change_little_and_gai
     source_logits = logits + 0.01 * torch.randn(64, 3, generator=generator)
 
     chosen = weights.second_look(lambda: source_logits, logits)  # type: ignore[attr-defined]
-    assert torch.equal(chosen, source_logits)
-    assert weights.deferring and weights.source_predicted and weights.returns == 0  # type: ignore[attr-defined]
-    for layer, stream, estimate in zip(model, weights.streams, estimates, strict=True):  # type: ignore[attr-defined]
+    assert torch.equal(chosen.logits, source_logits) and not chosen.learn
+    assert weights.deferring and weights.returns == 0  # type: ignore[attr-defined]
+    for layer, stream, estimate in zip(model, weights.estimates, estimates, strict=True):  # type: ignore[attr-defined]
         assert torch.equal(layer.running_mean, stream.source[0]), "the buffers hold what predicted"
         assert torch.equal(stream.mean, estimate["mean"]), "the estimates are kept"
 
@@ -411,7 +408,7 @@ def test_weighted_defers_to_the_source_while_its_estimates_change_little_and_gai
         feed(model, weights, 0.2 + torch.randn(64, 8, 4, 4, generator=generator))
         written = model[0].running_mean.clone()
         chosen = weights.second_look(lambda: source_logits, confident)  # type: ignore[attr-defined]
-    assert torch.equal(chosen, confident) and not weights.deferring  # type: ignore[attr-defined]
+    assert torch.equal(chosen.logits, confident) and not weights.deferring  # type: ignore[attr-defined]
     assert torch.equal(model[0].running_mean, written)
 
     state = copy.deepcopy(weights.state_dict())  # type: ignore[attr-defined]
@@ -433,26 +430,22 @@ def test_a_non_finite_entropy_leaves_the_deferral_averages_alone() -> None:
 
 
 def test_a_deferral_across_a_reset_is_noted_once(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
-    from tta_cli.engine.adapter import DEFER_NOTE, RESUME_NOTE
-
     adapter = make_adapter(bundle_path, "norm+weighted+reset2", tmp_path)
     batch = first_batch(clean_folder)
-    notes = " ".join(adapter.step(batch).note for _ in range(5))
-    assert "reset to the source state" in notes
-    assert notes.count(DEFER_NOTE) == 1 and RESUME_NOTE not in notes
+    kinds = [event.kind for _ in range(5) for event in adapter.step(batch).events]
+    assert EventKind.RESET in kinds
+    assert kinds.count(EventKind.DEFER) == 1 and EventKind.DEFER_END not in kinds
 
 
 def test_a_step_on_a_mild_shift_says_so_and_takes_no_gradient_step(
     bundle_path: Path, clean_folder: Path, tmp_path: Path
 ) -> None:
-    from tta_cli.engine.adapter import DEFER_NOTE
-
     adapter = make_adapter(bundle_path, "tent+weighted", tmp_path)
     batch = first_batch(clean_folder)
     before = torch.cat([param.detach().flatten() for param in adapter.params])
     # The test bundle's random weights predict about as uncertainly with any statistics.
     results = [adapter.step(batch) for _ in range(3)]
-    assert results[0].note == DEFER_NOTE and results[1].note == results[2].note == ""
+    assert [[event.kind for event in result.events] for result in results] == [[EventKind.DEFER], [], []]
     assert not any(result.losses for result in results)
     assert torch.equal(torch.cat([param.detach().flatten() for param in adapter.params]), before)
 
@@ -460,30 +453,28 @@ def test_a_step_on_a_mild_shift_says_so_and_takes_no_gradient_step(
 def test_a_step_whose_second_look_prefers_the_source_takes_no_gradient_step(
     bundle_path: Path, clean_folder: Path, tmp_path: Path
 ) -> None:
-    from tta_cli.engine.norms import LESS_CONFIDENT
-
     adapter = make_adapter(bundle_path, "tent+weighted", tmp_path)
-    weights = adapter.stream_weights
-    assert weights is not None
+    weights = adapter.norm
+    assert isinstance(weights, WeightedNorm)
 
-    def prefer_source(forward, logits):  # type: ignore[no-untyped-def]
-        weights._return(LESS_CONFIDENT)
-        return forward().detach()
+    def prefer_source(look_again, logits):  # type: ignore[no-untyped-def]
+        weights._return(MORE_CONFIDENT)
+        return Prediction(look_again().detach(), learn=False, why_not="the source's statistics predicted the batch")
 
     weights.second_look = prefer_source  # type: ignore[method-assign]
     before = torch.cat([param.detach().flatten() for param in adapter.params])
     result = adapter.step(first_batch(clean_folder))
-    assert LESS_CONFIDENT in result.note and result.note.endswith("no update")
+    assert [event.kind for event in result.events] == [EventKind.NORM_RETURN, EventKind.NO_UPDATE]
     assert torch.equal(torch.cat([param.detach().flatten() for param in adapter.params]), before)
 
 
 def test_the_second_look_leaves_the_features_of_the_first_for_the_objectives(
-    bundle_path: Path, clean_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
 ) -> None:
     """The feature-alignment objective learns from the predicting forward's features, not from
     those of the second look (taken without gradient)."""
-    monkeypatch.setattr("tta_cli.engine.norms.AGREEMENT", 1.0)  # never a mild shift: every step updates
-    adapter = make_adapter(bundle_path, "harmonized+weighted", tmp_path)
+    never_mild = WeightedNormConfig(agreement=1.0)  # every step updates
+    adapter = make_adapter(bundle_path, "harmonized+weighted", tmp_path, weighted=never_mild)
     before = torch.cat([param.detach().flatten() for param in adapter.params])
     for _ in range(2):
         result = adapter.step(first_batch(clean_folder))

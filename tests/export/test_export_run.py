@@ -109,7 +109,7 @@ def test_a_robust_run_exports_its_smoothed_statistics(robust_run: Path, bundle_p
     import torch
 
     from tta_cli.config import read_config
-    from tta_cli.engine.run import build_adapter, configured_method
+    from tta_cli.engine.build import adapter_for
     from tta_cli.models import load_bundle
 
     report = export_run(robust_run, tmp_path / "robust.onnx", num_images=24)
@@ -123,7 +123,7 @@ def test_a_robust_run_exports_its_smoothed_statistics(robust_run: Path, bundle_p
     state = store.load_snapshot(store.resolve("current").id)
     store.close()
     bundle = load_bundle(bundle_path)
-    adapter = build_adapter(bundle, configured_method(config), config, torch.device("cpu"))
+    adapter = adapter_for(bundle, config, torch.device("cpu"))
     adapter.load_state_dict(state)
     adapted = adapter.model.eval()
     source_mean = load_bundle(bundle_path).model.get_submodule("stage1.0.bn1").running_mean

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.conftest import CLASSES, MEAN, STD, write_image_folder
-from tta_cli.config import AdaptConfig
-from tta_cli.engine import adapt, get_method, resume
-from tta_cli.engine.run import build_adapter
+from tta_cli.config import AdaptConfig, WeightedNormConfig
+from tta_cli.engine import adapt, resume
+from tta_cli.engine.build import adapter_for
 from tta_cli.errors import UsageError
 from tta_cli.history import HistoryStore, RunLock, read_history, rollback
 from tta_cli.models import load_bundle
@@ -39,17 +39,17 @@ def probe(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["tent", "tent+robust", "norm+tbr", "tent+weighted"])
-def test_rollback_restores_state_bit_for_bit(
-    method: str, bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rollback_restores_state_bit_for_bit(method: str, bundle_path: Path, tmp_path: Path) -> None:
     """With robust BN and TBR the smoothed statistics are part of the state: the next step's
     predictions from a restored step K are those the live run made from step K."""
+    data = write_image_folder(tmp_path / "data", per_class=8, seed=1)
     # The test bundle's random weights predict alike with any statistics, which "weighted"
     # takes for a mild shift; here every step must adapt.
-    monkeypatch.setattr("tta_cli.engine.norms.AGREEMENT", 1.0)
-    data = write_image_folder(tmp_path / "data", per_class=8, seed=1)
-    config = AdaptConfig(model=bundle_path, source=data, run=tmp_path / "run", method=method, lr=1e-2)
-    adapter = build_adapter(load_bundle(bundle_path), get_method(method), config, torch.device("cpu"))
+    never_mild = WeightedNormConfig(agreement=1.0)
+    config = AdaptConfig(
+        model=bundle_path, source=data, run=tmp_path / "run", method=method, lr=1e-2, weighted=never_mild
+    )
+    adapter = adapter_for(load_bundle(bundle_path), config, torch.device("cpu"))
     store = HistoryStore(tmp_path / "history")
     fixed = next(batches(FolderStream(data, (32, 32), CLASSES, order="shuffled"), 12, Preprocess(MEAN, STD))).images
     live_states, live_predictions, snapshot_of = {}, {}, {}

@@ -10,6 +10,7 @@ from tests.conftest import CLASSES, MEAN, STD
 from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, Method
 from tta_cli.engine.guard import Guard
+from tta_cli.engine.norms import BatchStatistics
 from tta_cli.errors import UsageError
 from tta_cli.mgg import (
     MetaGradientGenerator,
@@ -110,7 +111,9 @@ def test_the_rule_snapshots_and_restores_through_the_adapter(
     method = Method("mgtta", "test", batch_statistics=True, objectives=("entropy", "alignment"))
     rule = MGGRule(load_generator(trained[0]), step_size=1e-2)
     objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
-    adapter = Adapter(bundle.model, method, objectives, rule, bundle.spec.feature_layers, Guard(GuardConfig(), 3))
+    norm = BatchStatistics(bundle.model)
+    guard = Guard(GuardConfig(), 3)
+    adapter = Adapter(bundle.model, method, norm, objectives, rule, bundle.spec.feature_layers, guard)
     stream = list(batches(FolderStream(clean_folder, (32, 32), CLASSES, order="shuffled"), 3, Preprocess(MEAN, STD)))
     for batch in stream[:2]:
         adapter.step(batch)

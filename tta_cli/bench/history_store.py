@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from tta_cli.config import AdaptConfig, HistoryConfig
+from tta_cli.config import HistoryConfig
 from tta_cli.engine import get_method
-from tta_cli.engine.run import build_adapter
+from tta_cli.engine.build import build_adapter
 from tta_cli.history import HistoryStore, StepRecord, rollback
 from tta_cli.models import load_bundle
 
@@ -33,8 +33,7 @@ def measure(model: Path, steps: int, repeats: int) -> dict[str, Any]:
     bundle = load_bundle(model)
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(scratch)
-        config = AdaptConfig(model=model, source=run, run=run, method="tent")
-        adapter = build_adapter(bundle, get_method("tent"), config, torch.device("cpu"))
+        adapter = build_adapter(bundle, get_method("tent"), torch.device("cpu"))
         if adapter.update_rule is None:
             raise RuntimeError("tent was built without an update rule, so the snapshots would hold no Adam moments.")
         # One real update so that the optimizer state has its moments.

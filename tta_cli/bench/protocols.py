@@ -25,9 +25,9 @@ import torch
 
 from tta_cli.bench.recovery import InMemoryRecovery
 from tta_cli.bench.streams import ShiftedStream
-from tta_cli.config import AdaptConfig, GuardConfig
+from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, Method
-from tta_cli.engine.run import build_adapter
+from tta_cli.engine.build import build_adapter
 from tta_cli.models import Bundle
 from tta_cli.streams import Batch, Preprocess
 
@@ -70,14 +70,7 @@ class CellResult:
 def bench_adapter(bundle: Bundle, method: Method, device: torch.device) -> Adapter:
     """An adapter as the method's paper runs it: the method's own settings, and no guard unless
     the method asks for one (``+guard``)."""
-    config = AdaptConfig(
-        model=bundle.path,
-        source=bundle.path,
-        run=bundle.path,
-        method=method.name,
-        guard=GuardConfig(enabled=method.guard),
-    )
-    return build_adapter(bundle, method, config, device)
+    return build_adapter(bundle, method, device, guard=GuardConfig(enabled=method.guard))
 
 
 def run_method(
@@ -160,8 +153,8 @@ def _run_stream(
             cell.cosines.append(result.diagnostics["cosine"])
         cell.images += end - start
         cell.errors += errors
-        for event in filter(None, result.note.split("; ")):
-            cell.notes[event.split(":")[0]] += 1
+        for event in result.events:
+            cell.notes[event.kind.value] += 1
         if result.verdict.action == "rollback":
             cell.notes[f"guard: rollback to {result.verdict.target}"] += 1
         if on_batch is not None:

@@ -1,8 +1,21 @@
 """The adaptation engine: methods as presets, the adapter's step, and the run loop."""
 
 from tta_cli.engine.adapter import Adapter, StepResult
+from tta_cli.engine.build import build_adapter, resolve_method
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.methods import METHODS, Method, get_method
 from tta_cli.engine.run import Progress, adapt, resume
 
-__all__ = ["METHODS", "Adapter", "Method", "Progress", "StepResult", "adapt", "get_method", "resolve_device", "resume"]
+__all__ = [
+    "METHODS",
+    "Adapter",
+    "Method",
+    "Progress",
+    "StepResult",
+    "adapt",
+    "build_adapter",
+    "get_method",
+    "resolve_device",
+    "resolve_method",
+    "resume",
+]

@@ -18,18 +18,13 @@ import torch
 
 from tta_cli.config import AdaptConfig, dump_config, read_config
 from tta_cli.engine.adapter import Adapter, StepResult
+from tta_cli.engine.build import adapter_for, resolve_method
 from tta_cli.engine.device import resolve_device
-from tta_cli.engine.guard import Guard
-from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, Method, get_method
 from tta_cli.engine.stopping import stop_on_signals
 from tta_cli.errors import UsageError
-from tta_cli.harmonize import make_harmonizer
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, StepRecord, summarize
-from tta_cli.mgg import rule_for_bundle
 from tta_cli.models import Bundle, load_bundle
-from tta_cli.objectives import OBJECTIVES
 from tta_cli.streams import Batch, Preprocess, Stream, batches, open_source
-from tta_cli.update import make_update_rule
 
 
 @dataclass
@@ -60,53 +55,17 @@ class Progress:
         return self.images_seen / elapsed if elapsed > 0 else 0.0
 
 
-def configured_method(config: AdaptConfig) -> Method:
-    """``config.method`` with ``config.norm``, when set, as its normalisation of test batches.
-
-    ``auto`` is the default chosen by measurement (``DEFAULT_METHOD``).
-    """
-    name = DEFAULT_METHOD if config.method == AUTO_METHOD else config.method
-    return get_method(name if config.norm is None else f"{name}+{config.norm}")
-
-
-def build_adapter(bundle: Bundle, method: Method, config: AdaptConfig, device: torch.device) -> Adapter:
-    model = bundle.model.to(device)
-    built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
-    objectives = [objective for objective in built if objective is not None]
-    # Only a state that updates itself can drift; for the others the guard just watches.
-    stateful = method.updates or (method.batch_statistics and method.norm != "batch")
-    guard_config = config.guard.model_copy(update={"enabled": config.guard.enabled and stateful})
-    if not method.updates:
-        # The collapse rules watch what gradient steps do: without them, predictions of one
-        # class are the stream's (a camera on one scene), not a collapse.
-        guard_config = guard_config.model_copy(update={"majority_max": 1.0, "entropy_ema_min": 0.0})
-    guard = Guard(guard_config, bundle.spec.num_classes)
-    harmonizer = make_harmonizer(config.harmonizer or method.harmonizer)
-    adapter = Adapter(model, method, objectives, None, bundle.spec.feature_layers, guard, harmonizer)
-    if method.update == "mgg":
-        adapter.update_rule = rule_for_bundle(bundle, method.update_options["generator"], config.lr or method.lr)
-    elif method.updates:
-        adapter.update_rule = make_update_rule(
-            method.update,
-            config.optimizer or method.optimizer,
-            adapter.params,
-            config.lr or method.lr,
-            method.update_options,
-        )
-    return adapter
-
-
 def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None) -> RunSummary:
     """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
     # Absolute, so that resume and export find the bundle from any working directory.
     config = config.model_copy(update={"model": Path(config.model).resolve()})
     device, bundle = resolve_device(config.device), load_bundle(config.model)
-    method = configured_method(config)
+    method = resolve_method(config.method, config.norm)
     # The run records the method it ran, whatever "auto" or --norm named.
     config = config.model_copy(update={"method": method.name, "norm": None})
     stream = _stream(config, bundle)
     run_dir = RunDirectory(config.run)
-    adapter = build_adapter(bundle, method, config, device)
+    adapter = adapter_for(bundle, config, device)
     with run_dir.creating() as staging:
         RunDirectory(staging).write_config(dump_config(config))
         store = HistoryStore(staging)
@@ -129,12 +88,12 @@ def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunS
         store = HistoryStore.open(run_dir.path)
         config = read_config(store.first_config())
         device, bundle = resolve_device(config.device), load_bundle(config.model)
-        method = configured_method(config)
+        method = resolve_method(config.method, config.norm)
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"The bundle at {config.model} has changed since this run started; it cannot resume.")
         current = store.aliases()["current"]
         stream = _stream(config, bundle, start=store.stream_position())
-        adapter = build_adapter(bundle, method, config, device)
+        adapter = adapter_for(bundle, config, device)
         # A reset (RDumb's, SAR's) returns to the run's source, not to where it resumed.
         adapter.source_state = store.load_snapshot(store.aliases()["source"].id)
         adapter.load_state_dict(store.load_snapshot(current.id))
@@ -234,8 +193,8 @@ def _record(
         aliases = ()
     elif verdict.action == "skip":
         store.record_event(step, "skip", f"guard: {verdict.reason}")
-    if result.note:
-        store.record_event(step, "update", result.note)
+    for event in result.events:
+        store.record_event(step, event.kind, event.detail)
     if verdict.action != "rollback" and step % config.history.snapshot_every == 0:
         snapshot_id = store.write_snapshot(adapter.state_dict(), step, parent=store.aliases()["current"].id)
     labeled = batch.labeled

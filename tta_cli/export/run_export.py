@@ -9,8 +9,8 @@ import torch
 from pydantic import BaseModel
 
 from tta_cli.config import read_config
+from tta_cli.engine.build import resolve_method
 from tta_cli.engine.norms import SMOOTHED
-from tta_cli.engine.run import configured_method
 from tta_cli.errors import TTAError, UsageError
 from tta_cli.export.rebuild import BnStats, build_export_model
 from tta_cli.export.to_onnx import Simplify, export_onnx
@@ -64,7 +64,7 @@ def export_run(
         config = read_config(store.first_config())
         position = store.stream_position()
         bundle = load_bundle(bundle_path or config.model)
-        method = configured_method(config)
+        method = resolve_method(config.method, config.norm)
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
     finally:

@@ -27,7 +27,7 @@ from tta_cli.files import write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
 from tta_cli.models.bundle import MGG_FILE
-from tta_cli.update.rules import Closure
+from tta_cli.update.base import APPLIED, Closure, UpdateOutcome, split_like
 
 FORMAT = "tta-cli/mgg"
 FORMAT_VERSION = "1"
@@ -90,17 +90,16 @@ class MGGRule:
         self.memory = memory.detach() if memory is not None else None
         return output
 
-    def apply(self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None) -> str:
+    def apply(
+        self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None
+    ) -> UpdateOutcome:
         """θ ← θ − α·MGG(ĝ, m̂); the generator needs no second look at the batch, so ``closure``
         is not called."""
         with torch.no_grad():
             update = self.step_size * self.direction(gradient)
-            offset = 0
-            for param in params:
-                size = param.numel()
-                param.sub_(update[offset : offset + size].view_as(param))
-                offset += size
-        return ""
+            for param, part in zip(params, split_like(update, params), strict=True):
+                param.sub_(part)
+        return APPLIED
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"steps": self.steps}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from tta_cli.objectives.base import Stateless
 from tta_cli.streams import Batch
 
 
-class FeatureAlignment:
+class FeatureAlignment(Stateless):
     name = "alignment"
 
     def __init__(self, source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]], weight: float = 0.4) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -23,3 +23,21 @@ class Objective(Protocol):
     def __call__(
         self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch, revisit: bool = False
     ) -> torch.Tensor | None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What it carries from batch to batch (part of every snapshot)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; an empty dict starts afresh."""
+        ...
+
+
+class Stateless:
+    """An objective that carries nothing from one batch to the next."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tta_cli.objectives.base import Stateless
 from tta_cli.streams import Batch
 
 
@@ -17,7 +18,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(dim=1)
 
 
-class Entropy:
+class Entropy(Stateless):
     """Mean prediction entropy over the batch."""
 
     name = "entropy"

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta_cli.objectives.base import Stateless
 from tta_cli.streams import Batch
 
 FisherInformation = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -46,7 +47,7 @@ def measure_fisher(
     return {name: (squares[name] / batches, params[name].detach().clone()) for name in params}
 
 
-class FisherRegulariser:
+class FisherRegulariser(Stateless):
     """``λ · Σ F (θ − θ0)²`` over the parameters named in ``fisher``, read live from ``model``."""
 
     name = "fisher"

@@ -23,6 +23,7 @@ moves θ by the SGD momentum alone on such a batch, a corner case not reproduced
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,16 @@ class ReliableEntropy:
         self.selected = torch.zeros(0, dtype=torch.bool)
         self.reliable_count = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running average of probabilities (EATA's redundancy filter); the selection is
+        the current batch's only."""
+        return {} if self.mean_probabilities is None else {"mean_probabilities": self.mean_probabilities.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        if "mean_probabilities" in state:
+            self.mean_probabilities = state["mean_probabilities"].clone()
+
     def select(self, logits: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the samples that are reliable and, if asked, not redundant.
 
@@ -65,14 +76,17 @@ class ReliableEntropy:
         selected = reliable
         if self.redundancy_margin is not None:
             if self.mean_probabilities is not None:
-                similarity = F.cosine_similarity(probabilities, self.mean_probabilities.unsqueeze(0), dim=1)
+                # A restored average arrives on the CPU.
+                mean = self.mean_probabilities.to(probabilities.device)
+                similarity = F.cosine_similarity(probabilities, mean.unsqueeze(0), dim=1)
                 selected = reliable & (similarity.abs() < self.redundancy_margin)
             if selected.any():
                 batch_mean = probabilities[selected].mean(dim=0)
                 self.mean_probabilities = (
                     batch_mean
                     if self.mean_probabilities is None
-                    else self.momentum * self.mean_probabilities + (1 - self.momentum) * batch_mean
+                    else self.momentum * self.mean_probabilities.to(batch_mean.device)
+                    + (1 - self.momentum) * batch_mean
                 )
         return selected
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from tta_cli.update.rules import RESET_TO_SOURCE, Closure, OptimizerRule
+from tta_cli.update.base import APPLIED, Closure, Outcome, UpdateOutcome, split_like
+from tta_cli.update.optimizer import OptimizerRule
 
 
 class SharpnessAware:
@@ -47,19 +48,23 @@ class SharpnessAware:
         self.source = [param.detach().clone() for param in params]
         self.source_optimizer = copy.deepcopy(base.state_dict())
 
-    def apply(self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None) -> str:
+    def apply(
+        self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None
+    ) -> UpdateOutcome:
         if closure is None:
             raise ValueError("Sharpness-aware minimisation re-evaluates the loss; it needs a closure.")
         here = [param.detach().clone() for param in params]
         with torch.no_grad():
-            _add_flat(params, self.rho * gradient / (gradient.norm() + 1e-12))
+            step = self.rho * gradient / (gradient.norm() + 1e-12)
+            for param, part in zip(params, split_like(step, params), strict=True):
+                param.add_(part)
         evaluated = closure()
         with torch.no_grad():
             # Copied back rather than subtracted, so that θ returns exactly.
             for param, value in zip(params, here, strict=True):
                 param.copy_(value)
         if evaluated is None:
-            return "no reliable sample at the perturbed parameters; no update"
+            return UpdateOutcome(Outcome.SKIPPED, "no reliable sample at the perturbed parameters")
         loss, sharp_gradient = evaluated
         if math.isfinite(loss):
             momentum = self.ema_momentum
@@ -72,8 +77,8 @@ class SharpnessAware:
                     param.copy_(source)
             self.base.load_state_dict(self.source_optimizer)
             self.loss_ema = None
-            return f"{RESET_TO_SOURCE}: loss moving average {ema:.3f} < {self.reset_below}"
-        return ""
+            return UpdateOutcome(Outcome.RESET_TO_SOURCE, f"loss moving average {ema:.3f} < {self.reset_below}")
+        return APPLIED
 
     def state_dict(self) -> dict[str, Any]:
         return {"base": self.base.state_dict(), "loss_ema": self.loss_ema}
@@ -81,11 +86,3 @@ class SharpnessAware:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base.load_state_dict(state["base"])
         self.loss_ema = state["loss_ema"]
-
-
-def _add_flat(params: list[torch.nn.Parameter], flat: torch.Tensor) -> None:
-    offset = 0
-    for param in params:
-        size = param.numel()
-        param.add_(flat[offset : offset + size].view_as(param))
-        offset += size

@@ -1,0 +1,102 @@
+"""From a bundle and a method to an adapter: the one way ``adapt``, ``bench``, ``export`` and a
+user's own loop get one."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from tta_cli.config import AdaptConfig, GuardConfig, WeightedNormConfig
+from tta_cli.engine.adapter import Adapter
+from tta_cli.engine.guard import Guard
+from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, Method, get_method
+from tta_cli.engine.norms import make_norm
+from tta_cli.harmonize import make_harmonizer
+from tta_cli.mgg.rule import rule_for_bundle
+from tta_cli.models import Bundle
+from tta_cli.objectives import OBJECTIVES
+from tta_cli.update import UpdateRule, make_update_rule
+
+
+def resolve_method(name: str, norm: str | None = None) -> Method:
+    """The method ``name`` (``auto``: the default chosen by measurement, ``DEFAULT_METHOD``),
+    with ``norm``, when given, as its normalisation of test batches."""
+    name = DEFAULT_METHOD if name == AUTO_METHOD else name
+    return get_method(name if norm is None else f"{name}+{norm}")
+
+
+def build_adapter(
+    bundle: Bundle,
+    method: Method,
+    device: torch.device,
+    *,
+    guard: GuardConfig | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    harmonizer: str | None = None,
+    weighted: WeightedNormConfig | None = None,
+) -> Adapter:
+    """An adapter over the bundle's model on ``device``, as ``method`` chooses its parts;
+    ``optimizer``, ``lr`` and ``harmonizer`` replace the method's own when given, and the guard
+    runs as ``guard`` says (default on)."""
+    model = bundle.model.to(device)
+    guard_config = _guard_for(method, guard or GuardConfig())
+    guard_ = Guard(guard_config, bundle.spec.num_classes)
+    # The harm signal's reference: a copy of the source model, before the norm configures it.
+    reference = copy.deepcopy(model).requires_grad_(False) if guard_.watches_harm and method.updates else None
+    norm = make_norm(method.norm if method.batch_statistics else None, model, bundle.spec.num_classes, weighted)
+    if reference is not None:
+        norm.attach_reference(reference)
+    built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
+    objectives = [objective for objective in built if objective is not None]
+    adapter = Adapter(
+        model,
+        method,
+        norm,
+        objectives,
+        None,
+        bundle.spec.feature_layers,
+        guard_,
+        make_harmonizer(harmonizer or method.harmonizer),
+        reference=reference,
+    )
+    adapter.update_rule = _update_rule(bundle, method, adapter.params, optimizer, lr)
+    return adapter
+
+
+def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Adapter:
+    """The adapter an ``AdaptConfig`` describes."""
+    return build_adapter(
+        bundle,
+        resolve_method(config.method, config.norm),
+        device,
+        guard=config.guard,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        harmonizer=config.harmonizer,
+        weighted=config.weighted,
+    )
+
+
+def _guard_for(method: Method, config: GuardConfig) -> GuardConfig:
+    # Only a state that updates itself can drift; for the others the guard just watches.
+    stateful = method.updates or (method.batch_statistics and method.norm != "batch")
+    config = config.model_copy(update={"enabled": config.enabled and stateful})
+    if not method.updates:
+        # The collapse rules watch what gradient steps do: without them, predictions of one
+        # class are the stream's (a camera on one scene), not a collapse.
+        config = config.model_copy(update={"majority_max": 1.0, "entropy_ema_min": 0.0})
+    return config
+
+
+def _update_rule(
+    bundle: Bundle, method: Method, params: list[torch.nn.Parameter], optimizer: str | None, lr: float | None
+) -> UpdateRule | None:
+    if not method.updates:
+        return None
+    if method.update == "mgg":
+        return rule_for_bundle(bundle, method.update_options["generator"], lr or method.lr)
+    return make_update_rule(
+        method.update, optimizer or method.optimizer, params, lr or method.lr, method.update_options
+    )
