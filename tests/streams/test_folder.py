@@ -76,6 +76,18 @@ def test_shuffled_order_is_a_seeded_permutation(tmp_path: Path) -> None:
     assert first == again and first != sorted(first) and sorted(first) == sorted(again)
 
 
+def test_folder_orders_keep_their_recorded_files(tmp_path: Path) -> None:
+    """Recorded with the code of commit 79a34bb: a run's order must not change under a refactor."""
+    root = write_image_folder(tmp_path / "data", per_class=4)
+    played = {
+        order: [f.id for f in FolderStream(root, (32, 32), CLASSES, order, seed=3)] for order in ("sorted", "shuffled")
+    }
+    assert played["sorted"] == [f"{name}/{number:03d}.png" for name in CLASSES for number in range(4)]
+    shuffled = ["cat/001", "dog/003", "ship/002", "cat/000", "dog/002", "ship/003"]
+    shuffled += ["dog/000", "dog/001", "cat/002", "ship/000", "ship/001", "cat/003"]
+    assert played["shuffled"] == [f"{image}.png" for image in shuffled]
+
+
 def test_missing_and_empty_sources(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         FolderStream(tmp_path / "nope", (32, 32))
