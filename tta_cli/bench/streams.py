@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +32,7 @@ from tta_cli.corruptions.folder import save_png
 from tta_cli.errors import UsageError
 from tta_cli.files import atomic_folder
 from tta_cli.streams.decode import IMAGE_SUFFIXES, decode_image
+from tta_cli.streams.ordering import seeded_shuffle
 
 COMPLETE = "complete.json"
 CACHE_VERSION = 1
@@ -96,7 +96,7 @@ def select_images(data: Path, class_names: Sequence[str], num_examples: int | No
     ]
     if not files:
         raise UsageError(f"{data} holds no images under its class folders.")
-    random.Random(seed).shuffle(files)
+    files = seeded_shuffle(files, seed)
     return files[:num_examples] if num_examples else files
 
 

@@ -5,7 +5,6 @@ the four held-out ImageNet-C corruptions, never the 15 evaluation ones).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from tta_cli.corruptions import CORRUPTIONS, check_corruption, corrupt, image_rn
 from tta_cli.errors import UsageError
 from tta_cli.streams import FolderStream
 from tta_cli.streams.decode import UnreadableImage, decode_image
+from tta_cli.streams.ordering import seeded_shuffle
 
 
 @dataclass
@@ -76,8 +76,7 @@ def build_held_out(
     of the next ``eval_images`` appears once under each shift."""
     check_held_out(held_out, severity)
     stream = FolderStream(Path(data_folder), input_size, class_names)
-    labeled = [path for path in stream.files if stream.label_of(path) is not None]
-    random.Random(seed).shuffle(labeled)
+    labeled = seeded_shuffle([path for path in stream.files if stream.label_of(path) is not None], seed)
     if len(labeled) < num_images + eval_images:
         raise UsageError(
             f"{data_folder} has {len(labeled)} images in class folders named like the bundle's classes; "

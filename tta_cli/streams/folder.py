@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from tta_cli.errors import UsageError
 from tta_cli.streams.decode import IMAGE_SUFFIXES, UnreadableImage, decode_image
 from tta_cli.streams.frames import Frame, Stream
+from tta_cli.streams.ordering import seeded_shuffle
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class FolderStream(Stream):
             raise UsageError(f"Source {root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         self.input_size = input_size
         if order == "shuffled":
-            random.Random(seed).shuffle(self.files)
+            self.files = seeded_shuffle(self.files, seed)
         elif order != "sorted":
             raise UsageError(f"Unknown order {order!r}; use 'sorted' or 'shuffled'.")
         self.files = self.files[::stride]
