@@ -31,7 +31,8 @@ from tta_cli.corruptions import CIFAR_PARAMETERS, IMAGENET_PARAMETERS, check_cor
 from tta_cli.corruptions.folder import save_png
 from tta_cli.errors import UsageError
 from tta_cli.files import atomic_folder
-from tta_cli.streams.decode import IMAGE_SUFFIXES, decode_image
+from tta_cli.streams.decode import decode_image
+from tta_cli.streams.folder import labeled_images
 from tta_cli.streams.ordering import seeded_shuffle
 
 COMPLETE = "complete.json"
@@ -88,12 +89,7 @@ def select_images(data: Path, class_names: Sequence[str], num_examples: int | No
             f"{data} must hold one sub-folder per class of the model ({', '.join(class_names)}); "
             f"found {', '.join(unknown[:3]) or 'none'}."
         )
-    files = [
-        path.relative_to(data)
-        for folder in folders
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    ]
+    files = [path.relative_to(data) for path, _ in labeled_images(data, class_names, "*/*")]
     if not files:
         raise UsageError(f"{data} holds no images under its class folders.")
     files = seeded_shuffle(files, seed)
