@@ -77,7 +77,7 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     for file in bundle_path.iterdir():
         (bundle_copy / file.name).write_bytes(file.read_bytes())
     report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **TINY | {"epochs": 1})
-    assert report.path == bundle_copy / "mgg.safetensors" == load_bundle(bundle_copy).mgg_path
+    assert report.path == bundle_copy / "mgg.safetensors" and report.path.is_file()
     assert rule_for_bundle(load_bundle(bundle_copy)).generator.uses_memory is False
 
 

@@ -8,7 +8,6 @@ RUN_DIR/summary.json      totals for the whole run
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,9 +68,6 @@ class RunDirectory:
 
     def write_summary(self, summary: RunSummary) -> None:
         write_atomic(self.path / self.SUMMARY, summary.model_dump_json(indent=2) + "\n")
-
-    def read_summary(self) -> RunSummary:
-        return RunSummary.model_validate(json.loads((self.path / self.SUMMARY).read_text()))
 
     def predictions(self, keep_through_step: int = 0) -> PredictionWriter:
         return PredictionWriter(self.path / self.PREDICTIONS, keep_through_step)
