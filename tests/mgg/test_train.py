@@ -11,16 +11,8 @@ from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, Method
 from tta_cli.engine.guard import Guard
 from tta_cli.errors import UsageError
-from tta_cli.mgg import (
-    MetaGradientGenerator,
-    MGGRule,
-    TrainProgress,
-    load_generator,
-    read_metadata,
-    rule_for_bundle,
-    train_mgg,
-)
-from tta_cli.mgg.train import FunctionalModel, meta_backward
+from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_metadata, rule_for_bundle
+from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_backward, train_mgg
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
 from tta_cli.streams import FolderStream, Preprocess, batches
