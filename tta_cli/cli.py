@@ -493,7 +493,7 @@ def train_mgg(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Pre-train the bundle's Meta Gradient Generator on held-out shifts of training images."""
-    from tta_cli.mgg import train_mgg as run_training
+    from tta_cli.mgg.train import train_mgg as run_training
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

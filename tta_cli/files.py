@@ -1,11 +1,19 @@
-"""Files: the one way tta-cli writes a file that someone may be reading, and TOML reading on
-every supported Python (JetPack 6 ships 3.10, which lacks ``tomllib``)."""
+"""Files: the one way tta-cli writes a file or a folder that someone may be reading, and TOML
+reading on every supported Python (JetPack 6 ships 3.10, which lacks ``tomllib``).
+
+Whatever is written goes to a temporary name beside its destination and takes the
+destination's place in one rename once complete, so a reader sees the old version or the
+new one, never half, and a failed write leaves nothing behind.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -13,24 +21,62 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["tomllib", "write_atomic"]
+__all__ = ["atomic_folder", "atomic_path", "tomllib", "write_atomic"]
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``path`` so that a reader sees the old or the new file, never
-    half; a failed write leaves no temporary file behind."""
+    """Write ``text`` (or bytes) to ``path`` atomically (``atomic_path``), flushed to the disk
+    before the rename so that a crash right after cannot leave an empty file."""
     mode = "wb" if isinstance(text, bytes) else "w"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        try:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)
-            raise
-    # NamedTemporaryFile creates 0600; give the file the permissions a plain open() would.
+    with atomic_path(path) as temporary, temporary.open(mode) as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary file beside ``path`` (in the same folder, which must exist) for the
+    caller to write; when the block ends normally it replaces ``path`` in one rename, and when
+    it raises it is removed. Whoever writes must not need it fsynced, or use ``write_atomic``.
+    """
+    path = Path(path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        temporary.chmod(0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` for the caller to fill; when the block
+    ends normally the folder takes ``path``'s place in one rename, and when it raises it is
+    removed with what it holds. ``path`` must then be absent or an empty folder: a folder that
+    holds anything is never replaced (``OSError``), so whoever means to replace one removes it
+    first, inside the block.
+    """
+    path = Path(path)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield temporary
+        # mkdtemp creates 0700; give the folder the permissions a plain mkdir() would.
+        temporary.chmod(0o777 & ~_umask())
+        if path.is_dir():
+            path.rmdir()
+        os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, path)
+    return umask

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, write_image_folder
 from tta_cli.bench.orders import order_indices, parse_order, video_frames
-from tta_cli.bench.streams import ShiftedStream
+from tta_cli.bench.streams import ShiftedStream, build_streams
 from tta_cli.errors import UsageError
 
 # Ten classes of 100 images each, in a shuffled (i.i.d.) order.
@@ -123,3 +123,35 @@ def test_a_video_frame_is_its_image_moved_by_at_most_one_pixel_plus_small_noise(
     assert set(shifts.tolist()) == {-1.0, 0.0, 1.0}
     residual = inner - (image[:, 1:-1].astype(int) + 20 * shifts[:, None, None, None])
     assert residual.std() == pytest.approx(2.0, abs=0.2)
+
+
+# Recorded with the code of commit 79a34bb: a benchmark stream's images and their order are part
+# of every published figure, so a change to how folders are listed or shuffled must keep them.
+RECORDED_ORDERS = {
+    "shuffled": ["cat/001", "dog/003", "ship/002", "cat/000", "dog/002", "ship/003", "dog/000", "dog/001", "cat/002"],
+    "sorted": ["cat/001", "cat/000", "cat/002", "dog/003", "dog/002", "dog/000", "dog/001", "ship/002", "ship/003"],
+    "dirichlet:0.1": [
+        "ship/002",
+        "dog/003",
+        "dog/002",
+        "dog/000",
+        "dog/001",
+        "cat/001",
+        "cat/000",
+        "cat/002",
+        "ship/003",
+    ],
+}
+
+
+@pytest.mark.parametrize("order", [*RECORDED_ORDERS, "video:2"])
+def test_a_benchmark_stream_keeps_its_recorded_images_and_order(order: str, tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    (stream,) = build_streams(data, CLASSES, ("fog",), 5, (32, 32), num_examples=9, seed=3, cache_dir=tmp_path / "c")
+    played = stream.reordered(order, 1)
+    if order == "video:2":
+        expected = [f"{image}.png#{frame}" for image in RECORDED_ORDERS["shuffled"] for frame in (1, 2)]
+    else:
+        expected = [f"{image}.png" for image in RECORDED_ORDERS[order]]
+    assert played.ids == expected
+    assert played.labels.tolist() == [CLASSES.index(image.split("/")[0]) for image in expected]

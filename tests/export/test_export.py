@@ -292,7 +292,7 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monke
     previous = tmp_path / "model.onnx"
     previous.write_bytes(b"an earlier export")
     write_atomic(tmp_path / "other.onnx", b"\x00\x01")
-    monkeypatch.setattr("tta_cli.history.run_dir.os.fsync", fail)
+    monkeypatch.setattr("tta_cli.files.os.fsync", fail)
     for out in (previous, tmp_path / "fresh.onnx"):
         with pytest.raises(OSError, match="disk full"):
             write_atomic(out, b"half an export")

@@ -12,16 +12,8 @@ from tta_cli.engine import Adapter, Method
 from tta_cli.engine.guard import Guard
 from tta_cli.engine.norms import BatchStatistics
 from tta_cli.errors import UsageError
-from tta_cli.mgg import (
-    MetaGradientGenerator,
-    MGGRule,
-    TrainProgress,
-    load_generator,
-    read_metadata,
-    rule_for_bundle,
-    train_mgg,
-)
-from tta_cli.mgg.train import FunctionalModel, meta_backward
+from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_metadata, rule_for_bundle
+from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_backward, train_mgg
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
 from tta_cli.streams import FolderStream, Preprocess, batches
@@ -78,7 +70,7 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     for file in bundle_path.iterdir():
         (bundle_copy / file.name).write_bytes(file.read_bytes())
     report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **TINY | {"epochs": 1})
-    assert report.path == bundle_copy / "mgg.safetensors" == load_bundle(bundle_copy).mgg_path
+    assert report.path == bundle_copy / "mgg.safetensors" and report.path.is_file()
     assert rule_for_bundle(load_bundle(bundle_copy)).generator.uses_memory is False
 
 

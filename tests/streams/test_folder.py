@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import CLASSES, write_image_folder
 from tta_cli.errors import UsageError
-from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.streams import FolderStream, Preprocess, batches, labeled_images
 
 
 def add_broken_files(root: Path) -> dict[str, str]:
@@ -37,6 +37,37 @@ def test_sorted_recursive_order_and_labels(tmp_path: Path) -> None:
     assert labels["ship/nested/a.png"] == 2
     assert labels["unknown/b.png"] is None
     assert all(f.image.shape == (32, 32, 3) and f.image.dtype == np.uint8 for f in frames)
+
+
+def test_labeled_images_at_any_depth_or_as_a_labeled_data_set(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", per_class=1)
+    pixels = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    (root / "ship" / "nested").mkdir()
+    pixels.save(root / "ship" / "nested" / "a.png")
+    pixels.save(root / "loose.png")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    elsewhere = tmp_path / "elsewhere" / "dog"
+    elsewhere.mkdir(parents=True)
+    pixels.save(elsewhere / "linked.png")
+    (root / "dog").rename(tmp_path / "dog")
+    (root / "dog").symlink_to(elsewhere)  # a class folder that is a link
+
+    def named(pairs: list[tuple[Path, int | None]]) -> list[tuple[str, int | None]]:
+        return [(path.relative_to(root).as_posix(), label) for path, label in pairs]
+
+    # Every depth: Path.glob("**/*") does not enter a linked folder.
+    assert named(labeled_images(root, CLASSES)) == [
+        ("cat/000.png", 0),
+        ("loose.png", None),
+        ("ship/000.png", 2),
+        ("ship/nested/a.png", 2),
+    ]
+    # A labeled data set, root/<class>/<image>: a linked class folder is read.
+    assert named(labeled_images(root, CLASSES, "*/*")) == [
+        ("cat/000.png", 0),
+        ("dog/linked.png", 1),
+        ("ship/000.png", 2),
+    ]
 
 
 def test_broken_files_are_skipped_and_named(tmp_path: Path) -> None:
@@ -74,6 +105,18 @@ def test_shuffled_order_is_a_seeded_permutation(tmp_path: Path) -> None:
     first = [f.id for f in FolderStream(root, (32, 32), CLASSES, order="shuffled", seed=3)]
     again = [f.id for f in FolderStream(root, (32, 32), CLASSES, order="shuffled", seed=3)]
     assert first == again and first != sorted(first) and sorted(first) == sorted(again)
+
+
+def test_folder_orders_keep_their_recorded_files(tmp_path: Path) -> None:
+    """Recorded with the code of commit 79a34bb: a run's order must not change under a refactor."""
+    root = write_image_folder(tmp_path / "data", per_class=4)
+    played = {
+        order: [f.id for f in FolderStream(root, (32, 32), CLASSES, order, seed=3)] for order in ("sorted", "shuffled")
+    }
+    assert played["sorted"] == [f"{name}/{number:03d}.png" for name in CLASSES for number in range(4)]
+    shuffled = ["cat/001", "dog/003", "ship/002", "cat/000", "dog/002", "ship/003"]
+    shuffled += ["dog/000", "dog/001", "cat/002", "ship/000", "ship/001", "cat/003"]
+    assert played["shuffled"] == [f"{image}.png" for image in shuffled]
 
 
 def test_missing_and_empty_sources(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tta_cli.errors import UsageError
+from tta_cli.streams.ordering import class_sorted
 
 ORDERS = ("shuffled", "sorted", "dirichlet:ALPHA", "video:K")
 MAX_SLOTS = 100
@@ -78,7 +79,7 @@ def order_indices(labels: np.ndarray, order: str, rng: np.random.Generator) -> n
     """
     parsed = parse_order(order)
     if parsed.kind == "sorted":
-        return np.argsort(labels, kind="stable")
+        return class_sorted(labels)
     if parsed.kind == "dirichlet":
         return _dirichlet_indices(labels, parsed.alpha, rng)
     return np.repeat(np.arange(len(labels)), parsed.frames)

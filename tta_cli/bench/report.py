@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from tta_cli.bench.orders import parse_order
+from tta_cli.files import write_atomic
 
 SHORT_NAMES = {
     "gaussian_noise": "gauss",
@@ -32,15 +32,9 @@ SHORT_NAMES = {
 def write_report(result: dict[str, Any], out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "bench.json", json.dumps(result, indent=2) + "\n")
-    _write(out / "bench.md", markdown(result))
+    write_atomic(out / "bench.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "bench.md", markdown(result))
     plot(result, out / "bench.png")
-
-
-def _write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def error_table(result: dict[str, Any], protocol: str) -> list[list[str]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +30,10 @@ from tta_cli.bench.orders import order_indices, order_rng, parse_order, video_fr
 from tta_cli.corruptions import CIFAR_PARAMETERS, IMAGENET_PARAMETERS, check_corruption, corrupt, image_rng
 from tta_cli.corruptions.folder import save_png
 from tta_cli.errors import UsageError
-from tta_cli.streams.decode import IMAGE_SUFFIXES, decode_image
+from tta_cli.files import atomic_folder
+from tta_cli.streams.decode import decode_image
+from tta_cli.streams.folder import labeled_images
+from tta_cli.streams.ordering import seeded_shuffle
 
 COMPLETE = "complete.json"
 CACHE_VERSION = 1
@@ -87,15 +89,10 @@ def select_images(data: Path, class_names: Sequence[str], num_examples: int | No
             f"{data} must hold one sub-folder per class of the model ({', '.join(class_names)}); "
             f"found {', '.join(unknown[:3]) or 'none'}."
         )
-    files = [
-        path.relative_to(data)
-        for folder in folders
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    ]
+    files = [path.relative_to(data) for path, _ in labeled_images(data, class_names, "*/*")]
     if not files:
         raise UsageError(f"{data} holds no images under its class folders.")
-    random.Random(seed).shuffle(files)
+    files = seeded_shuffle(files, seed)
     return files[:num_examples] if num_examples else files
 
 
@@ -162,22 +159,21 @@ def _build(
     folder: Path,
     on_image: Callable[[str], None] | None,
 ) -> None:
-    staging = folder.with_name(f".{folder.name}.partial{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    order = []
-    for relative in files:
-        with Image.open(data / relative) as opened:
-            pixels = np.asarray(opened.convert("RGB"))
-        corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
-        target = relative.parent / f"{relative.stem}.png"
-        save_png(corrupted, staging / target)
-        order.append(target.as_posix())
-        if on_image is not None:
-            on_image(name)
-    marker = {"corruption": name, "severity": severity, "seed": seed, "parameters": _parameters(name, severity)}
-    (staging / COMPLETE).write_text(json.dumps({**marker, "order": order}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder) as staging:
+        order = []
+        for relative in files:
+            with Image.open(data / relative) as opened:
+                pixels = np.asarray(opened.convert("RGB"))
+            corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
+            target = relative.parent / f"{relative.stem}.png"
+            save_png(corrupted, staging / target)
+            order.append(target.as_posix())
+            if on_image is not None:
+                on_image(name)
+        marker = {"corruption": name, "severity": severity, "seed": seed, "parameters": _parameters(name, severity)}
+        (staging / COMPLETE).write_text(json.dumps({**marker, "order": order}))
+        shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished build of this stream
 
 
 def _load(

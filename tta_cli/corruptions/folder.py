@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tta_cli.corruptions.benchmark import check_corruption, corrupt
+from tta_cli.files import atomic_path
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"})
 
@@ -68,8 +68,7 @@ def image_rng(seed: int, name: str, severity: int, relative_path: Path) -> np.ra
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    """Write a PNG through a temporary file so that a reader never sees half an image."""
+    """Write a PNG so that a reader never sees half an image (``files.atomic_path``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    Image.fromarray(image).save(partial, format="PNG")
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        Image.fromarray(image).save(partial, format="PNG")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from tta_cli.errors import TTAError, UsageError
 from tta_cli.export.rebuild import BnStats, build_export_model
 from tta_cli.export.to_onnx import Simplify, export_onnx
 from tta_cli.export.verify import Parity, verify_onnx
+from tta_cli.files import atomic_path
 from tta_cli.history import HistoryStore
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.streams import FolderStream, Preprocess, batches
@@ -90,20 +90,25 @@ def export_run(
         "tta_cli.bn_stats": bn_stats,
     }
     out = Path(out)
-    pending = out.with_name(f".{out.name}.unverified")
-    export_onnx(
-        model, bundle.spec, pending, opset=opset, dynamic_batch=dynamic_batch, simplify=simplify, metadata=metadata
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
     parity = None
-    if check and recent is not None:
-        parity = verify_onnx(pending, model, recent, atol=atol)
-        if not parity.passed:
-            pending.unlink(missing_ok=True)
-            raise VerificationFailed(
-                f"onnxruntime differs from PyTorch (max |Δlogit| {parity.max_abs_diff:.2e} > {atol:g} "
-                f"or top-1 agreement {parity.top1_agreement:.2%}); nothing was written to {out}."
-            )
-    os.replace(pending, out)
+    with atomic_path(out) as unverified:
+        export_onnx(
+            model,
+            bundle.spec,
+            unverified,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            simplify=simplify,
+            metadata=metadata,
+        )
+        if check and recent is not None:
+            parity = verify_onnx(unverified, model, recent, atol=atol)
+            if not parity.passed:
+                raise VerificationFailed(
+                    f"onnxruntime differs from PyTorch (max |Δlogit| {parity.max_abs_diff:.2e} > {atol:g} "
+                    f"or top-1 agreement {parity.top1_agreement:.2%}); nothing was written to {out}."
+                )
     return ExportReport(out=out, snapshot_id=target.id, step=target.step, bn_stats=bn_stats, parity=parity)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tta_cli.harmonize.base import Harmonized, Harmonizer
+from tta_cli.moments import bias_corrected, moving_average
 
 
 class SAMGS(Harmonizer):
@@ -47,10 +48,10 @@ class SAMGS(Harmonizer):
         self.steps += 1
         if self.momentum is None:
             self.momentum = torch.zeros_like(gradients)
-        self.momentum = self.beta1 * self.momentum + (1 - self.beta1) * gradients
-        self.second_moment = self.beta2 * self.second_moment + (1 - self.beta2) * (1 - mean_similarity) ** 2 + 1e-8
-        momentum_hat = self.momentum / (1 - self.beta1**self.steps)
-        second_hat = self.second_moment / (1 - self.beta2**self.steps)
+        self.momentum = moving_average(self.momentum, gradients, self.beta1)
+        self.second_moment = moving_average(self.second_moment, (1 - mean_similarity) ** 2, self.beta2) + 1e-8
+        momentum_hat = bias_corrected(self.momentum, self.beta1, self.steps)
+        second_hat = bias_corrected(self.second_moment, self.beta2, self.steps)
 
         if mean_similarity < self.gamma:
             scale = (norms.mean() / norms.clamp_min(1e-30)).unsqueeze(1)

@@ -8,10 +8,6 @@ RUN_DIR/summary.json      totals for the whole run
 from __future__ import annotations
 
 import csv
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +16,7 @@ from typing import IO
 from pydantic import BaseModel
 
 from tta_cli.errors import UsageError
-from tta_cli.files import write_atomic
+from tta_cli.files import atomic_folder, write_atomic
 from tta_cli.history.store import HistoryStore
 
 
@@ -64,24 +60,14 @@ class RunDirectory:
         run killed while starting leaves either no run directory or a complete one."""
         self.check_new()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.starting-", dir=self.path.parent))
-        try:
+        with atomic_folder(self.path) as staging:
             yield staging
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if self.path.exists():
-            self.path.rmdir()  # empty, as check_new made sure
-        os.rename(staging, self.path)
 
     def write_config(self, text: str) -> None:
         write_atomic(self.path / self.CONFIG, text)
 
     def write_summary(self, summary: RunSummary) -> None:
         write_atomic(self.path / self.SUMMARY, summary.model_dump_json(indent=2) + "\n")
-
-    def read_summary(self) -> RunSummary:
-        return RunSummary.model_validate(json.loads((self.path / self.SUMMARY).read_text()))
 
     def predictions(self, keep_through_step: int = 0) -> PredictionWriter:
         return PredictionWriter(self.path / self.PREDICTIONS, keep_through_step)

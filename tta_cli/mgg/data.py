@@ -5,7 +5,6 @@ the four held-out ImageNet-C corruptions, never the 15 evaluation ones).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from tta_cli.corruptions import CORRUPTIONS, check_corruption, corrupt, image_rn
 from tta_cli.errors import UsageError
 from tta_cli.streams import FolderStream
 from tta_cli.streams.decode import UnreadableImage, decode_image
+from tta_cli.streams.ordering import seeded_shuffle
 
 
 @dataclass
@@ -76,17 +76,18 @@ def build_held_out(
     of the next ``eval_images`` appears once under each shift."""
     check_held_out(held_out, severity)
     stream = FolderStream(Path(data_folder), input_size, class_names)
-    labeled = [path for path in stream.files if stream.label_of(path) is not None]
-    random.Random(seed).shuffle(labeled)
+    labeled = seeded_shuffle(
+        [(path, label) for path, label in zip(stream.files, stream.labels, strict=True) if label is not None], seed
+    )
     if len(labeled) < num_images + eval_images:
         raise UsageError(
             f"{data_folder} has {len(labeled)} images in class folders named like the bundle's classes; "
             f"pre-training needs {num_images + eval_images} (--num-images plus the evaluation images)."
         )
     chosen = labeled[: num_images + eval_images]
-    clean = np.stack([_decode(path, input_size) for path in chosen])
-    labels = torch.tensor([stream.label_of(path) for path in chosen])
-    relative = [path.relative_to(stream.root) for path in chosen]
+    clean = np.stack([_decode(path, input_size) for path, _ in chosen])
+    labels = torch.tensor([label for _, label in chosen])
+    relative = [path.relative_to(stream.root) for path, _ in chosen]
 
     def shifted(indices: range, shifts: list[str]) -> ShiftedImages:
         images = np.stack(

@@ -27,6 +27,7 @@ from tta_cli.files import write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
 from tta_cli.models.bundle import MGG_FILE
+from tta_cli.moments import bias_corrected, moving_average
 from tta_cli.update.base import APPLIED, Closure, UpdateOutcome, split_like
 
 FORMAT = "tta-cli/mgg"
@@ -72,10 +73,10 @@ class MGGRule:
             self.first_moment = torch.zeros_like(gradient)
             self.second_moment = torch.zeros_like(gradient)
         self.steps += 1
-        self.first_moment = self.beta1 * self.first_moment + (1 - self.beta1) * gradient
-        self.second_moment = self.beta2 * self.second_moment + (1 - self.beta2) * gradient.square()
-        first_hat = self.first_moment / (1 - self.beta1**self.steps)
-        second_hat = self.second_moment / (1 - self.beta2**self.steps)
+        self.first_moment = moving_average(self.first_moment, gradient, self.beta1)
+        self.second_moment = moving_average(self.second_moment, gradient.square(), self.beta2)
+        first_hat = bias_corrected(self.first_moment, self.beta1, self.steps)
+        second_hat = bias_corrected(self.second_moment, self.beta2, self.steps)
         scale = second_hat.sqrt() + self.eps
         return torch.stack([gradient / scale, first_hat / scale], dim=1)
 

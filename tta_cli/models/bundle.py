@@ -64,11 +64,6 @@ class Bundle:
     """EATA's Fisher diagonal and source value per adapted parameter, when measured on clean
     source images for this session (``tta_cli.objectives.measure_fisher``); not stored in the folder."""
 
-    @property
-    def mgg_path(self) -> Path | None:
-        path = self.path / MGG_FILE
-        return path if path.is_file() else None
-
 
 def read_spec(path: Path) -> ModelSpec:
     spec_file = path / MODEL_FILE

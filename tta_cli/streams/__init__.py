@@ -1,7 +1,7 @@
 """Where frames come from: folders, globs, video files, cameras and network streams."""
 
 from tta_cli.streams.batching import UNLABELED, Batch, Preprocess, batches
-from tta_cli.streams.folder import FolderStream, list_images
+from tta_cli.streams.folder import FolderStream, labeled_images, list_images
 from tta_cli.streams.frames import EventLog, Frame, SkipLog, Stream
 from tta_cli.streams.sources import CaptureStream, open_source
 
@@ -16,6 +16,7 @@ __all__ = [
     "SkipLog",
     "Stream",
     "batches",
+    "labeled_images",
     "list_images",
     "open_source",
 ]

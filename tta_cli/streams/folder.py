@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from tta_cli.errors import UsageError
 from tta_cli.streams.decode import IMAGE_SUFFIXES, UnreadableImage, decode_image
 from tta_cli.streams.frames import Frame, Stream
+from tta_cli.streams.ordering import seeded_shuffle
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,23 @@ class FolderStream(Stream):
         super().__init__(start)
         if is_glob(str(root)) and not Path(root).exists():
             self.root, pattern = glob_root(str(root))
-            self.files = sorted(
-                path for path in self.root.glob(pattern) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-            )
+            images = labeled_images(self.root, class_names, pattern)
         else:
             self.root = Path(root)
             if not self.root.exists():
                 raise UsageError(f"Source {root} does not exist.")
-            self.files = list_images(self.root)
-        if not self.files:
+            images = labeled_images(self.root, class_names)
+        if not images:
             raise UsageError(f"Source {root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         self.input_size = input_size
         if order == "shuffled":
-            random.Random(seed).shuffle(self.files)
+            images = seeded_shuffle(images, seed)
         elif order != "sorted":
             raise UsageError(f"Unknown order {order!r}; use 'sorted' or 'shuffled'.")
-        self.files = self.files[::stride]
-        if limit is not None:
-            self.files = self.files[:limit]
+        images = images[::stride][:limit]
+        self.files = [path for path, _ in images]
+        self.labels = [label for _, label in images]
         self.duration = duration
-        self.class_index = {name: index for index, name in enumerate(class_names)}
         self.workers = workers or min(8, (os.cpu_count() or 1) + 2)
 
     def __len__(self) -> int:
@@ -77,14 +74,7 @@ class FolderStream(Stream):
 
     @property
     def labeled(self) -> bool:
-        return any(self.label_of(path) is not None for path in self.files[:1000])
-
-    def label_of(self, path: Path) -> int | None:
-        """The class of the nearest enclosing folder that names a class, if any."""
-        for folder in reversed(path.relative_to(self.root).parts[:-1]):
-            if folder in self.class_index:
-                return self.class_index[folder]
-        return None
+        return any(label is not None for label in self.labels[:1000])
 
     def __iter__(self) -> Iterator[Frame]:
         # A bounded window of decodes in flight keeps the model fed without holding the
@@ -112,7 +102,7 @@ class FolderStream(Stream):
                     self.skipped.add(position, frame_id, str(error))
                     log.warning("skipped %s: %s", frame_id, error)
                     continue
-                yield Frame(frame_id, image, self.label_of(path), position)
+                yield Frame(frame_id, image, self.labels[position], position)
 
             for _, _, future in pending:
                 future.cancel()
@@ -132,8 +122,24 @@ def glob_root(pattern: str) -> tuple[Path, str]:
     return Path(*parts[:fixed]) if fixed else Path("."), str(Path(*parts[fixed:]))
 
 
-def list_images(root: Path) -> list[Path]:
-    """Every file with an image suffix under ``root`` (or ``root`` itself), sorted by path."""
+def list_images(root: Path, pattern: str = "**/*") -> list[Path]:
+    """The files with an image suffix under ``root`` whose path matches ``pattern``
+    (``Path.glob``; the default takes every depth), sorted by path; ``root`` itself if it is a file."""
     if root.is_file():
         return [root]
-    return sorted(path for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    return sorted(path for path in root.glob(pattern) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def labeled_images(root: Path, class_names: Sequence[str], pattern: str = "**/*") -> list[tuple[Path, int | None]]:
+    """The images of ``list_images(root, pattern)``, each with the index in ``class_names`` of
+    the nearest folder below ``root`` that encloses it and is named like a class (``None`` where
+    none is). A labeled data set, ``root/<class>/<image>``, is the pattern ``*/*``."""
+    class_index = {name: index for index, name in enumerate(class_names)}
+    return [(path, _nearest_class(path.relative_to(root), class_index)) for path in list_images(root, pattern)]
+
+
+def _nearest_class(relative: Path, class_index: dict[str, int]) -> int | None:
+    for folder in reversed(relative.parts[:-1]):
+        if folder in class_index:
+            return class_index[folder]
+    return None

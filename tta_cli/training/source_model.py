@@ -24,6 +24,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from tta_cli.engine.device import resolve_device
 from tta_cli.models.zoo import AirNet
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -108,12 +109,15 @@ def train(
     seed: int = 0,
     device: str = "cpu",
 ) -> dict[str, Any]:
+    """Train ``airnet`` on ``data/train`` on ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``),
+    write its weights and ``training.json`` to ``out`` and return that report."""
+    target_device = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_images, train_labels = load_split(data / "train")
     test_images, test_labels = load_split(data / "test")
     # torch's stub for Module.to lacks the documented memory_format-only form.
-    model = build_model(train_images).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = build_model(train_images).to(target_device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     momentum, label_smoothing, bias_scale = 0.85, 0.2, 64.0
     # The loss is summed over the batch, so the step sizes are per-example (arXiv 2404.00498).
@@ -145,8 +149,8 @@ def train(
             if step >= total_steps:
                 break
             index = order[batch_start : batch_start + batch_size]
-            x = normalise(augment(train_images[index], generator)).to(device, memory_format=torch.channels_last)
-            y = train_labels[index].to(device)
+            x = normalise(augment(train_images[index], generator)).to(target_device, memory_format=torch.channels_last)
+            y = train_labels[index].to(target_device)
             scale = 0.2 + 0.8 * step / warmup if step < warmup else 1 - 0.93 * (step - warmup) / (total_steps - warmup)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
@@ -185,7 +189,7 @@ def train(
         "test_accuracy": accuracy,
         "test_accuracy_flip_tta": flip_accuracy,
         "train_minutes": (time.time() - started) / 60,
-        "device": device,
+        "device": str(target_device),
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return report

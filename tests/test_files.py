@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tta_cli.files import atomic_folder, atomic_path, write_atomic
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_an_atomic_path_replaces_the_file_only_when_the_block_succeeds(tmp_path: Path) -> None:
+    out = tmp_path / "image.png"
+    out.write_bytes(b"old")
+    with atomic_path(out) as temporary:
+        assert temporary.parent == tmp_path and temporary != out
+        temporary.write_bytes(b"new")
+        assert out.read_bytes() == b"old"
+    assert out.read_bytes() == b"new" and names(tmp_path) == ["image.png"]
+    with pytest.raises(RuntimeError, match="half"), atomic_path(out) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("half written")
+    assert out.read_bytes() == b"new" and names(tmp_path) == ["image.png"]
+
+
+def test_written_files_and_folders_get_the_permissions_of_open_and_mkdir(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.txt", "text")
+        with atomic_path(tmp_path / "b.bin") as temporary:
+            temporary.write_bytes(b"\x00")
+        with atomic_folder(tmp_path / "c") as folder:
+            (folder / "inside.txt").write_text("x")
+    finally:
+        os.umask(umask)
+    assert [(tmp_path / name).stat().st_mode & 0o777 for name in ("a.txt", "b.bin", "c")] == [0o644, 0o644, 0o755]
+
+
+def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError), atomic_folder(out) as staging:
+        (staging / "half.txt").write_text("x")
+        raise RuntimeError("stopped")
+    assert names(tmp_path) == []
+    out.mkdir()  # an empty folder is replaced
+    with atomic_folder(out) as staging:
+        (staging / "run.toml").write_text("x")
+        assert not (out / "run.toml").exists()
+    assert names(tmp_path) == ["run"] and names(out) == ["run.toml"]
+
+
+def test_an_atomic_folder_never_replaces_one_that_holds_files(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("kept")
+    with pytest.raises(OSError), atomic_folder(out) as staging:
+        (staging / "new.txt").write_text("x")
+    assert names(tmp_path) == ["run"] and names(out) == ["keep.txt"]
