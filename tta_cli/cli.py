@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tta_cli import __version__
-from tta_cli.errors import TTAError, UsageError
+from tta_cli.errors import ExitCode, TTAError, UsageError
 
 if TYPE_CHECKING:
     from tta_cli.engine import Progress as RunProgress
@@ -29,9 +29,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 _debug = False
-# Exit codes of 'adapt' besides 0 and 2 (bad usage): 3 when a live source was lost and
-# could not be reconnected, 130 after SIGINT and 143 after SIGTERM (128 + signal number).
-SOURCE_LOST_EXIT_CODE = 3
 
 
 @app.callback()
@@ -184,7 +181,7 @@ def adapt(
             soft_wrap=True,
             highlight=False,
         )
-        raise typer.Exit(SOURCE_LOST_EXIT_CODE)
+        raise typer.Exit(ExitCode.SOURCE_LOST)
 
 
 @app.command()
@@ -552,4 +549,4 @@ def main() -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow]")
-        sys.exit(130)
+        sys.exit(ExitCode.SIGINT)
