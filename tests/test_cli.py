@@ -109,3 +109,9 @@ def test_prepare_refuses_a_pickle_checkpoint(tmp_path: Path, clean_folder: Path)
     accepted = tta(*args, "--trust-pickle")
     assert accepted.returncode == 0, accepted.stderr
     assert (tmp_path / "bundle" / "source_stats.safetensors").is_file()
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    result = tta("adapt", "--resume", tmp_path, "--batch-size", "8", "--no-guard")
+    assert result.returncode == 2
+    assert "--resume continues with the run's own settings; drop --batch-size, --no-guard." in result.stderr

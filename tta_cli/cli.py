@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tta_cli import __version__
+from tta_cli.config import adapt_settings, check_resume_flags, validated
 from tta_cli.errors import ExitCode, TTAError, UsageError
 
 if TYPE_CHECKING:
@@ -98,23 +99,16 @@ def adapt(
     ] = None,
 ) -> None:
     """Adapt a model on a stream of unlabeled images, recording every step."""
-    overrides = {name: value for name, value in locals().items() if name not in ("config", "resume")}
-    overrides["history.snapshot_every"] = overrides.pop("snapshot_every")
-    overrides["guard.enabled"] = overrides.pop("guard")
-    overrides["live.watchdog_timeout"] = overrides.pop("watchdog_timeout")
-    overrides["live.reconnect_attempts"] = overrides.pop("reconnect_attempts")
-    from tta_cli.config import load_config
+    flags = {name: value for name, value in locals().items() if name not in ("config", "resume")}
     from tta_cli.engine import adapt as run_adaptation
     from tta_cli.engine import resume as resume_run
     from tta_cli.engine.stopping import EXIT_CODES
 
     if resume is not None:
-        given = [name for name, value in overrides.items() if value is not None] + (["config"] if config else [])
-        if given:
-            raise UsageError(f"--resume continues with the run's own settings; drop {', '.join(given)}.")
+        check_resume_flags(config, **flags)
         method_name = "resume"
     else:
-        settings = load_config(config, overrides)
+        settings = adapt_settings(config, **flags)
         method_name = settings.method
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -342,36 +336,29 @@ def bench(
     speed_repeats: Annotated[int, typer.Option(help="Timed steps per method and batch size (median).")] = 10,
 ) -> None:
     """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""
-    from pydantic import ValidationError
-
     from tta_cli.bench.run import BenchConfig, BenchProgress, run_bench
 
-    try:
-        settings = BenchConfig(
-            model=model,
-            data=data,
-            out=out,
-            severity=severity,
-            num_examples=num_examples,
-            methods=tuple(_names(methods)),
-            protocols=tuple(_names(protocols)),
-            batch_size=batch_size,
-            order=order,
-            rounds=rounds,
-            seed=seed,
-            device=device,
-            source_data=source_data,
-            fisher_examples=fisher_examples,
-            cache_dir=cache_dir,
-            speed=speed,
-            speed_repeats=speed_repeats,
-            **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
-        )
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise UsageError(
-            f"Option --{'-'.join(map(str, problem['loc'])).replace('_', '-')}: {problem['msg']}."
-        ) from error
+    options = {
+        "model": model,
+        "data": data,
+        "out": out,
+        "severity": severity,
+        "num_examples": num_examples,
+        "methods": tuple(_names(methods)),
+        "protocols": tuple(_names(protocols)),
+        "batch_size": batch_size,
+        "order": order,
+        "rounds": rounds,
+        "seed": seed,
+        "device": device,
+        "source_data": source_data,
+        "fisher_examples": fisher_examples,
+        "cache_dir": cache_dir,
+        "speed": speed,
+        "speed_repeats": speed_repeats,
+        **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
+    }
+    settings = validated(BenchConfig, options, as_options=True)
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

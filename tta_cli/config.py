@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import tomli_w
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
+
+Settings = TypeVar("Settings", bound=BaseModel)
 
 
 class GuardConfig(BaseModel):
@@ -107,6 +110,21 @@ def new_run_path(parent: Path) -> Path:
     return path
 
 
+def validated(model: type[Settings], values: Mapping[str, Any], *, as_options: bool = False) -> Settings:
+    """``model`` built from ``values``; its first problem becomes a one-sentence usage error that
+    names the setting (``Setting 'guard.enabled': ...``), or the command-line option when the
+    values are a command's options (``Option --batch-size: ...``)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        if as_options:
+            where = "--" + "-".join(str(part) for part in problem["loc"]).replace("_", "-")
+            raise UsageError(f"Option {where}: {problem['msg']}.") from error
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        raise UsageError(f"Setting {where!r}: {problem['msg']}.") from error
+
+
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptConfig:
     """Settings from ``config_file`` (if any), then every override that is not ``None``
     (``"guard.enabled"`` addresses a nested setting)."""
@@ -127,12 +145,43 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptCon
             settings.setdefault(section, {})[name] = value
         else:
             settings[key] = value
-    try:
-        return AdaptConfig.model_validate(settings)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
-        raise UsageError(f"Setting {where!r}: {problem['msg']}.") from error
+    return validated(AdaptConfig, settings)
+
+
+# The flags of ``tta-cli adapt`` whose setting has another name or sits in a section; every
+# other flag is the setting of its own name.
+ADAPT_FLAG_SETTINGS = {
+    "snapshot_every": "history.snapshot_every",
+    "guard": "guard.enabled",
+    "watchdog_timeout": "live.watchdog_timeout",
+    "reconnect_attempts": "live.reconnect_attempts",
+}
+
+
+def adapt_settings(config_file: Path | None = None, **flags: Any) -> AdaptConfig:
+    """The settings of a new run: ``config_file`` (if any), then every flag that is not ``None``.
+
+    Flags are named as the options of ``tta-cli adapt`` (``batch_size``, ``guard``,
+    ``snapshot_every``); ``ADAPT_FLAG_SETTINGS`` says which setting each one sets.
+
+    >>> settings = adapt_settings(model="bundle", source="images", guard=False, snapshot_every=5, lr=None)
+    >>> settings.guard.enabled, settings.history.snapshot_every, settings.lr
+    (False, 5, None)
+    """
+    return load_config(config_file, {ADAPT_FLAG_SETTINGS.get(name, name): value for name, value in flags.items()})
+
+
+def check_resume_flags(config_file: Path | None = None, **flags: Any) -> None:
+    """A resumed run continues with the settings in its ``run.toml``: giving any flag besides
+    ``--resume`` (one that is not ``None``) or a config file is a usage error naming them."""
+    given = [
+        f"--{'no-' if value is False else ''}{name.replace('_', '-')}"
+        for name, value in flags.items()
+        if value is not None
+    ]
+    given += ["--config"] if config_file is not None else []
+    if given:
+        raise UsageError(f"--resume continues with the run's own settings; drop {', '.join(given)}.")
 
 
 def read_config(text: str) -> AdaptConfig:
