@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from pydantic import BaseModel, Field
 
 from tta_cli.config import (
+    ADAPT_FLAG_SETTINGS,
+    AdaptConfig,
+    HarmonizerName,
+    NormName,
+    adapt_default,
     adapt_settings,
     check_resume_flags,
     validated,
@@ -38,6 +44,15 @@ def test_flags_override_the_config_file_and_unset_ones_do_not(tmp_path: Path) ->
     assert settings.batch_size == 16 and not settings.guard.enabled and settings.model == Path("bundle")
 
 
+def test_every_flag_setting_exists_and_its_default_is_the_model_s() -> None:
+    defaults = AdaptConfig(model=Path("bundle"), source="frames")
+    for flag, setting in ADAPT_FLAG_SETTINGS.items():
+        section, name = setting.split(".")
+        assert adapt_default(flag) == getattr(getattr(defaults, section), name)
+    assert adapt_default("batch_size") == defaults.batch_size == 64
+    assert adapt_default("order") == "sorted" and adapt_default("norm") is None
+
+
 def test_a_bad_flag_is_a_usage_error_naming_the_setting() -> None:
     with pytest.raises(UsageError, match=r"Setting 'history.snapshot_every': Input should be greater than"):
         adapt_settings(model="bundle", source="frames", snapshot_every=0)
@@ -64,3 +79,11 @@ def test_validation_errors_name_the_setting_or_the_option() -> None:
         validated(_Example, {"batch_size": 0})
     with pytest.raises(UsageError, match=r"^Option --batch-size: Input should be greater than or equal to 1\.$"):
         validated(_Example, {"batch_size": 0}, as_options=True)
+
+
+def test_the_names_of_fixed_choices_are_the_registries() -> None:
+    from tta_cli.engine.norms import NORMS
+    from tta_cli.harmonize import HARMONIZERS
+
+    assert get_args(NormName) == tuple(NORMS)
+    assert get_args(HarmonizerName) == tuple(HARMONIZERS)

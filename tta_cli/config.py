@@ -14,6 +14,14 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
 
+# The names a setting of a fixed set takes. The registries they name (``NORMS`` of
+# ``tta_cli.engine.norms``, ``HARMONIZERS`` of ``tta_cli.harmonize``) import torch, which the
+# command line must not wait for to print its help; tests/test_config.py keeps them equal.
+OptimizerName = Literal["adam", "sgd"]
+NormName = Literal["batch", "robust", "tbr", "balanced", "weighted"]
+HarmonizerName = Literal["sum", "gh", "gh++", "sam-gs", "pcgrad", "upgrad", "mgda"]
+StreamOrder = Literal["sorted", "shuffled"]
+
 Settings = TypeVar("Settings", bound=BaseModel)
 
 
@@ -72,14 +80,12 @@ class AdaptConfig(BaseModel):
     )
     method: str = Field("auto", description="a method of 'tta-cli methods', or auto: the measured default")
     batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "sgd"] | None = None
+    optimizer: OptimizerName | None = None
     lr: float | None = Field(None, gt=0)
-    harmonizer: str | None = Field(None, description="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda")
-    norm: Literal["batch", "robust", "tbr", "balanced", "weighted"] | None = Field(
-        None, description="how BatchNorm normalises test batches, instead of the method's"
-    )
+    harmonizer: HarmonizerName | None = None
+    norm: NormName | None = Field(None, description="how BatchNorm normalises test batches, instead of the method's")
     device: str = "auto"
-    order: Literal["sorted", "shuffled"] = "sorted"
+    order: StreamOrder = "sorted"
     seed: int = 0
     workers: int | None = Field(None, ge=1)
     stride: int = Field(1, ge=1, description="keep every N-th frame or image")
@@ -169,6 +175,18 @@ def adapt_settings(config_file: Path | None = None, **flags: Any) -> AdaptConfig
     (False, 5, None)
     """
     return load_config(config_file, {ADAPT_FLAG_SETTINGS.get(name, name): value for name, value in flags.items()})
+
+
+def adapt_default(flag: str) -> Any:
+    """The default of the setting that a flag of ``tta-cli adapt`` sets (``None``: unset).
+
+    >>> adapt_default("batch_size"), adapt_default("guard"), adapt_default("lr")
+    (64, True, None)
+    """
+    section, _, name = ADAPT_FLAG_SETTINGS.get(flag, flag).rpartition(".")
+    if section:
+        return getattr(AdaptConfig.model_fields[section].get_default(), name)
+    return AdaptConfig.model_fields[name].get_default()
 
 
 def check_resume_flags(config_file: Path | None = None, **flags: Any) -> None:
