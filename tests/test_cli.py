@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
+import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,81 @@ def test_prepare_refuses_a_pickle_checkpoint(tmp_path: Path, clean_folder: Path)
     accepted = tta(*args, "--trust-pickle")
     assert accepted.returncode == 0, accepted.stderr
     assert (tmp_path / "bundle" / "source_stats.safetensors").is_file()
+
+
+def help_text(*command: str) -> str:
+    """``--help`` of a command, one option per line: wide enough that Rich wraps nothing."""
+    environment = {**os.environ, "COLUMNS": "300"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tta_cli", *command, "--help"], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_adapt_help_lists_the_choices_and_the_configuration_s_defaults() -> None:
+    text = help_text("adapt")
+    for choices in ("<adam|sgd>", "<sum|gh|gh++|sam-gs|pcgrad|upgrad|mgda>", "<sorted|shuffled>"):
+        assert choices in text
+    assert "<batch|robust|tbr|balanced|weighted>" in text
+    for default in ("(default 64)", "(default sorted)", "(default 0)", "(default 5)", "(default 1)", "(default on)"):
+        assert default in text
+    assert "default auto" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["adapt", "--optimizer", "lion"],
+        ["adapt", "--norm", "layer"],
+        ["adapt", "--order", "random"],
+        ["adapt", "--harmonizer", "nash"],
+        ["export", "run", "--out", "model.onnx", "--simplify", "onnxsim"],
+        ["export", "run", "--out", "model.onnx", "--bn-stats", "batch"],
+        ["train-mgg", "--model", "bundle", "--data", "data", "--harmonizer", "nash"],
+    ],
+)
+def test_an_unknown_choice_is_refused_before_any_work(args: list[str]) -> None:
+    result = tta(*args)
+    assert result.returncode == 2
+    assert "is not one of" in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    result = tta("adapt", "--resume", tmp_path, "--batch-size", "8", "--no-guard")
+    assert result.returncode == 2
+    assert "--resume continues with the run's own settings; drop --batch-size, --no-guard." in result.stderr
+
+
+def test_bench_options_default_to_the_bench_configuration() -> None:
+    """The defaults are restated in the signature (reading ``BenchConfig`` would import torch for
+    ``--help``); this keeps them equal."""
+    from tta_cli.bench.run import BenchConfig
+    from tta_cli.cli import bench
+
+    for name, parameter in inspect.signature(bench).parameters.items():
+        if parameter.default is inspect.Parameter.empty or parameter.default is None:
+            continue
+        default = BenchConfig.model_fields[name].get_default()
+        option = parameter.default
+        assert (tuple(option.split(",")) if isinstance(default, tuple) else option) == default, name
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    """Typed choices are spelled out in tta_cli.config so that --help does not wait for torch."""
+    code = "import sys, tta_cli.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_export_choices_are_the_exporter_s() -> None:
+    from tta_cli.cli import export
+    from tta_cli.export.rebuild import BnStats
+    from tta_cli.export.to_onnx import Simplify
+
+    def choices(option: str) -> tuple[object, ...]:
+        annotated = typing.get_type_hints(export, include_extras=True)[option]
+        values = typing.get_args(typing.get_args(annotated)[0])
+        return typing.get_args(values[0]) if type(None) in values else values
+
+    assert choices("simplify") == typing.get_args(Simplify)
+    assert choices("bn_stats") == typing.get_args(BnStats)

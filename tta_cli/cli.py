@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -15,7 +15,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tta_cli import __version__
-from tta_cli.errors import TTAError, UsageError
+from tta_cli.config import (
+    HarmonizerName,
+    NormName,
+    OptimizerName,
+    StreamOrder,
+    adapt_default,
+    adapt_settings,
+    check_resume_flags,
+    validated,
+)
+from tta_cli.errors import ExitCode, TTAError, UsageError
 
 if TYPE_CHECKING:
     from tta_cli.engine import Progress as RunProgress
@@ -29,9 +39,19 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 _debug = False
-# Exit codes of 'adapt' besides 0 and 2 (bad usage): 3 when a live source was lost and
-# could not be reconnected, 130 after SIGINT and 143 after SIGTERM (128 + signal number).
-SOURCE_LOST_EXIT_CODE = 3
+
+
+def _adapt_help(flag: str, text: str) -> str:
+    """``text`` and the default of the flag's setting, read from the configuration models so that
+    the help cannot drift from them; an unset default is the method's choice."""
+    default = adapt_default(flag)
+    if default is None:
+        shown = "the method's"
+    elif isinstance(default, bool):
+        shown = "on" if default else "off"
+    else:
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return f"{text} (default {shown})."
 
 
 @app.callback()
@@ -64,60 +84,58 @@ def adapt(
     run: Annotated[Path | None, typer.Option(help="New run directory (default runs/adapt-DATE-TIME).")] = None,
     method: Annotated[
         str | None,
-        typer.Option(help="Method (see tta-cli methods); default auto, the measured default."),
+        typer.Option(help=f"Method (see tta-cli methods); default {adapt_default('method')}, the measured default."),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per adaptation step (default 64).")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="adam or sgd (default the method's).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default the method's).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=_adapt_help("batch_size", "Images per adaptation step"))
+    ] = None,
+    optimizer: Annotated[OptimizerName | None, typer.Option(help=_adapt_help("optimizer", "Optimizer"))] = None,
+    lr: Annotated[float | None, typer.Option(help=_adapt_help("lr", "Learning rate"))] = None,
     harmonizer: Annotated[
-        str | None, typer.Option(help="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda (default the method's).")
+        HarmonizerName | None, typer.Option(help=_adapt_help("harmonizer", "Harmonizer of two objectives' gradients"))
     ] = None,
-    norm: Annotated[
-        str | None,
-        typer.Option(
-            help="BatchNorm on test batches: batch, robust, tbr, balanced or weighted (default the method's)."
-        ),
+    norm: Annotated[NormName | None, typer.Option(help=_adapt_help("norm", "BatchNorm on test batches"))] = None,
+    device: Annotated[str | None, typer.Option(help=_adapt_help("device", "auto, cpu, cuda or cuda:N"))] = None,
+    order: Annotated[
+        StreamOrder | None, typer.Option(help=_adapt_help("order", "Order of a folder's images (shuffled with --seed)"))
     ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto).")] = None,
-    order: Annotated[str | None, typer.Option(help="sorted or shuffled (with --seed) (default sorted).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for shuffling and any randomness (default 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help=_adapt_help("seed", "Seed for shuffling and any randomness"))] = None,
     workers: Annotated[int | None, typer.Option(help="Image-decoding threads.")] = None,
-    stride: Annotated[int | None, typer.Option(help="Keep every N-th frame or image (default 1).")] = None,
+    stride: Annotated[int | None, typer.Option(help=_adapt_help("stride", "Keep every N-th frame or image"))] = None,
     limit: Annotated[
         int | None, typer.Option("--max-frames", "--limit", help="Stop after this many frames or images.")
     ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop reading after this many seconds.")] = None,
     watchdog_timeout: Annotated[
-        float | None, typer.Option(help="Live sources: seconds without a frame before reconnecting (default 5).")
+        float | None,
+        typer.Option(help=_adapt_help("watchdog_timeout", "Live sources: seconds without a frame before reconnecting")),
     ] = None,
     reconnect_attempts: Annotated[
-        int | None, typer.Option(help="Live sources: reconnects in a row before the run ends (default 5).")
+        int | None,
+        typer.Option(help=_adapt_help("reconnect_attempts", "Live sources: reconnects in a row before the run ends")),
     ] = None,
-    snapshot_every: Annotated[int | None, typer.Option(help="Steps between snapshots (default 1).")] = None,
-    guard: Annotated[bool | None, typer.Option("--guard/--no-guard", help="Label-free guard (default on).")] = None,
+    snapshot_every: Annotated[
+        int | None, typer.Option(help=_adapt_help("snapshot_every", "Steps between snapshots"))
+    ] = None,
+    guard: Annotated[
+        bool | None, typer.Option("--guard/--no-guard", help=_adapt_help("guard", "Label-free guard"))
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings; flags override it.")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run directory from its current state, same settings.")
     ] = None,
 ) -> None:
     """Adapt a model on a stream of unlabeled images, recording every step."""
-    overrides = {name: value for name, value in locals().items() if name not in ("config", "resume")}
-    overrides["history.snapshot_every"] = overrides.pop("snapshot_every")
-    overrides["guard.enabled"] = overrides.pop("guard")
-    overrides["live.watchdog_timeout"] = overrides.pop("watchdog_timeout")
-    overrides["live.reconnect_attempts"] = overrides.pop("reconnect_attempts")
-    from tta_cli.config import load_config
+    flags = {name: value for name, value in locals().items() if name not in ("config", "resume")}
     from tta_cli.engine import adapt as run_adaptation
     from tta_cli.engine import resume as resume_run
     from tta_cli.engine.stopping import EXIT_CODES
 
     if resume is not None:
-        given = [name for name, value in overrides.items() if value is not None] + (["config"] if config else [])
-        if given:
-            raise UsageError(f"--resume continues with the run's own settings; drop {', '.join(given)}.")
+        check_resume_flags(config, **flags)
         method_name = "resume"
     else:
-        settings = load_config(config, overrides)
+        settings = adapt_settings(config, **flags)
         method_name = settings.method
     bar = Progress(
         TextColumn("[bold]{task.description}"),
@@ -184,7 +202,7 @@ def adapt(
             soft_wrap=True,
             highlight=False,
         )
-        raise typer.Exit(SOURCE_LOST_EXIT_CODE)
+        raise typer.Exit(ExitCode.SOURCE_LOST)
 
 
 @app.command()
@@ -345,36 +363,29 @@ def bench(
     speed_repeats: Annotated[int, typer.Option(help="Timed steps per method and batch size (median).")] = 10,
 ) -> None:
     """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""
-    from pydantic import ValidationError
-
     from tta_cli.bench.run import BenchConfig, BenchProgress, run_bench
 
-    try:
-        settings = BenchConfig(
-            model=model,
-            data=data,
-            out=out,
-            severity=severity,
-            num_examples=num_examples,
-            methods=tuple(_names(methods)),
-            protocols=tuple(_names(protocols)),
-            batch_size=batch_size,
-            order=order,
-            rounds=rounds,
-            seed=seed,
-            device=device,
-            source_data=source_data,
-            fisher_examples=fisher_examples,
-            cache_dir=cache_dir,
-            speed=speed,
-            speed_repeats=speed_repeats,
-            **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
-        )
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise UsageError(
-            f"Option --{'-'.join(map(str, problem['loc'])).replace('_', '-')}: {problem['msg']}."
-        ) from error
+    options = {
+        "model": model,
+        "data": data,
+        "out": out,
+        "severity": severity,
+        "num_examples": num_examples,
+        "methods": tuple(_names(methods)),
+        "protocols": tuple(_names(protocols)),
+        "batch_size": batch_size,
+        "order": order,
+        "rounds": rounds,
+        "seed": seed,
+        "device": device,
+        "source_data": source_data,
+        "fisher_examples": fisher_examples,
+        "cache_dir": cache_dir,
+        "speed": speed,
+        "speed_repeats": speed_repeats,
+        **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
+    }
+    settings = validated(BenchConfig, options, as_options=True)
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -426,12 +437,14 @@ def export(
     alias: Annotated[str | None, typer.Option(help="Export this alias: current (default), last-good, source.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Symbolic batch axis.")] = True,
-    simplify: Annotated[str, typer.Option(help="onnxslim or none.")] = "onnxslim",
+    simplify: Annotated[
+        Literal["onnxslim", "none"], typer.Option(help="Graph simplifier (none: keep the exported graph).")
+    ] = "onnxslim",
     bn_stats: Annotated[
-        str | None,
+        Literal["source", "target", "tracked"] | None,
         typer.Option(
-            help="BatchNorm statistics: source, target (re-estimated on recent images) or tracked (the run's; "
-            "default for robust and tbr runs, else source)."
+            help="BatchNorm statistics: the bundle's (source), re-estimated on recent images (target) or the run's "
+            "(tracked; default for robust and tbr runs, else source)."
         ),
     ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Verify with onnxruntime.")] = True,
@@ -446,8 +459,6 @@ def export(
     chosen = [value for value in (step, snapshot, alias) if value is not None]
     if len(chosen) > 1:
         raise UsageError("Give at most one of --step, --snapshot and --alias.")
-    if simplify not in ("onnxslim", "none") or bn_stats not in (None, "source", "target", "tracked"):
-        raise UsageError("--simplify takes onnxslim or none; --bn-stats takes source, target or tracked.")
     warning = onnxruntime_warning()
     if warning:
         console.print(f"[yellow]Warning:[/yellow] {warning}")
@@ -460,8 +471,8 @@ def export(
         num_images=num_images,
         opset=opset,
         dynamic_batch=dynamic_batch,
-        simplify=simplify,  # type: ignore[arg-type]
-        bn_stats=bn_stats,  # type: ignore[arg-type]
+        simplify=simplify,
+        bn_stats=bn_stats,
         check=check,
         atol=atol,
     )
@@ -487,7 +498,7 @@ def train_mgg(
     epochs: Annotated[int, typer.Option(help="Passes over them.")] = 40,
     batch_size: Annotated[int, typer.Option(help="Images per inner step.")] = 2,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the generator.")] = 1e-2,
-    harmonizer: Annotated[str, typer.Option(help="Harmonizer of the two objectives' gradients.")] = "gh++",
+    harmonizer: Annotated[HarmonizerName, typer.Option(help="Harmonizer of the two objectives' gradients.")] = "gh++",
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="TTT-Linear gradient memory.")] = True,
     seed: Annotated[int, typer.Option(help="Seed (deterministic on a given device).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -552,4 +563,4 @@ def main() -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow]")
-        sys.exit(130)
+        sys.exit(ExitCode.SIGINT)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import tomli_w
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
+
+# The names a setting of a fixed set takes. The registries they name (``NORMS`` of
+# ``tta_cli.engine.norms``, ``HARMONIZERS`` of ``tta_cli.harmonize``) import torch, which the
+# command line must not wait for to print its help; tests/test_config.py keeps them equal.
+OptimizerName = Literal["adam", "sgd"]
+NormName = Literal["batch", "robust", "tbr", "balanced", "weighted"]
+HarmonizerName = Literal["sum", "gh", "gh++", "sam-gs", "pcgrad", "upgrad", "mgda"]
+StreamOrder = Literal["sorted", "shuffled"]
+
+Settings = TypeVar("Settings", bound=BaseModel)
 
 
 class GuardConfig(BaseModel):
@@ -93,14 +104,12 @@ class AdaptConfig(BaseModel):
     )
     method: str = Field("auto", description="a method of 'tta-cli methods', or auto: the measured default")
     batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "sgd"] | None = None
+    optimizer: OptimizerName | None = None
     lr: float | None = Field(None, gt=0)
-    harmonizer: str | None = Field(None, description="sum, gh, gh++, sam-gs, pcgrad, upgrad or mgda")
-    norm: Literal["batch", "robust", "tbr", "balanced", "weighted"] | None = Field(
-        None, description="how BatchNorm normalises test batches, instead of the method's"
-    )
+    harmonizer: HarmonizerName | None = None
+    norm: NormName | None = Field(None, description="how BatchNorm normalises test batches, instead of the method's")
     device: str = "auto"
-    order: Literal["sorted", "shuffled"] = "sorted"
+    order: StreamOrder = "sorted"
     seed: int = 0
     workers: int | None = Field(None, ge=1)
     stride: int = Field(1, ge=1, description="keep every N-th frame or image")
@@ -132,6 +141,21 @@ def new_run_path(parent: Path) -> Path:
     return path
 
 
+def validated(model: type[Settings], values: Mapping[str, Any], *, as_options: bool = False) -> Settings:
+    """``model`` built from ``values``; its first problem becomes a one-sentence usage error that
+    names the setting (``Setting 'guard.enabled': ...``), or the command-line option when the
+    values are a command's options (``Option --batch-size: ...``)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        if as_options:
+            where = "--" + "-".join(str(part) for part in problem["loc"]).replace("_", "-")
+            raise UsageError(f"Option {where}: {problem['msg']}.") from error
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        raise UsageError(f"Setting {where!r}: {problem['msg']}.") from error
+
+
 def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptConfig:
     """Settings from ``config_file`` (if any), then every override that is not ``None``
     (``"guard.enabled"`` addresses a nested setting)."""
@@ -152,12 +176,55 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> AdaptCon
             settings.setdefault(section, {})[name] = value
         else:
             settings[key] = value
-    try:
-        return AdaptConfig.model_validate(settings)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
-        raise UsageError(f"Setting {where!r}: {problem['msg']}.") from error
+    return validated(AdaptConfig, settings)
+
+
+# The flags of ``tta-cli adapt`` whose setting has another name or sits in a section; every
+# other flag is the setting of its own name.
+ADAPT_FLAG_SETTINGS = {
+    "snapshot_every": "history.snapshot_every",
+    "guard": "guard.enabled",
+    "watchdog_timeout": "live.watchdog_timeout",
+    "reconnect_attempts": "live.reconnect_attempts",
+}
+
+
+def adapt_settings(config_file: Path | None = None, **flags: Any) -> AdaptConfig:
+    """The settings of a new run: ``config_file`` (if any), then every flag that is not ``None``.
+
+    Flags are named as the options of ``tta-cli adapt`` (``batch_size``, ``guard``,
+    ``snapshot_every``); ``ADAPT_FLAG_SETTINGS`` says which setting each one sets.
+
+    >>> settings = adapt_settings(model="bundle", source="images", guard=False, snapshot_every=5, lr=None)
+    >>> settings.guard.enabled, settings.history.snapshot_every, settings.lr
+    (False, 5, None)
+    """
+    return load_config(config_file, {ADAPT_FLAG_SETTINGS.get(name, name): value for name, value in flags.items()})
+
+
+def adapt_default(flag: str) -> Any:
+    """The default of the setting that a flag of ``tta-cli adapt`` sets (``None``: unset).
+
+    >>> adapt_default("batch_size"), adapt_default("guard"), adapt_default("lr")
+    (64, True, None)
+    """
+    section, _, name = ADAPT_FLAG_SETTINGS.get(flag, flag).rpartition(".")
+    if section:
+        return getattr(AdaptConfig.model_fields[section].get_default(), name)
+    return AdaptConfig.model_fields[name].get_default()
+
+
+def check_resume_flags(config_file: Path | None = None, **flags: Any) -> None:
+    """A resumed run continues with the settings in its ``run.toml``: giving any flag besides
+    ``--resume`` (one that is not ``None``) or a config file is a usage error naming them."""
+    given = [
+        f"--{'no-' if value is False else ''}{name.replace('_', '-')}"
+        for name, value in flags.items()
+        if value is not None
+    ]
+    given += ["--config"] if config_file is not None else []
+    if given:
+        raise UsageError(f"--resume continues with the run's own settings; drop {', '.join(given)}.")
 
 
 def read_config(text: str) -> AdaptConfig:

@@ -1,6 +1,6 @@
 """Storage and rollback cost of the history store, with a real bundle's adaptation state.
 
-    python -m tta_cli.bench.history_store --model sample_models/cifar10-airnet --steps 10000 \
+    python scripts/bench_history_store.py --model sample_models/cifar10-airnet --steps 10000 \
         --out docs/history_store.json
 
 Each step records a row and a snapshot of the model's true state (θ, BatchNorm running
@@ -12,8 +12,6 @@ adapter are timed; the medians are reported.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -95,22 +93,3 @@ def measure(model: Path, steps: int, repeats: int) -> dict[str, Any]:
         "repeats": repeats,
         "retention": HistoryConfig().model_dump(),
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    result = measure(args.model, args.steps, args.repeats)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-
-
-if __name__ == "__main__":
-    main()

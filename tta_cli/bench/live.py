@@ -1,6 +1,6 @@
 """Throughput of a live source: frames adapted and dropped per second at a camera's pace.
 
-    python -m tta_cli.bench.live --model sample_models/cifar10-airnet --data sample_models/data \\
+    python scripts/bench_live.py --model sample_models/cifar10-airnet --data sample_models/data \\
         --fps 30 --seconds 30 --batch-sizes 1,8,32 --out docs/live.json
 
 A local MJPEG server on 127.0.0.1 plays the role of an IP camera: it sends ``--frame-size``
@@ -17,14 +17,13 @@ intra-op threads wait at a barrier for whichever of them the scheduler has set a
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -119,31 +118,29 @@ def frame_latencies(run: Path) -> list[float]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="model bundle")
-    parser.add_argument("--data", type=Path, help="images to show the camera (default random noise)")
-    parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--seconds", type=float, default=30.0, help="reading time per batch size")
-    parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--method", default="tent")
-    parser.add_argument("--frame-size", default="640x480", help="WIDTHxHEIGHT of the camera's frames")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default torch's own choice)")
-    parser.add_argument("--out", type=Path, help="JSON file to write")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    width, height = (int(value) for value in args.frame_size.lower().split("x"))
+def live_report(
+    model: Path,
+    data: Path | None = None,
+    fps: float = 30.0,
+    seconds: float = 30.0,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    method: str = "tent",
+    frame_size: tuple[int, int] = (640, 480),
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """``measure`` for each batch size in turn on ``frame_size`` (width, height) frames, with
+    the machine it ran on and the settings; ``on_result`` gets each batch size's result."""
+    width, height = frame_size
     # Other work on the machine slows the model: record how busy it was.
     load_before = os.getloadavg()[0]
-    jpegs = camera_frames(args.data, (height, width), count=120)
+    jpegs = camera_frames(data, (height, width), count=120)
     results = []
-    for batch_size in (int(value) for value in args.batch_sizes.split(",")):
-        result = measure(args.model, jpegs, args.fps, args.seconds, batch_size, args.method)
-        print(json.dumps(result), flush=True)
+    for batch_size in batch_sizes:
+        result = measure(model, jpegs, fps, seconds, batch_size, method)
+        if on_result is not None:
+            on_result(result)
         results.append(result)
-    report = {
-        "command": "python -m tta_cli.bench.live " + " ".join(_quoted(vars(args))),
+    return {
         "machine": {
             "cpu_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -155,17 +152,6 @@ def main() -> None:
             "load_average_before": round(load_before, 2),
             "load_average_after": round(os.getloadavg()[0], 2),
         },
-        "settings": {"fps": args.fps, "seconds": args.seconds, "frame_size": args.frame_size, "method": args.method},
+        "settings": {"fps": fps, "seconds": seconds, "frame_size": f"{width}x{height}", "method": method},
         "results": results,
     }
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _quoted(arguments: dict[str, Any]) -> list[str]:
-    return [f"--{name.replace('_', '-')} {value}" for name, value in arguments.items() if value is not None]
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+from tta_cli.errors import ExitCode
+
+EXIT_CODES = {"SIGINT": ExitCode.SIGINT, "SIGTERM": ExitCode.SIGTERM}
 
 
 class StopRequest:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from tta_cli.config import read_config
 from tta_cli.engine.build import resolve_method
 from tta_cli.engine.norms import SMOOTHED
-from tta_cli.errors import TTAError, UsageError
+from tta_cli.errors import ExitCode, TTAError, UsageError
 from tta_cli.export.rebuild import BnStats, build_export_model
 from tta_cli.export.to_onnx import Simplify, export_onnx
 from tta_cli.export.verify import Parity, verify_onnx
@@ -23,7 +23,7 @@ from tta_cli.streams import FolderStream, Preprocess, batches
 class VerificationFailed(TTAError):
     """onnxruntime did not reproduce PyTorch within tolerance (exit code 1)."""
 
-    exit_code = 1
+    exit_code = ExitCode.CHECK_FAILED
 
 
 class ExportReport(BaseModel):

@@ -1,6 +1,6 @@
 """Build ``sample_models/data``: shifted CIFAR-10 test images in class sub-folders.
 
-    python -m tta_cli.training.sample_data --test .cache/cifar10/test --out sample_models/data
+    python scripts/make_sample_data.py --test .cache/cifar10/test --out sample_models/data
 
 For each class, the first ``per_class`` test images are split evenly over four CIFAR-10-C
 corruptions at severity 5, one of each family (noise, blur, weather, digital), and saved
@@ -9,7 +9,6 @@ losslessly as ``<class>/<corruption>-<NNNN>.png``.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +34,3 @@ def build(test: Path, out: Path, per_class: int = 100, severity: int = 5, seed: 
             save_png(shifted, target)
             written += 1
     return written
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--test", type=Path, required=True, help="clean test folder with class sub-folders")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(f"wrote {build(args.test, args.out, args.per_class, seed=args.seed)} images to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,12 +6,11 @@ initialisation, Nesterov SGD on a summed label-smoothed loss with a triangular l
 schedule, flip + 2-pixel translation, and Lookahead weight averaging. It runs on CUDA in
 seconds and on two CPU cores in about an hour.
 
-    python -m tta_cli.training.source_model --data .cache/cifar10 --out .cache/airnet --epochs 10
+    python scripts/train_sample_model.py --data .cache/cifar10 --out .cache/airnet --epochs 10
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -193,19 +192,3 @@ def train(
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder with train/ and test/ class sub-folders")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=float, default=10.0)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    print(json.dumps(train(args.data, args.out, args.epochs, args.batch_size, args.seed, args.device), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,49 @@
+"""The maintainers' scripts under scripts/: each parses its options and calls the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_image_folder
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.py"))
+
+
+def script(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """A script as a maintainer runs it from a checkout, with one thread as in ``conftest.py``."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "scripts" / name), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_shows_its_options(name: str) -> None:
+    result = script(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--help" in result.stdout
+
+
+def test_make_sample_data_writes_shifted_images_per_class(tmp_path: Path) -> None:
+    clean = write_image_folder(tmp_path / "test", per_class=2)
+    result = script("make_sample_data.py", "--test", clean, "--out", tmp_path / "out", "--per-class", "2")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 6 images" in result.stdout
+    assert sorted(path.name for path in (tmp_path / "out" / "cat").iterdir()) == [
+        "defocus_blur-001.png",
+        "gaussian_noise-000.png",
+    ]
+
+
+def test_bench_history_store_writes_its_report(bundle_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "history_store.json"
+    result = script("bench_history_store.py", "--model", bundle_path, "--steps", "60", "--repeats", "2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["steps"] == 60 and report["repeats"] == 2 and report["snapshots_kept"] > 0
