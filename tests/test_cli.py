@@ -34,7 +34,7 @@ def test_adapt_writes_predictions_summary_and_config(bundle_path: Path, tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["images_seen"] == 15
     assert summary["images_skipped"] == len(broken)
-    assert {entry[0] for entry in summary["skipped"]} == broken
+    assert {entry["input_id"] for entry in summary["skipped"]} == broken
     assert summary["steps"] == 4 and summary["method"] == "tent" and summary["device"] == "cpu"
     assert 0 <= summary["online_accuracy"] <= 1 and summary["labeled_images"] == 15
     rows = list(csv.DictReader((run / "predictions.csv").open()))

@@ -39,3 +39,13 @@ class EventKind(str, enum.Enum):
 class Event:
     kind: EventKind
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class SkippedInput:
+    """An input that could not be used, and why; the run goes on without it."""
+
+    input_id: str
+    reason: str
+    position: int = 0
+    """Its position in the stream."""

@@ -141,32 +141,3 @@ def test_memory_feeds_the_update_with_a_balanced_batch(bundle_path: Path, clean_
         bundle, get_method("tent+memory6"), [stream], "continual", 3, torch.device("cpu"), on_corruption_start=watch
     )
     assert seen[0] <= 3 and max(seen) <= 6 and len(seen) == 6
-
-
-def test_in_memory_recovery_returns_to_the_target_of_the_verdict(bundle_path: Path) -> None:
-    from tta_cli.bench.protocols import bench_adapter
-    from tta_cli.bench.recovery import InMemoryRecovery
-    from tta_cli.engine.adapter import StepResult
-    from tta_cli.engine.guard import OK, Verdict
-
-    bundle = load_bundle(bundle_path)
-    adapter = bench_adapter(bundle, get_method("tent+guard"), torch.device("cpu"))
-    adapter.guard.config = adapter.guard.config.model_copy(update={"confirm_steps": 1})
-    recovery = InMemoryRecovery(adapter)
-    source = theta(adapter)
-    probabilities, entropy = torch.full((1, 3), 1 / 3), torch.ones(1)
-
-    def step(number: int, verdict: Verdict = OK) -> None:
-        with torch.no_grad():
-            adapter.params[0].add_(1.0)
-        recovery.after_step(StepResult(number, probabilities, entropy, verdict=verdict))
-
-    step(1)
-    step(2)  # step 1's state is confirmed: last-good
-    after_one = source.clone()
-    after_one[: adapter.params[0].numel()] += 1
-    step(3, Verdict("rollback", "test", target="last-good"))
-    assert torch.equal(theta(adapter), after_one)
-    step(4, Verdict("rollback", "test", target="source"))
-    assert torch.equal(theta(adapter), source) and recovery.rollbacks == 2
-    adapter.close()

@@ -77,8 +77,8 @@ def test_broken_files_are_skipped_and_named(tmp_path: Path) -> None:
     frames = list(stream)
     assert len(frames) == 9
     skipped = stream.skipped.drain()
-    assert {input_id for input_id, _ in skipped} == broken
-    assert all(reason for _, reason in skipped)
+    assert {entry.input_id for entry in skipped} == broken
+    assert all(entry.reason for entry in skipped)
     assert stream.skipped.total == len(broken)
 
 

@@ -15,6 +15,7 @@ from tests.streams.helpers import card_jpegs
 from tta_cli.bench.mjpeg import MjpegServer
 from tta_cli.config import AdaptConfig, LiveConfig
 from tta_cli.engine import Progress, adapt
+from tta_cli.events import EventKind
 from tta_cli.history import read_history
 from tta_cli.streams import CaptureStream, open_source
 
@@ -85,7 +86,7 @@ def test_a_stalled_source_is_reconnected_by_the_watchdog(camera: MjpegServer) ->
     stream.close()
     assert seen == 10 and stream.reconnects >= 1 and stream.failure is None
     events = stream.events.drain()
-    assert any(kind == "reconnect" and "no frame" in detail for kind, detail in events), events
+    assert any(event.kind == EventKind.RECONNECT and "no frame" in event.detail for event in events), events
 
 
 def test_duration_ends_a_live_run(bundle_path: Path, tmp_path: Path, camera: MjpegServer) -> None:
@@ -131,4 +132,4 @@ def test_a_reader_stuck_in_the_driver_is_replaced(monkeypatch: pytest.MonkeyPatc
     wedged.set()
     assert frame.image.shape == (32, 32, 3) and 0.6 <= time.monotonic() - started < 3
     assert stream.reconnects == 1
-    assert [kind for kind, _ in stream.events.drain()] == ["reconnect"]
+    assert [event.kind for event in stream.events.drain()] == [EventKind.RECONNECT]

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tta_cli.bench.recovery import InMemoryRecovery
 from tta_cli.bench.streams import ShiftedStream
 from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, Method
 from tta_cli.engine.build import build_adapter
+from tta_cli.engine.recovery import MemoryKeeper, Recovery
 from tta_cli.models import Bundle
 from tta_cli.streams import Batch, Preprocess
 
@@ -95,7 +95,7 @@ def run_method(
     original = copy.deepcopy(bundle.model.state_dict())
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
     adapter = bench_adapter(bundle, method, device)
-    recovery = InMemoryRecovery(adapter)
+    recovery = Recovery(adapter, MemoryKeeper(adapter))
     source_state = adapter.state_dict()
     sequence = [(number, stream) for number in range(1, rounds + 1) for stream in streams]
     results = []
@@ -106,7 +106,7 @@ def run_method(
                 adapter.load_state_dict(source_state)
                 adapter.close()
                 adapter = bench_adapter(bundle, method, device)
-                recovery = InMemoryRecovery(adapter)
+                recovery = Recovery(adapter, MemoryKeeper(adapter))
             if on_corruption_start is not None:
                 on_corruption_start(stream.corruption, adapter)
             cell = CellResult(method.name, protocol, stream.corruption, number)
@@ -119,7 +119,7 @@ def run_method(
 
 def _run_stream(
     adapter: Adapter,
-    recovery: InMemoryRecovery,
+    recovery: Recovery,
     stream: ShiftedStream,
     cell: CellResult,
     batch_size: int,

@@ -5,12 +5,14 @@ from tta_cli.engine.build import build_adapter, resolve_method
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.methods import METHODS, Method, get_method
 from tta_cli.engine.run import Progress, adapt, resume
+from tta_cli.engine.session import Session
 
 __all__ = [
     "METHODS",
     "Adapter",
     "Method",
     "Progress",
+    "Session",
     "StepResult",
     "adapt",
     "build_adapter",

@@ -40,7 +40,7 @@ def export_run(
     selector: str = "current",
     *,
     bundle_path: Path | None = None,
-    images: Path | None = None,
+    images: Path | torch.Tensor | None = None,
     num_images: int = 256,
     opset: int = 18,
     dynamic_batch: bool = True,
@@ -75,7 +75,9 @@ def export_run(
     needs_images = check or bn_stats == "target"
     recent = None
     if needs_images:
-        if images:
+        if isinstance(images, torch.Tensor):  # preprocessed already (a Python session's)
+            recent = images[-num_images:]
+        elif images:
             recent = _recent_images(bundle, images, 0, num_images)
         else:  # the run's own stream, in the run's order
             recent = _recent_images(

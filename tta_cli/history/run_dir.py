@@ -16,6 +16,7 @@ from typing import IO
 from pydantic import BaseModel
 
 from tta_cli.errors import UsageError
+from tta_cli.events import EventKind, SkippedInput
 from tta_cli.files import atomic_folder, write_atomic
 from tta_cli.history.store import HistoryStore
 
@@ -27,7 +28,7 @@ class RunSummary(BaseModel):
     device: str
     images_seen: int
     images_skipped: int
-    skipped: list[tuple[str, str]]
+    skipped: list[SkippedInput]
     steps: int
     seconds: float
     images_per_second: float
@@ -132,15 +133,14 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         device=device,
         images_seen=images,
         images_skipped=int(totals["skipped"]),
-        # Recorded as "ID: REASON"; a detail without the separator is an ID with no reason.
-        skipped=[event.detail.partition(": ")[::2] for event in events if event.kind == "skipped"],
+        skipped=store.skipped_inputs(),
         steps=len(steps),
         seconds=round(seconds, 3),
         images_per_second=round(images / seconds, 2) if seconds > 0 else 0.0,
         mean_entropy=totals["entropy_sum"] / images if images else None,
         online_accuracy=totals["correct"] / totals["labeled"] if totals["labeled"] else None,
         labeled_images=int(totals["labeled"]),
-        rollbacks=sum(event.kind == "rollback" for event in events),
+        rollbacks=sum(event.kind == EventKind.ROLLBACK for event in events),
         frames_dropped=sum(int(step.diagnostics.get("frames_dropped", 0)) for step in steps),
-        reconnects=sum(event.kind == "reconnect" for event in events),
+        reconnects=sum(event.kind == EventKind.RECONNECT for event in events),
     )

@@ -17,7 +17,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from safetensors.torch import load, save
 
 from tta_cli.errors import UsageError
+from tta_cli.events import Event, EventKind, SkippedInput
 from tta_cli.files import write_atomic
 from tta_cli.history.state import dumps_skeleton, flatten_state, unflatten_state
 
@@ -48,6 +49,9 @@ CREATE INDEX IF NOT EXISTS steps_by_step ON steps(step);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, run_id INTEGER, step INTEGER NOT NULL, time REAL NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL, snapshot_id TEXT
+);
+CREATE TABLE IF NOT EXISTS skipped_inputs (
+    id INTEGER PRIMARY KEY, run_id INTEGER, step INTEGER NOT NULL, input_id TEXT NOT NULL, reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS aliases (
     name TEXT PRIMARY KEY, snapshot_id TEXT NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL
@@ -180,11 +184,18 @@ class HistoryStore:
                 for name in aliases:
                     self._set_alias(db, name, record.snapshot_id, record.step)
 
-    def record_event(self, step: int, kind: str, detail: str, snapshot_id: str | None = None) -> None:
+    def record_events(self, step: int, events: Iterable[Event], snapshot_id: str | None = None) -> None:
         with self.transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO events (run_id, step, time, kind, detail, snapshot_id) VALUES (?, ?, ?, ?, ?, ?)",
-                (self.run_id, step, time.time(), kind, detail, snapshot_id),
+                [(self.run_id, step, time.time(), event.kind.value, event.detail, snapshot_id) for event in events],
+            )
+
+    def record_skipped(self, step: int, inputs: Iterable[SkippedInput]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO skipped_inputs (run_id, step, input_id, reason) VALUES (?, ?, ?, ?)",
+                [(self.run_id, step, skipped.input_id, skipped.reason) for skipped in inputs],
             )
 
     def set_alias(self, name: str, snapshot_id: str, step: int) -> None:
@@ -197,8 +208,8 @@ class HistoryStore:
         with self.transaction() as db:
             self._set_alias(db, "current", target.id, target.step)
             db.execute(
-                "INSERT INTO events (run_id, step, time, kind, detail, snapshot_id) VALUES (?, ?, ?, 'rollback', ?, ?)",
-                (self.run_id, step, time.time(), reason, target.id),
+                "INSERT INTO events (run_id, step, time, kind, detail, snapshot_id) VALUES (?, ?, ?, ?, ?, ?)",
+                (self.run_id, step, time.time(), EventKind.ROLLBACK.value, reason, target.id),
             )
 
     @staticmethod
@@ -296,6 +307,10 @@ class HistoryStore:
         rows = self.db.execute("SELECT step, time, kind, detail, snapshot_id FROM events ORDER BY id").fetchall()
         return [EventRecord(step=r[0], time=r[1], kind=r[2], detail=r[3], snapshot_id=r[4]) for r in rows]
 
+    def skipped_inputs(self) -> list[SkippedInput]:
+        rows = self.db.execute("SELECT input_id, reason FROM skipped_inputs ORDER BY id").fetchall()
+        return [SkippedInput(input_id, reason) for input_id, reason in rows]
+
     def last_step(self) -> int:
         row = self.db.execute("SELECT step FROM steps ORDER BY id DESC LIMIT 1").fetchone()
         return row[0] if row else 0
@@ -310,7 +325,7 @@ class HistoryStore:
             "SELECT count(*), coalesce(sum(batch_size), 0), coalesce(sum(labeled), 0), coalesce(sum(correct), 0), "
             "coalesce(sum(entropy * batch_size), 0) FROM steps"
         ).fetchone()
-        skipped = self.db.execute("SELECT count(*) FROM events WHERE kind = 'skipped'").fetchone()[0]
+        skipped = self.db.execute("SELECT count(*) FROM skipped_inputs").fetchone()[0]
         keys = ("steps", "images", "labeled", "correct", "entropy_sum")
         return dict(zip(keys, row, strict=True)) | {"skipped": skipped}
 

@@ -1,6 +1,6 @@
 """Where frames come from: folders, globs, video files, cameras and network streams."""
 
-from tta_cli.streams.batching import UNLABELED, Batch, Preprocess, batches
+from tta_cli.streams.batching import UNLABELED, Batch, Images, Preprocess, batch_of, batches
 from tta_cli.streams.folder import FolderStream, labeled_images, list_images
 from tta_cli.streams.frames import EventLog, Frame, SkipLog, Stream
 from tta_cli.streams.sources import CaptureStream, open_source
@@ -12,9 +12,11 @@ __all__ = [
     "EventLog",
     "FolderStream",
     "Frame",
+    "Images",
     "Preprocess",
     "SkipLog",
     "Stream",
+    "batch_of",
     "batches",
     "labeled_images",
     "list_images",

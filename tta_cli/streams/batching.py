@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
+from tta_cli.errors import UsageError
+from tta_cli.streams.decode import to_rgb_array
 from tta_cli.streams.frames import Frame
 
 UNLABELED = -1
@@ -42,6 +45,47 @@ class Preprocess:
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         return (pixels - self.mean) / self.std
+
+    def tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """``N×3×H×W`` RGB as torchvision's ``ToTensor`` gives it (float in [0, 1]) or uint8."""
+        pixels = images.to(self.device, non_blocking=True).float()
+        if not images.is_floating_point():
+            return (pixels - self.mean) / self.std
+        return (pixels * 255 - self.mean) / self.std
+
+
+Images = torch.Tensor | np.ndarray | Sequence[Image.Image | np.ndarray]
+"""What a caller's own loop may hand over: an ``N×3×H×W`` tensor (float in [0, 1] or uint8), an
+``N×H×W×3`` uint8 array, or PIL images or ``H×W×3`` / ``H×W`` uint8 arrays of any size."""
+
+
+def batch_of(
+    images: Images,
+    size: tuple[int, int],
+    preprocess: Preprocess,
+    ids: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None,
+    start: int = 0,
+) -> Batch:
+    """A batch from images a caller already holds (``Images``); tensors and arrays must be at
+    the model's input ``size``, PIL images and single arrays are converted and resized as image
+    files are. ``start`` is the stream position of the first image."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != size:
+            raise UsageError(f"Expected images of shape N×3×{size[0]}×{size[1]}, got {tuple(images.shape)}.")
+        pixels = preprocess.tensor(images)
+    elif isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[3] != 3 or tuple(images.shape[1:3]) != size:
+            raise UsageError(f"Expected an array of shape N×{size[0]}×{size[1]}×3, got {images.shape}.")
+        pixels = preprocess(np.ascontiguousarray(images, dtype=np.uint8))
+    else:
+        pixels = preprocess(np.stack([to_rgb_array(image, size) for image in images]))
+    count = len(pixels)
+    ids = list(ids) if ids is not None else [str(start + index) for index in range(count)]
+    label_values = [UNLABELED] * count if labels is None else list(labels)
+    if len(ids) != count or len(label_values) != count:
+        raise UsageError(f"{count} images came with {len(ids)} ids and {len(label_values)} labels.")
+    return Batch(ids, pixels, torch.tensor(label_values, device=preprocess.device), start + count)
 
 
 def batches(frames: Iterable[Frame], batch_size: int, preprocess: Preprocess) -> Generator[Batch, None, None]:

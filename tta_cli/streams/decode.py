@@ -23,9 +23,14 @@ def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = _to_rgb(image)
+            return to_rgb_array(image, size)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImage(_reason(error)) from error
+
+
+def to_rgb_array(image: Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An image (PIL, or a ``H×W`` / ``H×W×3`` / ``H×W×4`` array) as ``size`` uint8 RGB."""
+    rgb = _to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
     height, width = size
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)

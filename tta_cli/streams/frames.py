@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tta_cli.events import Event, SkippedInput
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -25,18 +27,18 @@ class Frame:
 class SkipLog:
     """Inputs that could not be used, with why; the run goes on without them."""
 
-    pending: list[tuple[int, str, str]] = field(default_factory=list)
+    pending: list[SkippedInput] = field(default_factory=list)
     total: int = 0
 
     def add(self, position: int, input_id: str, reason: str) -> None:
-        self.pending.append((position, input_id, reason))
+        self.pending.append(SkippedInput(input_id, reason, position))
         self.total += 1
 
-    def drain(self, before: int | None = None) -> list[tuple[str, str]]:
+    def drain(self, before: int | None = None) -> list[SkippedInput]:
         """Hand over the entries at stream positions before ``before`` (all when ``None``)."""
-        taken = [entry for entry in self.pending if before is None or entry[0] < before]
-        self.pending = [entry for entry in self.pending if not (before is None or entry[0] < before)]
-        return [(input_id, reason) for _, input_id, reason in taken]
+        taken = [entry for entry in self.pending if before is None or entry.position < before]
+        self.pending = [entry for entry in self.pending if not (before is None or entry.position < before)]
+        return taken
 
 
 class EventLog:
@@ -47,13 +49,13 @@ class EventLog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, str]] = []
+        self._pending: list[Event] = []
 
-    def add(self, kind: str, detail: str) -> None:
+    def add(self, event: Event) -> None:
         with self._lock:
-            self._pending.append((kind, detail))
+            self._pending.append(event)
 
-    def drain(self) -> list[tuple[str, str]]:
+    def drain(self) -> list[Event]:
         with self._lock:
             taken, self._pending = self._pending, []
         return taken

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from tta_cli.errors import UsageError
+from tta_cli.events import Event, EventKind
 from tta_cli.streams.decode import IMAGE_SUFFIXES
 from tta_cli.streams.folder import FolderStream, is_glob
 from tta_cli.streams.frames import Frame, Stream
@@ -297,7 +298,7 @@ class Reader(threading.Thread):
         if stream.failures > stream.reconnect_attempts:
             self.failure = f"gave up on {stream.name} after {stream.reconnect_attempts} reconnect attempts ({reason})"
             log.error("%s", self.failure)
-            stream.events.add("source-lost", self.failure)
+            stream.events.add(Event(EventKind.SOURCE_LOST, self.failure))
             self.outbox.finish()
             return False
         delay = min(stream.backoff * 2 ** (stream.failures - 1), stream.backoff_max)
@@ -305,7 +306,7 @@ class Reader(threading.Thread):
         attempt = f"reconnect attempt {stream.failures} of {stream.reconnect_attempts}"
         detail = f"{stream.name}: {reason}; {attempt} in {delay:.1f} s"
         log.warning("%s", detail)
-        stream.events.add("reconnect", detail)
+        stream.events.add(Event(EventKind.RECONNECT, detail))
         until = time.monotonic() + delay
         while time.monotonic() < until:
             if self.done:
