@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from tta_cli.version import __version__
 
 if TYPE_CHECKING:
     from tta_cli.engine.session import Session

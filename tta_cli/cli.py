@@ -14,7 +14,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tta_cli import __version__
 from tta_cli.config import (
     HarmonizerName,
     NormName,
@@ -26,6 +25,7 @@ from tta_cli.config import (
     validated,
 )
 from tta_cli.errors import ExitCode, TTAError, UsageError
+from tta_cli.version import __version__
 
 if TYPE_CHECKING:
     from tta_cli.engine import Progress as RunProgress
@@ -188,19 +188,15 @@ def adapt(
     Console().print(table)
     run_path = resume or settings.run
     if summary.stopped_by is not None:
-        console.print(
+        _say(
             f"[yellow]Stopped by {summary.stopped_by}[/yellow] after step {summary.steps}; the history is complete. "
-            f"Continue with 'tta-cli adapt --resume {escape(str(run_path))}'.",
-            soft_wrap=True,
-            highlight=False,
+            f"Continue with 'tta-cli adapt --resume {escape(str(run_path))}'."
         )
         raise typer.Exit(EXIT_CODES[summary.stopped_by])
     if summary.source_lost is not None:
-        console.print(
+        _say(
             f"[red]Source lost:[/red] {escape(summary.source_lost)}; the history is complete up to step "
-            f"{summary.steps}.",
-            soft_wrap=True,
-            highlight=False,
+            f"{summary.steps}."
         )
         raise typer.Exit(ExitCode.SOURCE_LOST)
 
@@ -546,6 +542,11 @@ def _triple(text: str, option: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _say(markup: str) -> None:
+    """One message on standard error, wrapped by the terminal rather than by Rich."""
+    console.print(markup, soft_wrap=True, highlight=False)
+
+
 def _fmt(value: float | None, percent: bool = False) -> str:
     if value is None:
         return "-"
@@ -559,7 +560,7 @@ def main() -> None:
     except TTAError as error:
         if _debug:
             console.print_exception()
-        console.print(f"[red]Error:[/red] {escape(str(error))}", soft_wrap=True, highlight=False)
+        _say(f"[red]Error:[/red] {escape(str(error))}")
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow]")

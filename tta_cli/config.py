@@ -123,7 +123,7 @@ class AdaptConfig(BaseModel):
     guard: GuardConfig = GuardConfig()
     history: HistoryConfig = HistoryConfig()
     live: LiveConfig = LiveConfig()
-    weighted: WeightedNormConfig = WeightedNormConfig()
+    weighted_norm: WeightedNormConfig = WeightedNormConfig()
 
     @field_validator("source", mode="before")
     @classmethod

@@ -36,7 +36,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 def test_entropy_filter_redundancy_filter_and_weights() -> None:
-    objective = ReliableEntropy(num_classes=4, margin=0.4, redundancy_margin=0.4, weighted=True)
+    objective = ReliableEntropy(num_classes=4, margin=0.4, redundancy_margin=0.4, weight_by_certainty=True)
     assert objective.entropy_margin == pytest.approx(E0)
     assert entropy_of(CONFIDENT_0) == pytest.approx(0.1677, abs=1e-4)
 

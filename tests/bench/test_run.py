@@ -53,9 +53,9 @@ def test_rounds_give_per_round_rows_and_the_error_of_each_round(
             assert result["mean_error_percent"][protocol][method] == pytest.approx(mean, abs=0.01)
     # Only tent under continual runs three rounds; every other run is its first round again.
     continual_tent = [row for row in rows if (row["method"], row["protocol"]) == ("tent", "continual")]
-    assert not any("same run as round 1" in row["notes"] for row in continual_tent)
+    assert not any(row["copied_from"] for row in continual_tent)
     assert all(
-        "same run as round 1" in row["notes"]
+        row["copied_from"] is not None
         for row in rows
         if row["round"] > 1 and (row["method"], row["protocol"]) != ("tent", "continual")
     )

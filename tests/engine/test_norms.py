@@ -474,7 +474,7 @@ def test_the_second_look_leaves_the_features_of_the_first_for_the_objectives(
     """The feature-alignment objective learns from the predicting forward's features, not from
     those of the second look (taken without gradient)."""
     never_mild = WeightedNormConfig(agreement=1.0)  # every step updates
-    adapter = make_adapter(bundle_path, "harmonized+weighted", tmp_path, weighted=never_mild)
+    adapter = make_adapter(bundle_path, "harmonized+weighted", tmp_path, weighted_norm=never_mild)
     before = torch.cat([param.detach().flatten() for param in adapter.params])
     for _ in range(2):
         result = adapter.step(first_batch(clean_folder))

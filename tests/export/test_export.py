@@ -14,7 +14,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tests.conftest import CLASSES, MEAN, STD
-from tta_cli import __version__
 from tta_cli.errors import UsageError
 from tta_cli.export import (
     build_export_model,
@@ -27,6 +26,7 @@ from tta_cli.export.rebuild import require_running_statistics
 from tta_cli.files import write_atomic
 from tta_cli.models import Bundle, ModelSpec, build_architecture, load_bundle, prepare_bundle
 from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.version import __version__
 
 ATOL = 1e-4
 

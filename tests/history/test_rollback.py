@@ -47,7 +47,7 @@ def test_rollback_restores_state_bit_for_bit(method: str, bundle_path: Path, tmp
     # takes for a mild shift; here every step must adapt.
     never_mild = WeightedNormConfig(agreement=1.0)
     config = AdaptConfig(
-        model=bundle_path, source=data, run=tmp_path / "run", method=method, lr=1e-2, weighted=never_mild
+        model=bundle_path, source=data, run=tmp_path / "run", method=method, lr=1e-2, weighted_norm=never_mild
     )
     adapter = adapter_for(load_bundle(bundle_path), config, torch.device("cpu"))
     store = HistoryStore(tmp_path / "history")

@@ -50,6 +50,10 @@ class CellResult:
     total_seconds: float = 0.0
     peak_gpu_memory_mb: float | None = None
     notes: Counter[str] = field(default_factory=Counter)
+    """Events of the run, by kind, counted over its steps."""
+    copied_from: str | None = None
+    """Where the numbers come from when they are another cell's: a method that does not adapt
+    gives every protocol the same run, and under ``reset`` every round repeats the first."""
     cosines: list[float] = field(default_factory=list)
     """cos(g1, g2) of each step that had two objectives' gradients."""
 

@@ -50,7 +50,7 @@ def error_table(result: dict[str, Any], protocol: str) -> list[list[str]]:
             if cell["method"] == method and cell["protocol"] == protocol:
                 errors.setdefault(cell["corruption"], []).append(cell["error_percent"])
         label = method
-        if method == "eata" and result["fisher"].startswith("not measured"):
+        if method == "eata" and not result["fisher_measured"]:
             label = "eata (as ETA)"
         mean = result["mean_error_percent"][protocol][method]
         row = [label, *[f"{sum(errors[name]) / len(errors[name]):.1f}" for name in corruptions], f"**{mean:.1f}**"]
@@ -131,10 +131,11 @@ def markdown(result: dict[str, Any]) -> str:
     parts += _speed_markdown(result["speed"])
     counts: dict[str, int] = {}
     for cell in result["results"]:
+        if cell["copied_from"] is not None:
+            continue
         for note, count in cell["notes"].items():
-            if not note.startswith("same run"):
-                key = f"{cell['method']} · {cell['protocol']}: {note}"
-                counts[key] = counts.get(key, 0) + count
+            key = f"{cell['method']} · {cell['protocol']}: {note}"
+            counts[key] = counts.get(key, 0) + count
     if counts:
         parts += ["## Events", "", *[f"- {key} ({count} batches)" for key, count in sorted(counts.items())], ""]
     return "\n".join(parts)

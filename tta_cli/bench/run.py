@@ -228,23 +228,15 @@ def _run_matrix(
         ran = run_method(bundle, method, streams, protocol, config.batch_size, device, on_batch=advance, rounds=rounds)
         if rounds < config.rounds:
             ran += [
-                _copy(cell, "same run as round 1", round=number)
+                replace(cell, copied_from="round 1", round=number)
                 for number in range(2, config.rounds + 1)
                 for cell in ran
             ]
         cells.extend(ran)
         if not method.updates:
             for other in config.protocols[1:]:
-                cells.extend(_copy(cell, f"same run as protocol {protocol}", protocol=other) for cell in ran)
+                cells.extend(replace(cell, copied_from=f"protocol {protocol}", protocol=other) for cell in ran)
     return cells
-
-
-def _copy(cell: CellResult, note: str, **changes: Any) -> CellResult:
-    """Another cell's result, listed again with ``changes`` and a ``note`` that says so."""
-    copied = replace(cell, **changes)
-    copied.notes = cell.notes.copy()
-    copied.notes[note] += 1
-    return copied
 
 
 def _summary(
@@ -270,6 +262,7 @@ def _summary(
             "step_ms": round(cell.step_ms, 2),
             "peak_gpu_memory_mb": None if cell.peak_gpu_memory_mb is None else round(cell.peak_gpu_memory_mb, 1),
             "notes": dict(cell.notes),
+            "copied_from": cell.copied_from,
             "cosines": [round(value, 4) for value in cell.cosines],
         }
         for cell in cells
@@ -310,6 +303,7 @@ def _summary(
         "images_per_corruption": results[0]["images"] if results else 0,
         "methods": methods,
         "fisher": fisher_note,
+        "fisher_measured": config.source_data is not None,
         "results": results,
         "mean_error_percent": mean_error,
         "error_per_round": error_per_round,

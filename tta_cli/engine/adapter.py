@@ -79,13 +79,8 @@ class Adapter:
     ) -> None:
         """``norm`` has configured ``model`` (and ``reference``) already; ``reference`` is the
         guard's for its harm signal (``tta_cli.engine.build`` makes all of them)."""
-        self.model = model
-        self.method = method
-        self.norm = norm
-        self.objectives = objectives
-        self.update_rule = update_rule
-        self.guard = guard
-        self.harmonizer = harmonizer or Sum()
+        self.model, self.method, self.norm, self.objectives = model, method, norm, objectives
+        self.update_rule, self.guard, self.harmonizer = update_rule, guard, harmonizer or Sum()
         self.named_params = norm_affine_parameters(model) if method.updates else {}
         self.params = list(self.named_params.values())
         model.requires_grad_(False)

@@ -35,7 +35,7 @@ def build_adapter(
     optimizer: str | None = None,
     lr: float | None = None,
     harmonizer: str | None = None,
-    weighted: WeightedNormConfig | None = None,
+    weighted_norm: WeightedNormConfig | None = None,
 ) -> Adapter:
     """An adapter over the bundle's model on ``device``, as ``method`` chooses its parts;
     ``optimizer``, ``lr`` and ``harmonizer`` replace the method's own when given, and the guard
@@ -45,7 +45,7 @@ def build_adapter(
     guard_ = Guard(guard_config, bundle.spec.num_classes)
     # The harm signal's reference: a copy of the source model, before the norm configures it.
     reference = copy.deepcopy(model).requires_grad_(False) if guard_.watches_harm and method.updates else None
-    norm = make_norm(method.norm if method.batch_statistics else None, model, bundle.spec.num_classes, weighted)
+    norm = make_norm(method.norm if method.batch_statistics else None, model, bundle.spec.num_classes, weighted_norm)
     if reference is not None:
         norm.attach_reference(reference)
     built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)
@@ -75,7 +75,7 @@ def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Ad
         optimizer=config.optimizer,
         lr=config.lr,
         harmonizer=config.harmonizer,
-        weighted=config.weighted,
+        weighted_norm=config.weighted_norm,
     )
 
 

@@ -63,7 +63,7 @@ MGTTA = Method(
 )
 
 # EATA's sample selection and weighting, without its Fisher term: ETA.
-ETA_OPTIONS = {"margin": 0.4, "redundancy_margin": 0.4, "weighted": True}
+ETA_OPTIONS = {"margin": 0.4, "redundancy_margin": 0.4, "weight_by_certainty": True}
 
 METHODS: dict[str, Method] = {
     method.name: method

@@ -89,7 +89,7 @@ def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> Stream:
         stride=config.stride,
         max_frames=config.limit,
         duration=config.duration,
-        **config.live.model_dump(),
+        reconnect=config.live,
     )
 
 

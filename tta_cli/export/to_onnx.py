@@ -24,11 +24,11 @@ import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
-from tta_cli import __version__
 from tta_cli.errors import TTAError, UsageError
 from tta_cli.export.rebuild import model_device
 from tta_cli.files import write_atomic
 from tta_cli.models import ModelSpec
+from tta_cli.version import __version__
 
 # The exporter notes at WARNING every torchvision operator it cannot register when torchvision
 # is absent; image classifiers here need none of them.

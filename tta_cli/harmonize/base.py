@@ -36,7 +36,7 @@ class Harmonizer:
         """Restore what ``state_dict`` returned (an empty dict restores the reset state)."""
 
 
-def weighted(gradients: torch.Tensor, weights: torch.Tensor, **diagnostics: float) -> Harmonized:
+def combine(gradients: torch.Tensor, weights: torch.Tensor, **diagnostics: float) -> Harmonized:
     return Harmonized(weights @ gradients, weights, dict(diagnostics))
 
 
@@ -55,4 +55,4 @@ class Sum(Harmonizer):
     name = "sum"
 
     def __call__(self, gradients: torch.Tensor) -> Harmonized:
-        return weighted(gradients, torch.ones(len(gradients), dtype=gradients.dtype, device=gradients.device))
+        return combine(gradients, torch.ones(len(gradients), dtype=gradients.dtype, device=gradients.device))

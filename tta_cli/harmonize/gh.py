@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from tta_cli.harmonize.base import Harmonized, Harmonizer, weighted
+from tta_cli.harmonize.base import Harmonized, Harmonizer, combine
 
 
 def _pair(gradients: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,9 +39,9 @@ class GH(Harmonizer):
         g1, g2 = _pair(gradients, "GH")
         dot = torch.dot(g1, g2)
         if dot >= 0:
-            return weighted(gradients, torch.ones(2, dtype=gradients.dtype, device=gradients.device))
+            return combine(gradients, torch.ones(2, dtype=gradients.dtype, device=gradients.device))
         weights = torch.stack([1 - dot / g1.dot(g1).clamp_min(1e-30), 1 - dot / g2.dot(g2).clamp_min(1e-30)])
-        return weighted(gradients, weights)
+        return combine(gradients, weights)
 
 
 class GHPlusPlus(Harmonizer):
@@ -68,9 +68,9 @@ class GHPlusPlus(Harmonizer):
         cosine = torch.nn.functional.cosine_similarity(g1, g2, dim=0).clamp(-1, 1).item()
         angle = math.degrees(math.acos(cosine))
         if angle <= 90:
-            return weighted(gradients, torch.ones(2, dtype=gradients.dtype, device=gradients.device))
+            return combine(gradients, torch.ones(2, dtype=gradients.dtype, device=gradients.device))
         beta_max = angle - 90
         beta = self.k * beta_max
         w1 = 1 + 2 * math.sin(math.radians(beta / 2))
         w2 = 1 + 2 * math.sin(math.radians((beta - beta_max) / 2))
-        return weighted(gradients, torch.tensor([w1, w2], dtype=gradients.dtype, device=gradients.device))
+        return combine(gradients, torch.tensor([w1, w2], dtype=gradients.dtype, device=gradients.device))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torchjd.aggregation import MGDAWeighting, PCGradWeighting, UPGradWeighting, Weighting
 
-from tta_cli.harmonize.base import Harmonized, Harmonizer, weighted
+from tta_cli.harmonize.base import Harmonized, Harmonizer, combine
 
 
 class GramianWeighting(Harmonizer):
@@ -19,7 +19,7 @@ class GramianWeighting(Harmonizer):
         # Weightings solve small K×K problems; the Gramian is computed in float64 so that
         # near-parallel gradients do not make it indefinite.
         gramian = (gradients.double() @ gradients.double().T).to(gradients.dtype)
-        return weighted(gradients, self.weighting(gramian).to(gradients.dtype))
+        return combine(gradients, self.weighting(gramian).to(gradients.dtype))
 
 
 def pcgrad() -> Harmonizer:

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from tta_cli import __version__
 from tta_cli.corruptions import HELD_OUT
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
@@ -50,6 +49,7 @@ from tta_cli.models import Bundle, load_bundle, record_features
 from tta_cli.models.bundle import MGG_FILE
 from tta_cli.objectives import Entropy, FeatureAlignment, Objective
 from tta_cli.streams import Batch, Preprocess
+from tta_cli.version import __version__
 
 TRAIN_STEP_SIZE = 1e-4
 """α while pre-training (the public code's ``train_adapt_lr``); deployment uses ``DEFAULT_STEP_SIZE``."""

@@ -40,12 +40,12 @@ class ReliableEntropy:
         num_classes: int,
         margin: float = 0.4,
         redundancy_margin: float | None = None,
-        weighted: bool = False,
+        weight_by_certainty: bool = False,
         momentum: float = 0.9,
     ) -> None:
         self.entropy_margin = margin * math.log(num_classes)  # E0
         self.redundancy_margin = redundancy_margin  # ε; None: no redundancy filter (SAR)
-        self.weighted = weighted
+        self.weight_by_certainty = weight_by_certainty
         self.momentum = momentum
         self.reset()
 
@@ -102,6 +102,6 @@ class ReliableEntropy:
         if not selected.any():
             return None
         chosen = entropies[selected]
-        if self.weighted:
+        if self.weight_by_certainty:
             chosen = chosen * torch.exp(-(chosen.detach() - self.entropy_margin))
         return chosen.mean()

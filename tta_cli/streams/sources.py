@@ -30,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from tta_cli.config import LiveConfig
 from tta_cli.errors import UsageError
 from tta_cli.events import Event, EventKind
 from tta_cli.streams.decode import IMAGE_SUFFIXES
@@ -56,10 +57,7 @@ def open_source(
     stride: int = 1,
     max_frames: int | None = None,
     duration: float | None = None,
-    watchdog_timeout: float = 5.0,
-    reconnect_attempts: int = 5,
-    backoff: float = 0.5,
-    backoff_max: float = 10.0,
+    reconnect: LiveConfig | None = None,
 ) -> Stream:
     """The stream that ``text`` names. ``max_frames`` counts frames kept (after ``stride``)
     from the beginning of the source, so a resumed run stops where the first would have;
@@ -67,12 +65,7 @@ def open_source(
     text = str(text)
     if stride < 1:
         raise UsageError(f"Stride must be at least 1, got {stride}.")
-    live: dict[str, Any] = {
-        "watchdog_timeout": watchdog_timeout,
-        "reconnect_attempts": reconnect_attempts,
-        "backoff": backoff,
-        "backoff_max": backoff_max,
-    }
+    live: dict[str, Any] = {"reconnect": reconnect or LiveConfig()}
     bounds: dict[str, Any] = {"start": start, "stride": stride, "max_frames": max_frames, "duration": duration}
     scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
     if scheme:
@@ -136,10 +129,7 @@ class CaptureStream(Stream):
         stride: int = 1,
         max_frames: int | None = None,
         duration: float | None = None,
-        watchdog_timeout: float = 5.0,
-        reconnect_attempts: int = 5,
-        backoff: float = 0.5,
-        backoff_max: float = 10.0,
+        reconnect: LiveConfig | None = None,
         queue_size: int = 64,
     ) -> None:
         super().__init__(start)
@@ -150,10 +140,7 @@ class CaptureStream(Stream):
         self.stride = stride
         self.max_frames = max_frames
         self.duration = duration
-        self.watchdog_timeout = watchdog_timeout
-        self.reconnect_attempts = reconnect_attempts
-        self.backoff = backoff
-        self.backoff_max = backoff_max
+        self.reconnect = reconnect or LiveConfig()
         self.queue_size = queue_size
         self._length: int | None = None
         self._dropped_before = 0  # by readers replaced after a stall
@@ -188,7 +175,7 @@ class CaptureStream(Stream):
                 if frame is None:
                     if outbox.finished and outbox.empty:
                         break
-                    if self.live and reader.stuck(2 * self.watchdog_timeout):
+                    if self.live and reader.stuck(2 * self.reconnect.watchdog_timeout):
                         # The reader is blocked inside the driver (OpenCV's own timeouts did
                         # not fire); leave it behind and reconnect with a fresh one.
                         reader.abandon()
@@ -218,7 +205,7 @@ class CaptureStream(Stream):
         if isinstance(self.target, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", self.target):
             # OpenCV's FFmpeg backend honours these, so a dead connection fails a read
             # instead of blocking it.
-            timeout_ms = int(self.watchdog_timeout * 1000)
+            timeout_ms = int(self.reconnect.watchdog_timeout * 1000)
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
         return cv2.VideoCapture(self.target)
@@ -237,7 +224,7 @@ class CaptureStream(Stream):
         super().close()
         for reader in self._readers:
             reader.abandon()
-            reader.join(timeout=2 * POLL_SECONDS + self.watchdog_timeout)
+            reader.join(timeout=2 * POLL_SECONDS + self.reconnect.watchdog_timeout)
 
 
 class Reader(threading.Thread):
@@ -295,15 +282,16 @@ class Reader(threading.Thread):
         ``False`` when the reader should end: out of attempts, or told to stop meanwhile."""
         stream = self.stream
         stream.failures += 1
-        if stream.failures > stream.reconnect_attempts:
-            self.failure = f"gave up on {stream.name} after {stream.reconnect_attempts} reconnect attempts ({reason})"
+        settings = stream.reconnect
+        if stream.failures > settings.reconnect_attempts:
+            self.failure = f"gave up on {stream.name} after {settings.reconnect_attempts} reconnect attempts ({reason})"
             log.error("%s", self.failure)
             stream.events.add(Event(EventKind.SOURCE_LOST, self.failure))
             self.outbox.finish()
             return False
-        delay = min(stream.backoff * 2 ** (stream.failures - 1), stream.backoff_max)
+        delay = min(settings.backoff * 2 ** (stream.failures - 1), settings.backoff_max)
         stream.reconnects += 1
-        attempt = f"reconnect attempt {stream.failures} of {stream.reconnect_attempts}"
+        attempt = f"reconnect attempt {stream.failures} of {settings.reconnect_attempts}"
         detail = f"{stream.name}: {reason}; {attempt} in {delay:.1f} s"
         log.warning("%s", detail)
         stream.events.add(Event(EventKind.RECONNECT, detail))

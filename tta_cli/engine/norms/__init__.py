@@ -28,12 +28,14 @@ SMOOTHED = tuple(name for name, norm in NORMS.items() if norm.smoothed)
 """The norms that normalise with their running statistics, not with the batch's alone."""
 
 
-def make_norm(name: str | None, model: nn.Module, num_classes: int, weighted: WeightedNormConfig | None = None) -> Norm:
+def make_norm(
+    name: str | None, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig | None = None
+) -> Norm:
     """The normalisation ``name`` over ``model``'s layers; ``None``: eval mode, the source's statistics."""
     if name is not None and name not in NORMS:
         raise UsageError(f"Unknown normalisation {name!r}; choose one of {', '.join(NORMS)}.")
     norm = NORMS[name] if name is not None else SourceNorm
-    return norm.create(model, num_classes, weighted or WeightedNormConfig())
+    return norm.create(model, num_classes, weighted_norm or WeightedNormConfig())
 
 
 def use_norm(model: nn.Module, name: str | None) -> None:

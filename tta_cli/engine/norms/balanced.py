@@ -1,5 +1,5 @@
-""" "balanced": robust BN whose rate follows how many classes recent inputs hold, judged by the
-model's own predictions.
+"""The "balanced" normalisation: robust BN whose rate follows how many classes recent inputs
+hold, judged by the model's own predictions.
 
 A window of recent predictions spread over the classes says the batches are a fair sample of
 the domain, and their statistics can be trusted almost as test-batch BN trusts them; a window
@@ -57,7 +57,7 @@ class BalancedNorm(Norm):
         """The layers whose rate it sets: the model's and the guard's reference's."""
 
     @classmethod
-    def create(cls, model: nn.Module, num_classes: int, weighted: WeightedNormConfig) -> BalancedNorm:
+    def create(cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig) -> BalancedNorm:
         return cls(model, num_classes)
 
     def attach_reference(self, reference: nn.Module) -> None:

@@ -55,7 +55,7 @@ class Norm:
         configure_layers(model, type(self).layer_forward, self.train, self.name)
 
     @classmethod
-    def create(cls, model: nn.Module, num_classes: int, weighted: WeightedNormConfig) -> Norm:
+    def create(cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig) -> Norm:
         """The norm over ``model``, from what any norm may need to know."""
         return cls(model)
 

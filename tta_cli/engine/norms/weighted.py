@@ -1,6 +1,6 @@
-""" "weighted": robust BN whose rate is the weight a batch's statistics deserve, and whose
-statistics do not stray from the source's without reason. Its mechanisms, each with a switch
-in ``WeightedNormConfig`` (``run.toml``'s ``[adapt.weighted]``):
+"""The "weighted" normalisation: robust BN whose rate is the weight a batch's statistics
+deserve, and whose statistics do not stray from the source's without reason. Its mechanisms, each with a switch
+in ``WeightedNormConfig`` (``run.toml``'s ``[adapt.weighted_norm]``):
 
 **Rates** (always on). Statistics estimated from a batch are as good as the number of
 independent images behind them. For a shuffled stream that is the batch size; for a folder
@@ -117,8 +117,8 @@ class WeightedNorm(Norm):
         self._hook = self.layers[0].register_forward_pre_hook(self._observe)
 
     @classmethod
-    def create(cls, model: nn.Module, num_classes: int, weighted: WeightedNormConfig) -> WeightedNorm:
-        return cls(model, weighted)
+    def create(cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig) -> WeightedNorm:
+        return cls(model, weighted_norm)
 
     @property
     def gate(self) -> float:
