@@ -28,5 +28,6 @@ def test_the_readme_lists_the_exit_codes_of_adapt() -> None:
     codes = ExitCode
     assert (
         f"Exit codes of `adapt`: {int(codes.DONE)} done, {int(codes.USAGE)} bad usage, {int(codes.SOURCE_LOST)} live "
-        f"source lost, {int(codes.SIGINT)} stopped by SIGINT, {int(codes.SIGTERM)} stopped by SIGTERM." in readme
+        f"source lost, {int(codes.SOURCE_NOT_FINITE)} the model as given predicts non-finite values, "
+        f"{int(codes.SIGINT)} stopped by SIGINT, {int(codes.SIGTERM)} stopped by SIGTERM." in readme
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -223,14 +223,17 @@ def methods() -> None:
 
 @app.command()
 def prepare(
-    arch: Annotated[str, typer.Option(help="Zoo name, torchvision:NAME, timm:NAME or package.module:factory.")],
+    arch: Annotated[
+        str,
+        typer.Option(help="Zoo name, torchvision:NAME, timm:NAME, package.module:factory or path/to/file.py:factory."),
+    ],
     weights: Annotated[Path, typer.Option(help="Trained weights (.safetensors, or .pt/.pth with --trust-pickle).")],
     source_data: Annotated[Path, typer.Option(help="Folder of clean source images in class sub-folders.")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
-    mean: Annotated[str, typer.Option(help="Per-channel input mean, comma-separated, in [0, 1].")],
-    std: Annotated[str, typer.Option(help="Per-channel input std, comma-separated, in [0, 1].")],
+    mean: Annotated[str, typer.Option(help="Input mean in [0, 1]: three comma-separated values (RGB) or one (gray).")],
+    std: Annotated[str, typer.Option(help="Input std in [0, 1]: three comma-separated values (RGB) or one (gray).")],
     classes: Annotated[str | None, typer.Option(help="Class names, comma-separated (default sub-folders).")] = None,
-    input_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 32,
+    input_size: Annotated[str, typer.Option(help="Input size in pixels: HEIGHT,WIDTH or one number.")] = "32",
     feature_layers: Annotated[str | None, typer.Option(help="Layers for feature alignment, comma-separated.")] = None,
     num_images: Annotated[int, typer.Option(help="Source images used for the feature statistics.")] = 2000,
     trust_pickle: Annotated[bool, typer.Option(help="Allow loading a pickle checkpoint (it can run code).")] = False,
@@ -243,10 +246,10 @@ def prepare(
         weights,
         source_data,
         out,
-        mean=_triple(mean, "--mean"),
-        std=_triple(std, "--std"),
+        mean=_numbers(mean, "--mean", float, (1, 3)),
+        std=_numbers(std, "--std", float, (1, 3)),
         class_names=_names(classes),
-        input_size=(input_size, input_size),
+        input_size=_size(input_size),
         feature_layers=_names(feature_layers),
         num_images=num_images,
         trust_pickle=trust_pickle,
@@ -530,16 +533,23 @@ def _names(text: str | None) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()] if text else []
 
 
-def _triple(text: str, option: str) -> tuple[float, float, float]:
-    from tta_cli.errors import UsageError
-
+def _numbers(text: str, option: str, kind: type[float] | type[int], counts: tuple[int, ...]) -> tuple[Any, ...]:
+    """Comma-separated numbers, as many as one of ``counts``."""
+    wanted = " or ".join(map(str, counts))
     try:
-        values = tuple(float(value) for value in text.split(","))
+        values = tuple(kind(value) for value in text.split(","))
     except ValueError as error:
-        raise UsageError(f"{option} must be three comma-separated numbers, got {text!r}.") from error
-    if len(values) != 3:
-        raise UsageError(f"{option} must be three comma-separated numbers, got {text!r}.")
-    return values  # type: ignore[return-value]
+        raise UsageError(f"{option} takes {wanted} comma-separated numbers, got {text!r}.") from error
+    if len(values) not in counts:
+        raise UsageError(f"{option} takes {wanted} comma-separated numbers, got {text!r}.")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    values = _numbers(text, "--input-size", int, (1, 2))
+    if min(values) < 1:
+        raise UsageError(f"--input-size takes positive sizes, got {text!r}.")
+    return (values[0], values[-1])
 
 
 def _say(markup: str) -> None:

@@ -16,6 +16,8 @@ class ExitCode(IntEnum):
     """Bad usage: a missing path, an unknown name, a bundle that does not fit."""
     SOURCE_LOST = 3
     """``adapt``: a live source was lost and could not be reconnected."""
+    SOURCE_NOT_FINITE = 4
+    """``adapt``: the source state itself predicts non-finite values; no state to roll back to helps."""
     SIGINT = 130
     """``adapt``: stopped by SIGINT (Ctrl-C); 128 + the signal's number, as shells report it."""
     SIGTERM = 143
@@ -26,6 +28,12 @@ class TTAError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
 
     exit_code: int = ExitCode.USAGE
+
+
+class SourceNotFinite(TTAError):
+    """The model as given predicts NaN or infinity on the stream (exit code 4)."""
+
+    exit_code = ExitCode.SOURCE_NOT_FINITE
 
 
 class UsageError(TTAError):

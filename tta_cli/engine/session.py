@@ -30,7 +30,7 @@ from tta_cli.engine.adapter import Adapter, StepResult
 from tta_cli.engine.build import adapter_for, resolve_method
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.recovery import HistoryKeeper, Recovery
-from tta_cli.errors import UsageError
+from tta_cli.errors import SourceNotFinite, UsageError
 from tta_cli.events import Event, EventKind, SkippedInput
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, SnapshotRef, StepRecord, summarize
 from tta_cli.history.run_dir import PredictionWriter
@@ -57,6 +57,8 @@ class Session:
         self.position = store.stream_position()
         self._recent: deque[torch.Tensor] = deque()
         self._closed = False
+        self._at_source = adapter.step_count == 0
+        """Whether the next step starts from the source state (a run's first, or after a rollback there)."""
         torch.manual_seed(config.seed + adapter.step_count)
 
     @property
@@ -130,6 +132,12 @@ class Session:
         """One step on a preprocessed batch, recorded; the guard's verdict carried out."""
         adapter, store, step = self.adapter, self.store, self.adapter.step_count + 1
         result = adapter.step(batch)
+        if self._at_source and not bool(torch.isfinite(result.probabilities).all()):
+            raise SourceNotFinite(
+                f"The model of {self.bundle.path} as given predicts non-finite values on inputs before step {step}; "
+                "no rollback can help: check its weights and the input's preprocessing."
+            )
+        self._at_source = False
         self.predictions.write(_prediction_rows(batch, result, self.class_names))
         verdict = result.verdict
         events = list(result.events)
@@ -159,6 +167,7 @@ class Session:
             aliases=("current",) if verdict.action != "rollback" else (),
         )
         self.recovery.after_step(result, snapshot_id)
+        self._at_source = verdict.action == "rollback" and store.aliases()["current"].step == 0
         if step % self.config.history.keep_every == 0:
             store.prune(self.config.history.keep_last, self.config.history.keep_every)
         self.position = batch.end_position
@@ -175,6 +184,7 @@ class Session:
         target = self.store.resolve(to)
         self.adapter.load_state_dict(self.store.load_snapshot(target.id))
         self.adapter.guard.reset()
+        self._at_source = target.step == 0
         self.store.rollback(target, f"user: rollback to {to}", at_step=self.adapter.step_count)
         return target
 

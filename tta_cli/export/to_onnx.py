@@ -40,7 +40,7 @@ BATCH_AXIS = "batch"
 # The torch.export-based exporter implements its operators at opset 18; asked for less, it
 # quietly keeps 18 when converting down fails, so lower opsets are refused up front.
 MIN_OPSET = 18
-PREPROCESSING = "RGB, NCHW, float32, normalised as (pixel / 255 - mean) / std"
+PREPROCESSING = "RGB (or grayscale: see channels), NCHW, float32, normalised as (pixel / 255 - mean) / std"
 
 Simplify = Literal["onnxslim", "none"]
 
@@ -70,7 +70,7 @@ def export_onnx(
     require_eval_mode(model)
     entries = metadata_entries(spec, metadata or {})
     batch = 2 if dynamic_batch else batch_size
-    example = torch.zeros(batch, 3, *spec.input_size, device=model_device(model))
+    example = torch.zeros(batch, spec.channels, *spec.input_size, device=model_device(model))
     program = capture_graph(model, example, dynamic_batch)
     proto = convert_to_onnx(program, opset)
     if dynamic_batch:
@@ -184,6 +184,7 @@ def metadata_entries(spec: ModelSpec, extra: Mapping[str, str]) -> dict[str, str
         "architecture": spec.architecture,
         "class_names": json.dumps(spec.class_names),
         "input_size": json.dumps(list(spec.input_size)),
+        "channels": str(spec.channels),
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),
         "preprocessing": PREPROCESSING,

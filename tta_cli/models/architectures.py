@@ -3,13 +3,20 @@
 A reference is one of:
 - a name from the built-in zoo (``airnet``, ``wrn16_4``, ``resnet26`` ...);
 - ``torchvision:NAME`` or ``timm:NAME`` when those packages are installed;
-- ``package.module:factory``, a callable taking ``num_classes``.
+- ``package.module:factory``, a callable taking ``num_classes``;
+- ``path/to/file.py:factory``, the same from a Python file (a relative path in a bundle's
+  ``model.toml`` is relative to the bundle's folder; ``prepare`` records it absolute).
+
+Building from a module or a file runs its code, as importing it would: name only code you trust.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 from torch import nn
@@ -18,8 +25,8 @@ from tta_cli.errors import UsageError
 from tta_cli.models.zoo import ZOO
 
 
-def build_architecture(reference: str, num_classes: int) -> nn.Module:
-    factory = _resolve_factory(reference)
+def build_architecture(reference: str, num_classes: int, relative_to: Path | None = None) -> nn.Module:
+    factory = _resolve_factory(reference, relative_to)
     try:
         model = factory(num_classes=num_classes)
     except TypeError as error:
@@ -31,10 +38,10 @@ def build_architecture(reference: str, num_classes: int) -> nn.Module:
     return model
 
 
-def _resolve_factory(reference: str) -> Callable[..., nn.Module]:
+def _resolve_factory(reference: str, relative_to: Path | None = None) -> Callable[..., nn.Module]:
     if reference in ZOO:
         return ZOO[reference]
-    prefix, _, name = reference.partition(":")
+    prefix, _, name = reference.rpartition(":") if is_file_reference(reference) else reference.partition(":")
     if prefix == "torchvision" and name:
         models = _import("torchvision.models", reference)
         return lambda num_classes: models.get_model(name, weights=None, num_classes=num_classes)
@@ -42,15 +49,44 @@ def _resolve_factory(reference: str) -> Callable[..., nn.Module]:
         timm = _import("timm", reference)
         return lambda num_classes: timm.create_model(name, pretrained=False, num_classes=num_classes)
     if name:
-        module = _import(prefix, reference)
+        if is_file_reference(reference):
+            module = _load_file(Path(prefix) if relative_to is None else relative_to / prefix, reference)
+        else:
+            module = _import(prefix, reference)
         factory = getattr(module, name, None)
         if callable(factory):
             return factory
         raise UsageError(f"Module {prefix!r} has no callable {name!r}.")
     raise UsageError(
         f"Unknown architecture {reference!r}; use one of {', '.join(sorted(ZOO))}, "
-        "torchvision:NAME, timm:NAME or package.module:factory."
+        "torchvision:NAME, timm:NAME, package.module:factory or path/to/file.py:factory."
     )
+
+
+def is_file_reference(reference: str) -> bool:
+    """``path/to/file.py:factory``, as opposed to a module, zoo or hub reference."""
+    return reference.rpartition(":")[0].endswith(".py")
+
+
+def absolute_reference(reference: str) -> str:
+    """The reference with a file path made absolute, as a bundle records it."""
+    if not is_file_reference(reference):
+        return reference
+    path, _, name = reference.rpartition(":")
+    return f"{Path(path).resolve()}:{name}"
+
+
+def _load_file(path: Path, reference: str) -> ModuleType:
+    if not path.is_file():
+        raise UsageError(f"Architecture {reference!r}: {path} does not exist.")
+    # A name of its own per file, so that two files named model.py do not replace each other.
+    name = f"tta_cli_architecture_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"Architecture {reference!r}: {path} cannot be loaded as Python.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _import(module_name: str, reference: str) -> ModuleType:

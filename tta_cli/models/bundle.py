@@ -25,6 +25,8 @@ MODEL_FILE = "model.toml"
 WEIGHTS_FILE = "weights.safetensors"
 SOURCE_STATS_FILE = "source_stats.safetensors"
 MGG_FILE = "mgg.safetensors"
+CHANNELS = (1, 3)
+"""Grayscale or RGB: what images give."""
 
 
 class ModelSpec(BaseModel):
@@ -34,13 +36,19 @@ class ModelSpec(BaseModel):
     architecture: str
     class_names: list[str] = Field(min_length=2)
     input_size: tuple[int, int] = (32, 32)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    """Height and width of the model's input."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    """Per input channel, in [0, 1]: one value for a grayscale model, three for RGB."""
     feature_layers: list[str] = Field(min_length=1)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -48,6 +56,8 @@ class ModelSpec(BaseModel):
             raise ValueError("class_names has duplicates")
         if any(value <= 0 for value in self.std):
             raise ValueError("std must be positive")
+        if len(self.mean) not in CHANNELS or len(self.std) != len(self.mean):
+            raise ValueError("mean and std must have one value each for a grayscale model or three for RGB")
         return self
 
 
@@ -85,15 +95,15 @@ def load_bundle(path: Path) -> Bundle:
     for required in (WEIGHTS_FILE, SOURCE_STATS_FILE):
         if not (path / required).is_file():
             raise UsageError(f"Model bundle {path} is missing {required}; re-create it with 'tta-cli prepare'.")
-    model = build_architecture(spec.architecture, spec.num_classes)
+    model = build_architecture(spec.architecture, spec.num_classes, relative_to=path)
     weights_file = path / WEIGHTS_FILE
     state = load_file(str(weights_file))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise UsageError(_state_mismatch(weights_file, spec, error)) from error
+    refuse_non_finite(state, weights_file)
+    load_weights(model, state, weights_file, spec.architecture)
     model.eval()
+    check_input(model, spec.channels, spec.input_size, f"The model of bundle {path}")
     stats = load_file(str(path / SOURCE_STATS_FILE))
+    refuse_non_finite(stats, path / SOURCE_STATS_FILE)
     source_stats = {}
     for layer in spec.feature_layers:
         if f"{layer}.mean" not in stats or f"{layer}.std" not in stats:
@@ -110,11 +120,43 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _state_mismatch(weights_file: Path, spec: ModelSpec, error: RuntimeError) -> str:
-    text = str(error)
-    if "size mismatch" in text and spec.num_classes:
-        return (
-            f"{weights_file} does not fit architecture {spec.architecture!r} with {spec.num_classes} classes "
-            "(a layer's shape differs: is the class count right?)."
+def refuse_non_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """A NaN or infinity in weights or statistics makes every prediction meaningless."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"{source} holds non-finite values in {name!r}; the model cannot be used.")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, architecture: str) -> None:
+    """Load ``state`` into ``model``, saying in one sentence which tensor does not fit."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        kind = "lacks" if missing else "has an unexpected"
+        raise UsageError(
+            f"{source} does not fit architecture {architecture!r}: it {kind} tensor {example!r} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)."
         )
-    return f"{weights_file} does not fit architecture {spec.architecture!r}: missing or unexpected parameters."
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise UsageError(
+                f"{source} does not fit architecture {architecture!r}: {name!r} is {tuple(tensor.shape)}, the "
+                f"architecture's is {tuple(expected[name].shape)} (is the class count right?)."
+            )
+    model.load_state_dict(state)
+
+
+def check_input(model: nn.Module, channels: int, size: tuple[int, int], what: str) -> None:
+    """Run ``model`` (in eval mode) once on a blank input of the declared shape, so that a model
+    that cannot take it fails here with one sentence rather than on the first real batch."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, *size))
+    except (RuntimeError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"{what} fails on a {channels}×{size[0]}×{size[1]} input ({detail}); give one mean and std value per "
+            "input channel (one for grayscale) and the input size it was trained at."
+        ) from error

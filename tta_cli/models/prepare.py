@@ -11,8 +11,17 @@ from safetensors.torch import save
 
 from tta_cli.errors import UsageError
 from tta_cli.files import write_atomic
-from tta_cli.models.architectures import build_architecture
-from tta_cli.models.bundle import MODEL_FILE, SOURCE_STATS_FILE, WEIGHTS_FILE, ModelSpec
+from tta_cli.models.architectures import absolute_reference, build_architecture
+from tta_cli.models.bundle import (
+    CHANNELS,
+    MODEL_FILE,
+    SOURCE_STATS_FILE,
+    WEIGHTS_FILE,
+    ModelSpec,
+    check_input,
+    load_weights,
+    refuse_non_finite,
+)
 from tta_cli.models.checkpoints import load_state_dict
 from tta_cli.models.features import default_feature_layers, record_features
 from tta_cli.streams import Batch, FolderStream, Preprocess, batches
@@ -23,8 +32,8 @@ def prepare_bundle(
     weights: Path,
     source_data: Path,
     out: Path,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     class_names: Sequence[str] = (),
     input_size: tuple[int, int] = (32, 32),
     feature_layers: Sequence[str] = (),
@@ -35,7 +44,8 @@ def prepare_bundle(
 ) -> ModelSpec:
     """Write ``out/`` with model.toml, weights.safetensors and source_stats.safetensors.
 
-    Class names default to the sub-folders of ``source_data``. The source statistics are the
+    Class names default to the sub-folders of ``source_data``. ``mean`` and ``std`` have one
+    value per input channel: one for a grayscale model, three for RGB. The source statistics are the
     mean and standard deviation of each feature layer's pooled output over up to
     ``num_images`` clean images (spread over the whole folder), with the model in eval mode.
     """
@@ -46,16 +56,16 @@ def prepare_bundle(
         class_names = sorted(child.name for child in source_data.iterdir() if child.is_dir())
     if len(class_names) < 2:
         raise UsageError(f"Give --classes, or class sub-folders in {source_data}; found {len(class_names)} classes.")
+    if len(mean) not in CHANNELS or len(std) != len(mean):
+        raise UsageError(f"Give one --mean and --std value per input channel (1 or 3), got {len(mean)} and {len(std)}.")
+    architecture = absolute_reference(architecture)
     state = load_state_dict(Path(weights), trust_pickle=trust_pickle)
+    refuse_non_finite(state, Path(weights))
     model = build_architecture(architecture, len(class_names))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise UsageError(
-            f"{weights} does not fit {architecture!r} with {len(class_names)} classes; check the class count."
-        ) from error
+    load_weights(model, state, Path(weights), architecture)
     model.eval()
-    example = torch.zeros(2, 3, *input_size)
+    check_input(model, len(mean), input_size, f"Architecture {architecture!r}")
+    example = torch.zeros(2, len(mean), *input_size)
     with torch.no_grad():
         outputs = model(example).shape[-1]
     if outputs != len(class_names):

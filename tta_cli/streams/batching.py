@@ -34,24 +34,35 @@ class Batch:
         return self.labels != UNLABELED
 
 
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R 601 luma weights of R, G and B: how PIL converts RGB to grayscale ("L")."""
+
+
 class Preprocess:
-    """uint8 RGB → float tensor normalised with the bundle's own mean and std."""
+    """uint8 RGB → float tensor in the model's channels (one value of ``mean`` per channel: RGB,
+    or grayscale by ``LUMA``), normalised with the bundle's own mean and std."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255
+        self.channels = len(mean)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return (pixels - self.mean) / self.std
+        return self._normalise(pixels)
 
     def tensor(self, images: torch.Tensor) -> torch.Tensor:
-        """``N×3×H×W`` RGB as torchvision's ``ToTensor`` gives it (float in [0, 1]) or uint8."""
+        """``N×C×H×W`` (C = 3 or the model's channels) as torchvision's ``ToTensor`` gives it
+        (float in [0, 1]) or uint8."""
         pixels = images.to(self.device, non_blocking=True).float()
-        if not images.is_floating_point():
-            return (pixels - self.mean) / self.std
-        return (pixels * 255 - self.mean) / self.std
+        return self._normalise(pixels if not images.is_floating_point() else pixels * 255)
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.channels == 1 and pixels.shape[1] == 3:
+            pixels = (pixels * self.luma).sum(dim=1, keepdim=True)
+        return (pixels - self.mean) / self.std
 
 
 Images = torch.Tensor | np.ndarray | Sequence[Image.Image | np.ndarray]
@@ -71,8 +82,10 @@ def batch_of(
     the model's input ``size``, PIL images and single arrays are converted and resized as image
     files are. ``start`` is the stream position of the first image."""
     if isinstance(images, torch.Tensor):
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != size:
-            raise UsageError(f"Expected images of shape N×3×{size[0]}×{size[1]}, got {tuple(images.shape)}.")
+        channels = {3, preprocess.channels}
+        if images.dim() != 4 or images.shape[1] not in channels or tuple(images.shape[2:]) != size:
+            shape = f"N×{'/'.join(map(str, sorted(channels)))}×{size[0]}×{size[1]}"
+            raise UsageError(f"Expected images of shape {shape}, got {tuple(images.shape)}.")
         pixels = preprocess.tensor(images)
     elif isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[3] != 3 or tuple(images.shape[1:3]) != size:
