@@ -1,4 +1,4 @@
-"""Built-in architectures: small CIFAR-sized classifiers with BatchNorm.
+"""Built-in architectures: small CIFAR-sized classifiers, with BatchNorm unless named otherwise.
 
 Every factory takes ``num_classes`` and returns an ``nn.Module`` whose ``feature_layers``
 attribute names the sub-modules whose pooled outputs the feature-alignment objective uses.
@@ -11,17 +11,25 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+GROUPS = 16
+"""Channels per group are width / 16 in the GroupNorm variants (4 to 16 here)."""
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``batch``: BatchNorm; ``group``: GroupNorm, which has no batch statistics to adapt."""
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(GROUPS, channels)
+
 
 class ConvBlock(nn.Module):
-    """Conv → max-pool → BN → GELU → conv → BN → GELU (the stage of ``airnet``)."""
+    """Conv → max-pool → norm → GELU → conv → norm → GELU (the stage of ``airnet``)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = nn.BatchNorm2d(out_channels)
+        self.norm1 = norm_layer(norm, out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding="same", bias=False)
-        self.norm2 = nn.BatchNorm2d(out_channels)
+        self.norm2 = norm_layer(norm, out_channels)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,18 +40,26 @@ class ConvBlock(nn.Module):
 class AirNet(nn.Module):
     """A fast-training CIFAR network after Jordan, "94% on CIFAR-10 in 3.29 seconds on a
     single GPU" (arXiv 2404.00498): a 2×2 patch-whitening stem, three conv stages, a max-pooled
-    linear head with a fixed output scale.
+    linear head with a fixed output scale. ``channels``: 3 for RGB input, 1 for grayscale;
+    ``norm``: ``batch`` or ``group``.
     """
 
     feature_layers = ("block1", "block2", "block3")
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        channels: int = 3,
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
-        self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)
+        # ± each eigenvector of the 2×2 patches' covariance (``tta_cli.training.source_model``).
+        self.whiten = nn.Conv2d(channels, 8 * channels, kernel_size=2, padding=0, bias=True)
         self.stem_act = nn.GELU()
-        self.block1 = ConvBlock(24, widths[0])
-        self.block2 = ConvBlock(widths[0], widths[1])
-        self.block3 = ConvBlock(widths[1], widths[2])
+        self.block1 = ConvBlock(8 * channels, widths[0], norm)
+        self.block2 = ConvBlock(widths[0], widths[1], norm)
+        self.block3 = ConvBlock(widths[1], widths[2], norm)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.logit_scale = 1 / 9
@@ -109,6 +125,8 @@ def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "airnet": AirNet,
+    "airnet_gn": lambda num_classes=10: AirNet(num_classes, norm="group"),
+    "airnet_gray": lambda num_classes=10: AirNet(num_classes, channels=1),
     "wrn16_4": lambda num_classes=10: WideResNet(16, 4, num_classes),
     "wrn28_10": lambda num_classes=10: WideResNet(28, 10, num_classes),
     # Pre-activation CIFAR ResNets (widths 16/32/64): 3 and 1 residual blocks per stage.

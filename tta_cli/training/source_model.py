@@ -24,27 +24,49 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tta_cli.engine.device import resolve_device
-from tta_cli.models.zoo import AirNet
+from tta_cli.errors import UsageError
+from tta_cli.models.zoo import ZOO, AirNet
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def load_split(folder: Path, classes: tuple[str, ...] = CIFAR10_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode ``folder/<class>/*.jpg`` into a uint8 NCHW tensor and int64 labels."""
+GRAY_MEAN, GRAY_STD = (0.4808,), (0.2389,)
+"""CIFAR-10's training images in grayscale (PIL's "L", ITU-R 601 luma), measured with
+``channel_statistics`` on the JPEG copy."""
+ARCHITECTURES = {"airnet": 3, "airnet_gn": 3, "airnet_gray": 1}
+"""The zoo architectures this recipe trains, with their input channels."""
+
+
+def load_split(
+    folder: Path, classes: tuple[str, ...] = CIFAR10_CLASSES, channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``folder/<class>/*.jpg`` into a uint8 NCHW tensor (RGB, or grayscale for one
+    channel) and int64 labels."""
     images, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((folder / name).iterdir()):
             with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB")))
+                pixels = np.asarray(image.convert("RGB" if channels == 3 else "L"))
+            images.append(pixels if channels == 3 else pixels[..., None])
             labels.append(label)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
 
 
+def input_statistics(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std per input channel that the model is trained and prepared with."""
+    return (CIFAR10_MEAN, CIFAR10_STD) if channels == 3 else (GRAY_MEAN, GRAY_STD)
+
+
+def channel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Mean and std per channel of uint8 NCHW images, in [0, 1]."""
+    pixels = images.double().transpose(0, 1).flatten(1) / 255
+    return pixels.mean(1).tolist(), pixels.std(1).tolist()
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(values).view(1, -1, 1, 1) for values in input_statistics(images.shape[1]))
     return (images.float() / 255 - mean.to(images.device)) / std.to(images.device)
 
 
@@ -64,23 +86,27 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
     """Set the 2×2 stem to ±(eigenvectors / sqrt(eigenvalues)) of the patch covariance."""
-    patches = images.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+    channels = images.shape[1]
+    size = 4 * channels
+    patches = images.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, size).double()
     patches = patches - patches.mean(0)
     covariance = patches.T @ patches / len(patches)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    filters = (eigenvectors.T / torch.sqrt(eigenvalues.view(-1, 1) + eps)).view(12, 3, 2, 2).float()
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues.view(-1, 1) + eps)).view(size, channels, 2, 2).float()
     layer.weight.data.copy_(torch.cat([filters, -filters]))
     layer.weight.requires_grad_(False)
 
 
-def build_model(train_images: torch.Tensor) -> AirNet:
-    model = AirNet(num_classes=len(CIFAR10_CLASSES))
+def build_model(train_images: torch.Tensor, architecture: str = "airnet") -> AirNet:
+    model = ZOO[architecture](len(CIFAR10_CLASSES))
+    assert isinstance(model, AirNet)
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and module is not model.whiten:
             weight = module.weight.data
             nn.init.dirac_(weight[: weight.size(1)])
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.4
+        if isinstance(module, nn.BatchNorm2d | nn.GroupNorm) and module.weight is not None:
             module.weight.requires_grad_(False)
     init_whitening(model.whiten, normalise(train_images[:5000]))
     return model
@@ -107,18 +133,28 @@ def train(
     batch_size: int = 1024,
     seed: int = 0,
     device: str = "cpu",
+    label_smoothing: float = 0.0,
+    architecture: str = "airnet",
 ) -> dict[str, Any]:
-    """Train ``airnet`` on ``data/train`` on ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``),
-    write its weights and ``training.json`` to ``out`` and return that report."""
+    """Train ``architecture`` (one of ``ARCHITECTURES``) on ``data/train`` on ``device``
+    (``auto``, ``cpu``, ``cuda`` or ``cuda:N``), write its weights and ``training.json`` to
+    ``out`` and return that report.
+
+    ``label_smoothing`` 0 is plain cross-entropy, as benchmark models are trained; the shipped
+    ``cifar10-airnet`` was trained with 0.2, which teaches a model never to be confident."""
+    if architecture not in ARCHITECTURES:
+        raise UsageError(f"This recipe trains {', '.join(ARCHITECTURES)}, not {architecture!r}.")
+    channels = ARCHITECTURES[architecture]
     target_device = resolve_device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    train_images, train_labels = load_split(data / "train")
-    test_images, test_labels = load_split(data / "test")
+    train_images, train_labels = load_split(data / "train", channels=channels)
+    test_images, test_labels = load_split(data / "test", channels=channels)
+    model = build_model(train_images, architecture)
     # torch's stub for Module.to lacks the documented memory_format-only form.
-    model = build_model(train_images).to(target_device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = model.to(target_device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    momentum, label_smoothing, bias_scale = 0.85, 0.2, 64.0
+    momentum, bias_scale = 0.85, 64.0
     # The loss is summed over the batch, so the step sizes are per-example (arXiv 2404.00498).
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
     lr, weight_decay = 11.5 / kilostep_scale, 0.0153 * batch_size / kilostep_scale
@@ -181,10 +217,14 @@ def train(
     flip_accuracy = evaluate(model, test_images, test_labels, flip_tta=True)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "weights.safetensors"))
+    mean, std = input_statistics(channels)
     report = {
-        "architecture": "airnet",
+        "architecture": architecture,
         "seed": seed,
         "epochs": epochs,
+        "label_smoothing": label_smoothing,
+        "mean": list(mean),
+        "std": list(std),
         "test_accuracy": accuracy,
         "test_accuracy_flip_tta": flip_accuracy,
         "train_minutes": (time.time() - started) / 60,
