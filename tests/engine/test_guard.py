@@ -162,3 +162,45 @@ def test_harm_guard_returns_to_the_source_in_a_run(
     rollbacks = [event for event in history["events"] if event["kind"] == "rollback"]
     assert rollbacks and "plausibility" in rollbacks[0]["detail"]
     assert rollbacks[0]["snapshot_id"] == history["aliases"]["source"]["id"]
+
+
+def test_without_gradient_steps_one_class_is_a_collapse_only_where_the_source_saw_more() -> None:
+    config = GuardConfig(majority_max=0.75, majority_window=8, entropy_ema_min=0)
+    entropy = torch.ones(4)
+    one_class, spread = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 0])
+    # A camera on one scene: the source's predictions of the same inputs are one class too.
+    guard = Guard(config, num_classes=3, compare_with_source=True)
+    verdicts = [guard.observe(one_class, entropy, source_predictions=one_class) for _ in range(3)]
+    assert all(verdict.ok for verdict in verdicts)
+    # A normalisation that collapses: the source's predictions are spread.
+    guard = Guard(config, num_classes=3, compare_with_source=True)
+    verdicts = [guard.observe(one_class, entropy, source_predictions=spread) for _ in range(2)]
+    assert verdicts[0].ok and verdicts[1].action == "rollback" and verdicts[1].target == "last-good"
+    assert "one class took 100%" in verdicts[1].reason and "source's predictions of the same inputs: at most 50%" in (
+        verdicts[1].reason
+    )
+    # Without the source's view of the same inputs there is nothing to compare with.
+    guard = Guard(config, num_classes=3, compare_with_source=True)
+    assert all(guard.observe(one_class, entropy).ok for _ in range(3))
+
+
+def test_a_norm_without_gradient_steps_hands_the_guard_the_source_predictions(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    from tests.engine.test_adapter import first_batch, make_adapter
+
+    batch = first_batch(clean_folder)
+    for method in ("norm+robust", "norm+weighted"):
+        adapter = make_adapter(bundle_path, method, tmp_path)
+        assert adapter.guard.compare_with_source and adapter.guard.config.enabled
+        before = adapter.state_dict()["buffers"]
+        result = adapter.step(batch)
+        assert len(adapter.guard.source_predictions) == len(batch) and "source_majority" in result.diagnostics
+        if method == "norm+robust":
+            # The source's look leaves the statistics as the predicting forward left them.
+            again = make_adapter(bundle_path, method, tmp_path, guard={"enabled": False})
+            again.step(batch)
+            for name, value in again.state_dict()["buffers"].items():
+                assert torch.equal(adapter.state_dict()["buffers"][name], value), name
+            assert any(not torch.equal(before[name], value) for name, value in again.state_dict()["buffers"].items())
+    assert not make_adapter(bundle_path, "tent", tmp_path).guard.compare_with_source

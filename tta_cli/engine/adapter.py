@@ -28,7 +28,7 @@ from torch import nn
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
-from tta_cli.engine.norms import Norm
+from tta_cli.engine.norms import Norm, Prediction
 from tta_cli.engine.params import norm_affine_parameters, norm_buffers
 from tta_cli.events import Event, EventKind
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
@@ -114,9 +114,7 @@ class Adapter:
         # 2. Predictions before the update; the guard watches them.
         result = StepResult(self.step_count, logits.detach().softmax(dim=1), entropy(logits.detach()))
         result.events = events + prediction.events
-        result.verdict = self.guard.observe(result.predictions, result.entropy, self._reference(batch, before))
-        if self.reference is not None and (plausibility := self.guard.plausibility()) is not None:
-            result.diagnostics["plausibility"] = plausibility
+        self._watch(result, prediction, batch, before)
         if not self.learns or not result.verdict.ok:
             return result
         if not prediction.learn:
@@ -164,6 +162,26 @@ class Adapter:
             return []
         self.load_state_dict(self.source_state)
         return [Event(EventKind.RESET, f"every {period} steps")]
+
+    def _watch(self, result: StepResult, prediction: Prediction, batch: Batch, before: dict[str, torch.Tensor]) -> None:
+        """The guard's verdict on the predictions, with the reference's view of the batch (harm)
+        and the source's (one class), and what it saw of them."""
+        source = self._source_predictions(prediction, batch)
+        reference = self._reference(batch, before)
+        result.verdict = self.guard.observe(result.predictions, result.entropy, reference, source)
+        if source is not None:
+            result.diagnostics["source_majority"] = self.guard.majority_fraction(self.guard.source_predictions)
+        if self.reference is not None and (plausibility := self.guard.plausibility()) is not None:
+            result.diagnostics["plausibility"] = plausibility
+
+    def _source_predictions(self, prediction: Prediction, batch: Batch) -> torch.Tensor | None:
+        """The source model's predictions of the batch, where the guard compares with them."""
+        if not (self.guard.config.enabled and self.guard.compare_with_source):
+            return None
+        logits = prediction.source_logits
+        if logits is None:
+            logits = self.norm.source_logits(lambda: self._look_again(batch))
+        return logits.softmax(dim=1).argmax(dim=1)
 
     def _look_again(self, batch: Batch) -> torch.Tensor:
         """Another forward on the batch (a norm's second look) that leaves the features of the

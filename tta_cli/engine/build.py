@@ -42,7 +42,7 @@ def build_adapter(
     runs as ``guard`` says (default on)."""
     model = bundle.model.to(device)
     guard_config = _guard_for(method, guard or GuardConfig())
-    guard_ = Guard(guard_config, bundle.spec.num_classes)
+    guard_ = Guard(guard_config, bundle.spec.num_classes, compare_with_source=not method.updates)
     # The harm signal's reference: a copy of the source model, before the norm configures it.
     reference = copy.deepcopy(model).requires_grad_(False) if guard_.watches_harm and method.updates else None
     norm = make_norm(method.norm if method.batch_statistics else None, model, bundle.spec.num_classes, weighted_norm)
@@ -84,9 +84,9 @@ def _guard_for(method: Method, config: GuardConfig) -> GuardConfig:
     stateful = method.updates or (method.batch_statistics and method.norm != "batch")
     config = config.model_copy(update={"enabled": config.enabled and stateful})
     if not method.updates:
-        # The collapse rules watch what gradient steps do: without them, predictions of one
-        # class are the stream's (a camera on one scene), not a collapse.
-        config = config.model_copy(update={"majority_max": 1.0, "entropy_ema_min": 0.0})
+        # Without gradient steps, low entropy is no sign of collapse, and one class is one only
+        # where the source's predictions of the same inputs are spread (``Guard.compare_with_source``).
+        config = config.model_copy(update={"entropy_ema_min": 0.0})
     return config
 
 

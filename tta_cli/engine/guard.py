@@ -4,7 +4,10 @@
   non-finite parameter after the update: the state rolls back to ``last-good``.
 - Collapse, as SAR's reset rule (Niu et al., ICLR 2023, section 4): the moving average of
   the prediction entropy falls below a threshold; or one class takes most predictions over
-  a window of recent inputs. Either rolls the state back to ``last-good``.
+  a window of recent inputs. Either rolls the state back to ``last-good``. Without gradient
+  steps (``compare_with_source``) only the one-class rule watches, and only where the source
+  model's predictions on the same inputs were not one class too: a camera on one scene shows
+  one class to both, a normalisation that collapses shows it to the adapted model alone.
 - Harm: the updates have made the model worse. The reference is the model without them: θ
   as given, frozen, normalising test batches as the adapted model does and from its running
   statistics, so that it sees the same correction of the shift and differs only by what the
@@ -57,15 +60,19 @@ OK = Verdict("ok")
 
 
 class Guard:
-    def __init__(self, config: GuardConfig, num_classes: int) -> None:
+    def __init__(self, config: GuardConfig, num_classes: int, compare_with_source: bool = False) -> None:
         self.config = config
         self.num_classes = num_classes
+        self.compare_with_source = compare_with_source
+        """Whether the one-class rule needs the source's predictions on the same inputs to be
+        spread (methods without gradient steps)."""
         self.reset()
 
     def reset(self) -> None:
         """Forget the signals' history (after a rollback, the restored state starts afresh)."""
         self.entropy_ema: float | None = None
         self.recent_predictions: deque[int] = deque(maxlen=self.config.majority_window)
+        self.source_predictions: deque[int] = deque(maxlen=self.config.majority_window)
         self.candidates: deque[tuple[int, str]] = deque()
         self.plausibility_window: deque[tuple[int, float, float]] = deque()
         self.plausibility_totals: list[float] = [0, 0.0, 0.0]  # inputs, Σ p[a], Σ p[r] over the window
@@ -82,11 +89,14 @@ class Guard:
             return None
         return adapted / source if source > 0 else 1.0
 
-    def majority_fraction(self) -> float:
-        if not self.recent_predictions:
+    def majority_fraction(self, predictions: deque[int] | None = None) -> float:
+        """The share of the window's most frequent class (of the adapted model's predictions,
+        or of ``predictions``)."""
+        window = self.recent_predictions if predictions is None else predictions
+        if not window:
             return 0.0
-        counts = torch.bincount(torch.tensor(list(self.recent_predictions)), minlength=self.num_classes)
-        return counts.max().item() / len(self.recent_predictions)
+        counts = torch.bincount(torch.tensor(list(window)), minlength=self.num_classes)
+        return counts.max().item() / len(window)
 
     def check_gradient(self, loss: float, gradient: torch.Tensor) -> Verdict:
         if not self.config.enabled:
@@ -103,14 +113,21 @@ class Guard:
         return OK
 
     def observe(
-        self, predictions: torch.Tensor, entropy: torch.Tensor, reference_probabilities: torch.Tensor | None = None
+        self,
+        predictions: torch.Tensor,
+        entropy: torch.Tensor,
+        reference_probabilities: torch.Tensor | None = None,
+        source_predictions: torch.Tensor | None = None,
     ) -> Verdict:
         """Update the signals with one batch's (pre-update) outputs and, for the harm signal,
-        the reference's probabilities on the same inputs."""
+        the reference's probabilities on the same inputs; ``source_predictions``: the source
+        model's on them, where the one-class rule compares with the source."""
         mean_entropy = entropy.mean().item()
         if self.config.enabled and not math.isfinite(mean_entropy):
             return Verdict("rollback", "non-finite predictions")
         self.recent_predictions.extend(predictions.tolist())
+        if source_predictions is not None:
+            self.source_predictions.extend(source_predictions.tolist())
         momentum = self.config.entropy_ema_momentum
         self.entropy_ema = (
             mean_entropy if self.entropy_ema is None else momentum * self.entropy_ema + (1 - momentum) * mean_entropy
@@ -129,15 +146,22 @@ class Guard:
             )
         if self.entropy_ema < self.config.entropy_ema_min:
             return Verdict("rollback", f"entropy moving average {self.entropy_ema:.3f} < {self.config.entropy_ema_min}")
-        window_full = len(self.recent_predictions) == self.config.majority_window
+        return self._one_class()
+
+    def _one_class(self) -> Verdict:
+        window = self.config.majority_window
         majority = self.majority_fraction()
-        if window_full and majority > self.config.majority_max:
-            return Verdict(
-                "rollback",
-                f"one class took {majority:.0%} of the last {self.config.majority_window} predictions "
-                f"(> {self.config.majority_max:.0%})",
-            )
-        return OK
+        if len(self.recent_predictions) < window or majority <= self.config.majority_max:
+            return OK
+        reason = f"one class took {majority:.0%} of the last {window} predictions (> {self.config.majority_max:.0%})"
+        if not self.compare_with_source:
+            return Verdict("rollback", reason)
+        if len(self.source_predictions) < window:
+            return OK  # not seen what the source made of the same inputs
+        source = self.majority_fraction(self.source_predictions)
+        if source > self.config.majority_max:
+            return OK  # the stream shows one class: the source's predictions are one class too
+        return Verdict("rollback", f"{reason}; the source's predictions of the same inputs: at most {source:.0%}")
 
     def _observe_harm(self, predictions: torch.Tensor, reference_probabilities: torch.Tensor) -> None:
         adapted = reference_probabilities.gather(1, predictions.view(-1, 1)).sum().item()

@@ -25,6 +25,8 @@ class Prediction:
     """Whether the update may learn from the batch; false when the source's statistics predicted it."""
     why_not: str = ""
     """Why not, when a step that would update should say so."""
+    source_logits: torch.Tensor | None = None
+    """The batch as the source model predicts it, where the norm looked anyway."""
 
 
 class Norm:
@@ -51,6 +53,9 @@ class Norm:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = batch_norm_layers(model)
+        self.source_statistics = [
+            {name: buffer.detach().clone() for name, buffer in layer.named_buffers()} for layer in self.layers
+        ]
         model.eval()
         configure_layers(model, type(self).layer_forward, self.train, self.name)
 
@@ -70,6 +75,25 @@ class Norm:
 
     def predict(self, forward: Callable[[], torch.Tensor], look_again: Callable[[], torch.Tensor]) -> Prediction:
         return Prediction(forward())
+
+    def source_logits(self, look_again: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The batch as the source model predicts it: one more forward, in eval mode on the
+        source's statistics; the layers are left as they were."""
+        saved = [{name: buffer.clone() for name, buffer in layer.named_buffers()} for layer in self.layers]
+        modes = [layer.training for layer in self.layers]
+        try:
+            with torch.no_grad():
+                for layer, source in zip(self.layers, self.source_statistics, strict=True):
+                    layer.train(False)
+                    for name, buffer in layer.named_buffers():
+                        buffer.copy_(source[name])
+                return look_again().detach()
+        finally:
+            with torch.no_grad():
+                for layer, values, mode in zip(self.layers, saved, modes, strict=True):
+                    layer.train(mode)
+                    for name, buffer in layer.named_buffers():
+                        buffer.copy_(values[name])
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -211,12 +211,13 @@ class WeightedNorm(Norm):
                     self._follow(agreement, math.log((used_entropy + tiny) / (source_entropy + tiny)))
                 self.deferring = self.mild
             if less_confident:
-                return Prediction(source_logits, learn=False, why_not="the source's statistics predicted the batch")
+                why_not = "the source's statistics predicted the batch"
+                return Prediction(source_logits, learn=False, why_not=why_not, source_logits=source_logits)
             if self.deferring:
-                return Prediction(source_logits, learn=False)
+                return Prediction(source_logits, learn=False, source_logits=source_logits)
             for estimate, (mean, var) in zip(self.estimates, used, strict=True):
                 store(estimate.layer, mean, var, count=False)
-            return Prediction(logits)
+            return Prediction(logits, source_logits=source_logits)
 
     def _follow(self, agreement: float, log_ratio: float) -> None:
         """Move the second look's averages; they restart with the estimates."""
