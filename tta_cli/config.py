@@ -85,6 +85,12 @@ class WeightedNormConfig(BaseModel):
         True, description="restart from the source's when they predict the batch more confidently"
     )
     confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
+    near_source: float | None = Field(
+        0.5,
+        gt=0,
+        description="and only for a batch whose first-layer statistics lie within this divergence of the source's "
+        "(0.5: as far as a shift of the mean by one source standard deviation); none: any batch",
+    )
     deferral: bool = Field(True, description="on a mild shift the source's statistics predict, without steps")
     agreement: float = Field(0.9, ge=0, le=1, description="share of unchanged predictions above which a shift is mild")
     gain: float = Field(0.98, gt=0, description="entropy ratio below which the estimates predict even so")

@@ -259,3 +259,17 @@ def test_frost_without_its_photos_says_what_to_install(monkeypatch: pytest.Monke
             corrupt(textured_gradient(), "frost", 1, np.random.default_rng(0))
     finally:
         weather.frost_photo.cache_clear()
+
+
+def test_the_shifts_beyond_the_benchmark() -> None:
+    from tta_cli.corruptions import BEYOND
+
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    image[..., 0] = 200  # red
+    rng = np.random.default_rng(0)
+    assert set(BEYOND) == {"extreme_noise", "inverted", "low_light", "grayscale"}
+    assert corrupt(image, "inverted", 5, rng)[0, 0].tolist() == [55, 255, 255]
+    assert corrupt(image, "low_light", 1, rng)[0, 0].tolist() == [16, 0, 0]  # 200 · 0.08
+    assert corrupt(image, "grayscale", 3, rng)[0, 0].tolist() == [59, 59, 59]  # 200 · 0.299 = 59.8, truncated
+    noisy = corrupt(np.full((32, 32, 3), 128, np.uint8), "extreme_noise", 5, rng).astype(float)
+    assert 90 < noisy.std() < 120  # σ = 0.5 · 255, clipped to [0, 255]

@@ -385,6 +385,21 @@ def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_les
         assert torch.equal(layer.running_mean, stream.source[0]) and torch.equal(stream.mean, stream.source[0])
 
 
+def test_a_confident_source_far_from_its_own_statistics_is_no_reason_to_return() -> None:
+    """A shift that makes the source collapse, confidently, lies far from the source's
+    statistics at the first layer; a stream of one class of the source's domain does not."""
+    confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
+    uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 4)  # another class: no mild shift
+    generator = torch.Generator().manual_seed(0)
+    for shift, near_source, returns in ((0.3, 0.5, True), (3.0, 0.5, False), (3.0, None, True)):
+        model = six_layer_model()
+        weights = WeightedNorm(model, WeightedNormConfig(near_source=near_source))
+        feed(model, weights, shift + torch.randn(64, 8, 4, 4, generator=generator))
+        assert (weights.source_divergence <= 0.5) is (shift < 1)
+        prediction = weights.second_look(lambda: confident, uncertain)
+        assert (weights.returns == 1) is returns and prediction.learn is not returns
+
+
 def test_weighted_defers_to_the_source_while_its_estimates_change_little_and_gain_nothing() -> None:
     """A mild shift: the estimates agree with the source's on nearly every prediction and do
     not make them more confident, so the source's statistics predict while the estimates go on;

@@ -88,9 +88,13 @@ def test_zoo_models_classify_32px_images(name: str) -> None:
     if name == "wrn28_10":
         pytest.skip("36M parameters: too slow for a unit test")
     model = build_architecture(name, 7).eval()
+    channels = 1 if name.endswith("_gray") else 3
     with torch.no_grad():
-        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert model(torch.zeros(2, channels, 32, 32)).shape == (2, 7)
+    norm = torch.nn.GroupNorm if name.endswith("_gn") else torch.nn.BatchNorm2d
+    assert any(isinstance(m, norm) for m in model.modules())
+    if name.endswith("_gn"):
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def test_weights_file_is_safetensors(bundle_path: Path) -> None:

@@ -27,7 +27,15 @@ import numpy as np
 from PIL import Image
 
 from tta_cli.bench.orders import order_indices, order_rng, parse_order, video_frames
-from tta_cli.corruptions import CIFAR_PARAMETERS, IMAGENET_PARAMETERS, check_corruption, corrupt, image_rng
+from tta_cli.corruptions import (
+    BEYOND,
+    CIFAR_PARAMETERS,
+    IMAGENET_PARAMETERS,
+    beyond,
+    check_corruption,
+    corrupt,
+    image_rng,
+)
 from tta_cli.corruptions.folder import save_png
 from tta_cli.errors import UsageError
 from tta_cli.files import atomic_folder
@@ -137,6 +145,8 @@ def build_streams(
 
 
 def _parameters(name: str, severity: int) -> dict[str, list[float]]:
+    if name in BEYOND:
+        return {"beyond": beyond.PARAMETERS[name]}
     return {
         "cifar": list(CIFAR_PARAMETERS[name][severity - 1]),
         "imagenet": list(IMAGENET_PARAMETERS[name][severity - 1]),

@@ -9,11 +9,12 @@ tuning.
 
 from __future__ import annotations
 
-from tta_cli.corruptions.benchmark import CORRUPTIONS, HELD_OUT, SEVERITIES, check_corruption, corrupt
+from tta_cli.corruptions.benchmark import BEYOND, CORRUPTIONS, HELD_OUT, SEVERITIES, check_corruption, corrupt
 from tta_cli.corruptions.folder import corrupt_folder, image_rng
 from tta_cli.corruptions.parameters import CIFAR_PARAMETERS, IMAGENET_PARAMETERS, ParameterTable, parameter_table
 
 __all__ = [
+    "BEYOND",
     "CIFAR_PARAMETERS",
     "CORRUPTIONS",
     "HELD_OUT",

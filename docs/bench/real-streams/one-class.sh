@@ -17,7 +17,7 @@ for class in airplane automobile bird cat deer dog frog horse ship truck; do
     tta-cli adapt --model sample_models/cifar10-airnet --source "$scratch/$class/data" \
       --method "$method" --run "$run" > /dev/null
     accuracy=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['online_accuracy'])" "$run/summary.json")
-    returns=$(tta-cli history "$run" --json | python -c "import json, sys; print(sum('back to the source' in event['detail'] for event in json.load(sys.stdin)['events']))")
+    returns=$(tta-cli history "$run" --json | python -c "import json, sys; print(sum(event['kind'] == 'norm-return' for event in json.load(sys.stdin)['events']))")
     echo "$class,$method,$accuracy,$returns" >> "$out/accuracy.csv"
   done
 done

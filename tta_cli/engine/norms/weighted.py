@@ -36,7 +36,12 @@ turned back towards the source, and every estimate restarts from the source's.
 the statistics in use make the predictions less confident than the source's by more than
 ``confidence_ratio`` in mean entropy, the source's predict and every estimate restarts. A
 stream of one class (a camera on one scene) is a run of independent draws, so the design
-effect does not flag it, and its statistics normalise the class away.
+effect does not flag it, and its statistics normalise the class away. Such a stream is a part
+of the source's domain, so its statistics at the first layer lie within the source's own
+variation; a shift that makes the source collapse onto one class, confidently (strong sensor
+noise, very low light), does not. So the return needs the batch within ``near_source`` of the
+source's first-layer statistics: the symmetric divergence below of a shift of the mean by one
+source standard deviation is 0.5. Confident is not correct: a collapsed source is confident.
 
 **deferral.** The same second look measures how much the estimates change: the share of the
 batch's predictions they leave as the source's make them and the ratio of mean entropies, both
@@ -114,6 +119,8 @@ class WeightedNorm(Norm):
         """Moving averages of the second look's agreement and log entropy ratio."""
         self.deferring = False
         """Whether the last batch was predicted with the source's statistics on a mild shift."""
+        self.source_divergence = 0.0
+        """How far the last batch's first-layer statistics lay from the source's."""
         self._hook = self.layers[0].register_forward_pre_hook(self._observe)
 
     @classmethod
@@ -174,7 +181,9 @@ class WeightedNorm(Norm):
                     self.ratios.append(float(ratio.mean()))
                 self.previous = (mean, noise)
             self.returned = ""
-            if self.settings.return_on_fit and self.estimates[0].fits_source_better(x.detach()):
+            first = self.estimates[0]
+            self.source_divergence, estimate_divergence = first.divergences(x.detach())
+            if self.settings.return_on_fit and self.source_divergence < estimate_divergence:
                 self._return(FITS_SOURCE)
         if self.ratios:
             self.design_effect = max(1.0, statistics.median(self.ratios))
@@ -198,7 +207,10 @@ class WeightedNorm(Norm):
                 store(estimate.layer, *estimate.source, count=False)
             source_logits = look_again().detach()
             used_entropy, source_entropy = float(entropy(logits).mean()), float(entropy(source_logits).mean())
-            less_confident = settings.return_on_confidence and used_entropy > settings.confidence_ratio * source_entropy
+            near = settings.near_source is None or self.source_divergence <= settings.near_source
+            less_confident = (
+                settings.return_on_confidence and near and used_entropy > settings.confidence_ratio * source_entropy
+            )
             if less_confident:
                 # The averages restart with the estimates, from the next batch they predict;
                 # whether a deferral goes on is for that batch to say.
@@ -312,10 +324,11 @@ class _Estimate:
         self.mean, self.var = (value.clone() for value in self.source)
         self.error = torch.zeros_like(self.mean)
 
-    def fits_source_better(self, x: torch.Tensor) -> bool:
+    def divergences(self, x: torch.Tensor) -> tuple[float, float]:
+        """How far the batch's statistics lie from the source's, and from the estimate's."""
         var, mean = torch.var_mean(x, dim=reduced_dims(x), unbiased=False)
         source_mean, source_var = self.source
-        return _divergence(mean, var, source_mean, source_var) < _divergence(mean, var, self.mean, self.var)
+        return _divergence(mean, var, source_mean, source_var), _divergence(mean, var, self.mean, self.var)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer

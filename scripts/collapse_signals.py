@@ -1,0 +1,130 @@
+"""What tells a genuine one-class stream from a collapse, measured per batch on a bundle.
+
+For each stream (every class of a clean labeled folder alone; the shifts beyond CIFAR-10-C and
+some benchmark corruptions, classes mixed) and its first batches, writes per batch:
+
+- ``feature_divergence``: how far the batch's pooled features at the bundle's first feature
+  layer lie from the clean source's (``source_stats.safetensors``): the mean over channels of
+  the symmetric Kullback–Leibler divergence between per-channel Gaussians. Every bundle has
+  these statistics, BatchNorm or not.
+- ``input_divergence`` (BatchNorm models): the same between the batch's statistics at the
+  input of the first BatchNorm layer and that layer's running statistics.
+- for the source model and for test-batch normalisation (where the model has BatchNorm): the
+  majority class's share of the batch's predictions, the mean entropy, and the accuracy.
+
+    python scripts/collapse_signals.py --model BUNDLE --data CIFAR10_DIR/test --out signals.json
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from tta_cli.corruptions import BEYOND, corrupt, image_rng
+from tta_cli.engine.norms import use_norm
+from tta_cli.models import load_bundle
+from tta_cli.models.features import record_features
+from tta_cli.objectives import entropy
+from tta_cli.streams import Preprocess, labeled_images
+from tta_cli.streams.decode import decode_image
+
+CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast", "brightness")
+
+
+def divergence(mean: torch.Tensor, std: torch.Tensor, source_mean: torch.Tensor, source_std: torch.Tensor) -> float:
+    var, source_var = std.square() + 1e-8, source_std.square() + 1e-8
+    spread = var / source_var + source_var / var - 2
+    offset = (mean - source_mean).square() * (1 / var + 1 / source_var)
+    return float((spread + offset).mean() / 2)
+
+
+def describe(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    predictions = logits.argmax(dim=1)
+    share = torch.bincount(predictions).max().item() / len(predictions)
+    return {
+        "majority": round(share, 4),
+        "entropy": round(float(entropy(logits).mean()), 4),
+        "accuracy": round(float((predictions == labels).float().mean()), 4),
+    }
+
+
+def main(
+    model: Annotated[Path, typer.Option(help="Model bundle.")],
+    data: Annotated[Path, typer.Option(help="Clean labeled folder (<class>/<image>), e.g. CIFAR-10's test split.")],
+    out: Annotated[Path, typer.Option(help="JSON file to write.")],
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    batches: Annotated[int, typer.Option(help="Batches per stream.")] = 4,
+    severity: Annotated[int, typer.Option(help="Severity of the benchmark corruptions.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the image choice and the corruptions.")] = 0,
+) -> None:
+    """Measure, per batch, what the source, test-batch normalisation and the features say."""
+    bundle = load_bundle(model)
+    spec = bundle.spec
+    layer = spec.feature_layers[0]
+    source_mean, source_std = bundle.source_stats[layer]
+    preprocess = Preprocess(spec.mean, spec.std)
+    rng = np.random.default_rng(seed)
+    files = [
+        (path, label) for path, label in labeled_images(data, spec.class_names, pattern="*/*") if label is not None
+    ]
+    per_class: dict[int, list[Path]] = {}
+    for path, label in files:
+        per_class.setdefault(label, []).append(path)
+    count = batch_size * batches
+    mixed = [files[index] for index in rng.permutation(len(files))[:count]]
+    streams: dict[str, tuple[str | None, list[tuple[Path, int]]]] = {
+        f"one class: {spec.class_names[label]}": (None, [(path, label) for path in paths[:count]])
+        for label, paths in sorted(per_class.items())
+    }
+    streams |= {f"mixed: {name}": (name, mixed) for name in (*BEYOND, *CORRUPTIONS)}
+    normalising = copy.deepcopy(bundle.model)
+    norms = [m for m in bundle.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    first_norm = norms[0] if norms else None
+    use_norm(normalising, "batch" if norms else None)
+    first_inputs: list[torch.Tensor] = []
+    if first_norm is not None:
+        first_norm.register_forward_pre_hook(lambda _, inputs: first_inputs.append(inputs[0]))
+    results: list[dict[str, Any]] = []
+    for stream, (corruption, chosen) in streams.items():
+        for start in range(0, len(chosen), batch_size):
+            part = chosen[start : start + batch_size]
+            pixels = []
+            for path, _ in part:
+                image = decode_image(path, spec.input_size)
+                if corruption is not None:
+                    image = corrupt(
+                        image, corruption, severity, image_rng(seed, corruption, severity, path.relative_to(data))
+                    )
+                pixels.append(image)
+            images = preprocess(np.stack(pixels))
+            labels = torch.tensor([label for _, label in part])
+            first_inputs.clear()
+            with torch.no_grad(), record_features(bundle.model, [layer]) as features:
+                source_logits = bundle.model(images)
+                pooled = features[layer]
+            row = {
+                "stream": stream,
+                "batch": start // batch_size,
+                "feature_divergence": round(divergence(pooled.mean(0), pooled.std(0), source_mean, source_std), 4),
+                "source": describe(source_logits, labels),
+            }
+            if first_norm is not None:
+                x = first_inputs[0]
+                var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
+                running = (first_norm.running_mean, first_norm.running_var)
+                row["input_divergence"] = round(divergence(mean, var.sqrt(), running[0], running[1].sqrt()), 4)
+                with torch.no_grad():
+                    row["norm"] = describe(normalising(images), labels)
+            results.append(row)
+            typer.echo(json.dumps(row))
+    out.write_text(json.dumps({"model": str(model), "layer": layer, "severity": severity, "rows": results}, indent=1))
+
+
+if __name__ == "__main__":
+    typer.run(main)
