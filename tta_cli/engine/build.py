@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.config import AdaptConfig, GuardConfig, WeightedNormConfig
 from tta_cli.engine.adapter import Adapter
 from tta_cli.engine.guard import Guard
-from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, Method, get_method
+from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, NO_BATCH_NORM_METHOD, Method, get_method
 from tta_cli.engine.norms import make_norm
 from tta_cli.harmonize import make_harmonizer
 from tta_cli.mgg.rule import rule_for_bundle
@@ -19,11 +20,17 @@ from tta_cli.objectives import OBJECTIVES
 from tta_cli.update import UpdateRule, make_update_rule
 
 
-def resolve_method(name: str, norm: str | None = None) -> Method:
-    """The method ``name`` (``auto``: the default chosen by measurement, ``DEFAULT_METHOD``),
-    with ``norm``, when given, as its normalisation of test batches."""
-    name = DEFAULT_METHOD if name == AUTO_METHOD else name
+def resolve_method(name: str, norm: str | None = None, batch_norm: bool = True) -> Method:
+    """The method ``name`` (``auto``: the default chosen by measurement, ``DEFAULT_METHOD``, or
+    for a model without BatchNorm ``NO_BATCH_NORM_METHOD``), with ``norm``, when given, as its
+    normalisation of test batches."""
+    if name == AUTO_METHOD:
+        name = DEFAULT_METHOD if batch_norm else NO_BATCH_NORM_METHOD
     return get_method(name if norm is None else f"{name}+{norm}")
+
+
+def has_batch_norm(bundle: Bundle) -> bool:
+    return any(isinstance(layer, _BatchNorm) for layer in bundle.model.modules())
 
 
 def build_adapter(
@@ -69,7 +76,7 @@ def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Ad
     """The adapter an ``AdaptConfig`` describes."""
     return build_adapter(
         bundle,
-        resolve_method(config.method, config.norm),
+        resolve_method(config.method, config.norm, has_batch_norm(bundle)),
         device,
         guard=config.guard,
         optimizer=config.optimizer,

@@ -146,6 +146,10 @@ DEFAULT_MEMORY = 64
 
 AUTO_METHOD = "auto"
 DEFAULT_METHOD = "norm+weighted"
+NO_BATCH_NORM_METHOD = "source"
+"""What ``auto`` runs for a model without BatchNorm (GroupNorm or LayerNorm only), whose
+statistics cannot adapt: nothing, until a method measured on such models (gradient steps on θ)
+is shown never to end worse than the source there."""
 """What ``auto`` runs, chosen by measurement over shuffled, class-sorted, Dirichlet-correlated
 and small-batch streams (docs/benchmarks.md, "Real streams"): the gradient steps of every
 method measured there, the Meta Gradient Generator's included, left mild corruptions worse than

@@ -1,0 +1,49 @@
+"""From a bundle and a method to an adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from tests.conftest import MEAN, STD
+from tta_cli.config import AdaptConfig
+from tta_cli.engine.build import adapter_for, has_batch_norm, resolve_method
+from tta_cli.engine.methods import DEFAULT_METHOD, NO_BATCH_NORM_METHOD
+from tta_cli.models import load_bundle, prepare_bundle
+
+
+def group_norm_net(num_classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
+
+
+@pytest.fixture(scope="module")
+def group_norm_bundle(tmp_path_factory: pytest.TempPathFactory, clean_folder: Path) -> Path:
+    root = tmp_path_factory.mktemp("gn")
+    torch.manual_seed(0)
+    save_file(group_norm_net(3).state_dict(), str(root / "weights.safetensors"))
+    out = root / "bundle"
+    reference = "tests.engine.test_build:group_norm_net"
+    prepare_bundle(reference, root / "weights.safetensors", clean_folder, out, MEAN, STD, num_images=12)
+    return out
+
+
+def test_auto_on_a_model_without_batch_norm_adapts_nothing_until_measured(
+    group_norm_bundle: Path, bundle_path: Path, tmp_path: Path
+) -> None:
+    assert not has_batch_norm(load_bundle(group_norm_bundle)) and has_batch_norm(load_bundle(bundle_path))
+    assert resolve_method("auto", batch_norm=False).name == NO_BATCH_NORM_METHOD == "source"
+    assert resolve_method("auto").name == DEFAULT_METHOD
+    config = AdaptConfig(model=group_norm_bundle, source=tmp_path, run=tmp_path / "run")
+    adapter = adapter_for(load_bundle(group_norm_bundle), config, torch.device("cpu"))
+    assert adapter.method.name == "source" and not adapter.params
