@@ -85,11 +85,11 @@ class WeightedNormConfig(BaseModel):
         True, description="restart from the source's when they predict the batch more confidently"
     )
     confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
-    near_source: float | None = Field(
-        0.5,
-        gt=0,
-        description="and only for a batch whose first-layer statistics lie within this divergence of the source's "
-        "(0.5: as far as a shift of the mean by one source standard deviation); none: any batch",
+    confidence_near_source: bool = Field(
+        True, description="and only for a batch whose first-layer statistics lie near the source's"
+    )
+    near_source: float = Field(
+        0.5, gt=0, description="how near: 0.5 is the divergence of a shift of the mean by one source std"
     )
     deferral: bool = Field(True, description="on a mild shift the source's statistics predict, without steps")
     agreement: float = Field(0.9, ge=0, le=1, description="share of unchanged predictions above which a shift is mild")

@@ -391,9 +391,9 @@ def test_a_confident_source_far_from_its_own_statistics_is_no_reason_to_return()
     confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
     uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 4)  # another class: no mild shift
     generator = torch.Generator().manual_seed(0)
-    for shift, near_source, returns in ((0.3, 0.5, True), (3.0, 0.5, False), (3.0, None, True)):
+    for shift, near_only, returns in ((0.3, True, True), (3.0, True, False), (3.0, False, True)):
         model = six_layer_model()
-        weights = WeightedNorm(model, WeightedNormConfig(near_source=near_source))
+        weights = WeightedNorm(model, WeightedNormConfig(confidence_near_source=near_only))
         feed(model, weights, shift + torch.randn(64, 8, 4, 4, generator=generator))
         assert (weights.source_divergence <= 0.5) is (shift < 1)
         prediction = weights.second_look(lambda: confident, uncertain)

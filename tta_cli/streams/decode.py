@@ -56,5 +56,6 @@ def _full_scale(mode: str, array: np.ndarray) -> float:
 
 
 def _reason(error: Exception) -> str:
-    text = str(error) or type(error).__name__
-    return text.split(" '/")[0].split(" '")[0] if "cannot identify" in text else text
+    if isinstance(error, UnidentifiedImageError):
+        return "cannot identify image file"  # PIL's words, without the path it appends
+    return str(error) or type(error).__name__

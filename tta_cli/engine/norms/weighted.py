@@ -40,8 +40,9 @@ effect does not flag it, and its statistics normalise the class away. Such a str
 of the source's domain, so its statistics at the first layer lie within the source's own
 variation; a shift that makes the source collapse onto one class, confidently (strong sensor
 noise, very low light), does not. So the return needs the batch within ``near_source`` of the
-source's first-layer statistics: the symmetric divergence below of a shift of the mean by one
-source standard deviation is 0.5. Confident is not correct: a collapsed source is confident.
+source's first-layer statistics (switch ``confidence_near_source``): the symmetric divergence
+below of a shift of the mean by one source standard deviation is 0.5. Confident is not
+correct: a collapsed source is confident.
 
 **deferral.** The same second look measures how much the estimates change: the share of the
 batch's predictions they leave as the source's make them and the ratio of mean entropies, both
@@ -207,7 +208,7 @@ class WeightedNorm(Norm):
                 store(estimate.layer, *estimate.source, count=False)
             source_logits = look_again().detach()
             used_entropy, source_entropy = float(entropy(logits).mean()), float(entropy(source_logits).mean())
-            near = settings.near_source is None or self.source_divergence <= settings.near_source
+            near = not settings.confidence_near_source or self.source_divergence <= settings.near_source
             less_confident = (
                 settings.return_on_confidence and near and used_entropy > settings.confidence_ratio * source_entropy
             )
