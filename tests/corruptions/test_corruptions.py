@@ -178,7 +178,9 @@ def test_frost_darkens_nothing_at_severity_1_and_adds_a_layer() -> None:
 
 @pytest.mark.parametrize("bad_name", ["gaussian", "Gaussian_Noise", ""])
 def test_unknown_names_are_rejected_with_the_valid_names(bad_name: str) -> None:
-    with pytest.raises(ValueError, match=r"valid names are: gaussian_noise, shot_noise, .*, saturate\."):
+    with pytest.raises(
+        ValueError, match=r"valid names are: gaussian_noise, shot_noise, .*, saturate, extreme_noise, .*\."
+    ):
         corrupt(textured_gradient(), bad_name, 3, np.random.default_rng(0))
 
 
