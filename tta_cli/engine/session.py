@@ -99,9 +99,13 @@ class Session:
     @classmethod
     def resume(cls, run: Path | str) -> Session:
         """Continue a run from its ``current`` state with the same configuration."""
-        lock = RunLock(Path(run)).__enter__()
+        store = HistoryStore.open(Path(run))  # a folder without a history: one sentence
         try:
-            store = HistoryStore.open(Path(run))
+            lock = RunLock(Path(run)).__enter__()
+        except BaseException:
+            store.close()
+            raise
+        try:
             config = read_config(store.first_config())
             bundle = load_bundle(config.model)
             if bundle.weights_sha256 != store.bundle_sha256():
@@ -116,6 +120,7 @@ class Session:
             resumed = Event(EventKind.RESUME, f"resumed from snapshot of step {current.step}")
             store.record_events(adapter.step_count, [resumed], current.id)
         except BaseException:
+            store.close()
             lock.__exit__(None, None, None)
             raise
         return cls(config, bundle, adapter, store, lock)
