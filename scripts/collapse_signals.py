@@ -117,8 +117,9 @@ def main(
             if first_norm is not None:
                 x = first_inputs[0]
                 var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
-                running = (first_norm.running_mean, first_norm.running_var)
-                row["input_divergence"] = round(divergence(mean, var.sqrt(), running[0], running[1].sqrt()), 4)
+                running_mean, running_var = first_norm.running_mean, first_norm.running_var
+                assert running_mean is not None and running_var is not None, "a BatchNorm layer without statistics"
+                row["input_divergence"] = round(divergence(mean, var.sqrt(), running_mean, running_var.sqrt()), 4)
                 with torch.no_grad():
                     row["norm"] = describe(normalising(images), labels)
             results.append(row)
