@@ -156,3 +156,22 @@ def test_two_objectives_record_the_cosine_of_every_step(bundle_path: Path, clean
     assert len(rows["harmonized"]["cosines"]) == 2  # six images, batches of three
     assert all(-1 <= value <= 1 for value in rows["harmonized"]["cosines"])
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0
+
+
+def test_the_shifts_beyond_the_benchmark_are_benchmark_streams(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    config = BenchConfig(
+        model=bundle_path,
+        data=clean_folder,
+        out=tmp_path / "out",
+        corruptions=("low_light", "inverted"),
+        num_examples=6,
+        methods=("source", "norm"),
+        protocols=("continual",),
+        batch_size=3,
+        speed=False,
+        cache_dir=tmp_path / "cache",
+    )
+    result = run_bench(config)
+    assert {cell["corruption"] for cell in result["results"]} == {"low_light", "inverted"}

@@ -22,7 +22,7 @@ from tta_cli.bench.protocols import PROTOCOLS, CellResult, run_method
 from tta_cli.bench.report import write_report
 from tta_cli.bench.speed import measure_speed
 from tta_cli.bench.streams import ShiftedStream, build_streams, select_images
-from tta_cli.corruptions import CORRUPTIONS
+from tta_cli.corruptions import BEYOND, CORRUPTIONS
 from tta_cli.engine import get_method, resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.errors import UsageError
@@ -78,8 +78,8 @@ def check_config(config: BenchConfig) -> None:
     for name in config.methods:
         get_method(name)
     for name in config.corruptions:
-        if name not in CORRUPTIONS:
-            raise UsageError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}.")
+        if name not in CORRUPTIONS + BEYOND:
+            raise UsageError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS + BEYOND)}.")
     for name in config.protocols:
         if name not in PROTOCOLS:
             raise UsageError(f"Unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}.")
