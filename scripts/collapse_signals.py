@@ -5,7 +5,9 @@ some benchmark corruptions, classes mixed) and its first batches, writes per bat
 
 - ``feature_divergence``: how far the batch's pooled features at the bundle's first feature
   layer lie from the clean source's (``source_stats.safetensors``): the mean over channels of
-  the symmetric Kullback–Leibler divergence between per-channel Gaussians. Every bundle has
+  the Kullback–Leibler divergence between per-channel Gaussians, as the "weighted"
+  normalisation measures it (``gaussian_divergence``: 0.5 for a shift of the mean by one
+  standard deviation). Every bundle has
   these statistics, BatchNorm or not.
 - ``input_divergence`` (BatchNorm models): the same between the batch's statistics at the
   input of the first BatchNorm layer and that layer's running statistics.
@@ -28,6 +30,7 @@ import typer
 
 from tta_cli.corruptions import BEYOND, corrupt, image_rng
 from tta_cli.engine.norms import use_norm
+from tta_cli.engine.norms.layers import batch_norm_layers, gaussian_divergence
 from tta_cli.models import load_bundle
 from tta_cli.models.features import record_features
 from tta_cli.objectives import entropy
@@ -35,13 +38,6 @@ from tta_cli.streams import Preprocess, labeled_images
 from tta_cli.streams.decode import decode_image
 
 CORRUPTIONS = ("gaussian_noise", "defocus_blur", "fog", "contrast", "brightness")
-
-
-def divergence(mean: torch.Tensor, std: torch.Tensor, source_mean: torch.Tensor, source_std: torch.Tensor) -> float:
-    var, source_var = std.square() + 1e-8, source_std.square() + 1e-8
-    spread = var / source_var + source_var / var - 2
-    offset = (mean - source_mean).square() * (1 / var + 1 / source_var)
-    return float((spread + offset).mean() / 2)
 
 
 def describe(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -84,7 +80,7 @@ def main(
     }
     streams |= {f"mixed: {name}": (name, mixed) for name in (*BEYOND, *CORRUPTIONS)}
     normalising = copy.deepcopy(bundle.model)
-    norms = [m for m in bundle.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norm_layers(bundle.model)
     first_norm = norms[0] if norms else None
     use_norm(normalising, "batch" if norms else None)
     first_inputs: list[torch.Tensor] = []
@@ -111,7 +107,9 @@ def main(
             row = {
                 "stream": stream,
                 "batch": start // batch_size,
-                "feature_divergence": round(divergence(pooled.mean(0), pooled.std(0), source_mean, source_std), 4),
+                "feature_divergence": round(
+                    gaussian_divergence(pooled.mean(0), pooled.var(0), source_mean, source_std.square()), 4
+                ),
                 "source": describe(source_logits, labels),
             }
             if first_norm is not None:
@@ -119,7 +117,7 @@ def main(
                 var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
                 running_mean, running_var = first_norm.running_mean, first_norm.running_var
                 assert running_mean is not None and running_var is not None, "a BatchNorm layer without statistics"
-                row["input_divergence"] = round(divergence(mean, var.sqrt(), running_mean, running_var.sqrt()), 4)
+                row["input_divergence"] = round(gaussian_divergence(mean, var, running_mean, running_var), 4)
                 with torch.no_grad():
                     row["norm"] = describe(normalising(images), labels)
             results.append(row)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.config import AdaptConfig, GuardConfig, WeightedNormConfig
 from tta_cli.engine.adapter import Adapter
 from tta_cli.engine.guard import Guard
 from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, NO_BATCH_NORM_METHOD, Method, get_method
 from tta_cli.engine.norms import make_norm
+from tta_cli.engine.norms.layers import batch_norm_layers
 from tta_cli.harmonize import make_harmonizer
 from tta_cli.mgg.rule import rule_for_bundle
 from tta_cli.models import Bundle
@@ -30,7 +30,7 @@ def resolve_method(name: str, norm: str | None = None, batch_norm: bool = True) 
 
 
 def has_batch_norm(bundle: Bundle) -> bool:
-    return any(isinstance(layer, _BatchNorm) for layer in bundle.model.modules())
+    return bool(batch_norm_layers(bundle.model))
 
 
 def build_adapter(

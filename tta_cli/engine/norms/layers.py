@@ -116,3 +116,19 @@ def reduced_dims(x: torch.Tensor) -> list[int]:
 
 def channel_shape(x: torch.Tensor) -> list[int]:
     return [1, -1] + [1] * (x.dim() - 2)
+
+
+def gaussian_divergence(
+    mean: torch.Tensor, var: torch.Tensor, other_mean: torch.Tensor, other_var: torch.Tensor
+) -> float:
+    """The mean of the two Kullback–Leibler divergences between per-channel Gaussians, averaged
+    over channels: 0.5 for a shift of the mean by one standard deviation.
+
+    >>> gaussian_divergence(torch.ones(3), torch.ones(3), torch.zeros(3), torch.ones(3))
+    0.5
+    """
+    tiny = torch.finfo(var.dtype).tiny
+    var, other_var = var + tiny, other_var + tiny
+    spread = var / other_var + other_var / var - 2
+    offset = (mean - other_mean).square() * (1 / var + 1 / other_var)
+    return float((spread + offset).mean() / 4)

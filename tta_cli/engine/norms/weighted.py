@@ -76,6 +76,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta_cli.config import WeightedNormConfig
 from tta_cli.engine.norms.base import Norm, Prediction
 from tta_cli.engine.norms.layers import (
+    gaussian_divergence,
     normalise,
     per_image,
     rate_of,
@@ -105,7 +106,9 @@ class WeightedNorm(Norm):
         self.settings = settings = settings or WeightedNormConfig()
         self.shallow = math.ceil(len(self.layers) / 2)
         self.ratios: deque[float] = deque(maxlen=settings.window)
-        self.estimates = [_Estimate(self, layer) for layer in self.layers]
+        self.estimates = [
+            _Estimate(self, layer, source) for layer, source in zip(self.layers, self.source_statistics, strict=True)
+        ]
         self.watching = False
         self.deferral_noted = False
         """Whether the events last said the source's statistics predict on a mild shift; not
@@ -311,11 +314,11 @@ class _Estimate:
     """One layer's estimate of the domain's statistics (the running mean and variance it would
     have as robust BN), that estimate's error variance, and the source's statistics."""
 
-    def __init__(self, norm: WeightedNorm, layer: _BatchNorm) -> None:
+    def __init__(self, norm: WeightedNorm, layer: _BatchNorm, source: dict[str, torch.Tensor]) -> None:
         if layer.running_mean is None or layer.running_var is None:
             raise UsageError('A BatchNorm layer keeps no running statistics, so "weighted" has none to smooth.')
         self.norm, self.layer = norm, layer
-        self.source = (layer.running_mean.detach().clone(), layer.running_var.detach().clone())
+        self.source = (source["running_mean"], source["running_var"])
         self.restart()
         # Swapped on the instance on purpose (see ``layers``); Module.__call__ passes the input
         # positionally, so the parameter's name (x, not torch's input) does not matter.
@@ -329,7 +332,9 @@ class _Estimate:
         """How far the batch's statistics lie from the source's, and from the estimate's."""
         var, mean = torch.var_mean(x, dim=reduced_dims(x), unbiased=False)
         source_mean, source_var = self.source
-        return _divergence(mean, var, source_mean, source_var), _divergence(mean, var, self.mean, self.var)
+        return gaussian_divergence(mean, var, source_mean, source_var), gaussian_divergence(
+            mean, var, self.mean, self.var
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
@@ -373,12 +378,3 @@ class _Estimate:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         device = self.source[0].device
         self.mean, self.var, self.error = (state[key].to(device, copy=True) for key in ("mean", "var", "error"))
-
-
-def _divergence(mean: torch.Tensor, var: torch.Tensor, other_mean: torch.Tensor, other_var: torch.Tensor) -> float:
-    """Symmetric Kullback–Leibler divergence between per-channel Gaussians, averaged over channels."""
-    tiny = torch.finfo(var.dtype).tiny
-    var, other_var = var + tiny, other_var + tiny
-    spread = var / other_var + other_var / var - 2
-    offset = (mean - other_mean).square() * (1 / var + 1 / other_var)
-    return float((spread + offset).mean() / 4)
