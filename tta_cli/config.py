@@ -80,6 +80,7 @@ class WeightedNormConfig(BaseModel):
     clustered: float = Field(2.0, gt=1, description="the design effect from which batches count as clustered")
     shrinkage: bool = Field(True, description="on clustered batches, keep only an estimate's significant departure")
     shrinkage_factor: float = Field(5.0, ge=0, description="times its error variance an estimate must depart")
+    jump: bool = Field(True, description="take the own statistics of a batch far from those in use and the source's")
     return_on_fit: bool = Field(True, description="restart from the source's when a batch fits them better")
     return_on_confidence: bool = Field(
         True, description="restart from the source's when they predict the batch more confidently"

@@ -15,6 +15,8 @@ class EventKind(str, enum.Enum):
     """A step that would have moved θ did not (the detail says why)."""
     NORM_RETURN = "norm-return"
     """A normalisation sent its estimates back to the source's statistics."""
+    NORM_JUMP = "norm-jump"
+    """A normalisation's estimates took a far-off batch's own statistics."""
     DEFER = "defer"
     """The source's statistics predict, without gradient steps, on a mild shift."""
     DEFER_END = "defer-end"

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import CLASSES
-from tta_cli.bench.protocols import run_method
+from tta_cli.bench.protocols import bench_method, run_method
 from tta_cli.bench.streams import ShiftedStream
+from tta_cli.config import WeightedNormConfig
 from tta_cli.engine import get_method
+from tta_cli.engine.build import resolve_method
 from tta_cli.models import load_bundle
 from tta_cli.streams import Preprocess, list_images
 from tta_cli.streams.decode import decode_image
@@ -141,3 +143,29 @@ def test_memory_feeds_the_update_with_a_balanced_batch(bundle_path: Path, clean_
         bundle, get_method("tent+memory6"), [stream], "continual", 3, torch.device("cpu"), on_corruption_start=watch
     )
     assert seen[0] <= 3 and max(seen) <= 6 and len(seen) == 6
+
+
+def test_auto_runs_the_default_of_adapt_guarded(bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    method = bench_method("auto", bundle)
+    default = resolve_method("auto", batch_norm=True)
+    assert (method.name, method.guard) == ("auto", True)
+    assert (method.norm, method.objectives) == (default.norm, default.objectives)
+
+
+def test_an_ablated_weighted_norm_reaches_the_adapter(bundle_path: Path, clean_folder: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    stream = clean_stream(clean_folder, "clean")
+    off = WeightedNormConfig(return_on_fit=False, return_on_confidence=False, jump=False)
+    seen = []
+    run_method(
+        bundle,
+        get_method("norm+weighted"),
+        [stream],
+        "continual",
+        6,
+        torch.device("cpu"),
+        on_corruption_start=lambda name, adapter: seen.append(adapter.norm.settings),
+        weighted_norm=off,
+    )
+    assert seen == [off]

@@ -19,14 +19,15 @@ import copy
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from tta_cli.bench.streams import ShiftedStream
-from tta_cli.config import GuardConfig
-from tta_cli.engine import Adapter, Method
-from tta_cli.engine.build import build_adapter
+from tta_cli.config import GuardConfig, WeightedNormConfig
+from tta_cli.engine import Adapter, Method, get_method
+from tta_cli.engine.build import build_adapter, has_batch_norm, resolve_method
+from tta_cli.engine.methods import AUTO_METHOD
 from tta_cli.engine.recovery import MemoryKeeper, Recovery
 from tta_cli.models import Bundle
 from tta_cli.streams import Batch, Preprocess
@@ -71,10 +72,21 @@ class CellResult:
         return 1000 * self.step_seconds / self.steps if self.steps else float("nan")
 
 
-def bench_adapter(bundle: Bundle, method: Method, device: torch.device) -> Adapter:
+def bench_method(name: str, bundle: Bundle) -> Method:
+    """The method ``name`` as the benchmark runs it; ``auto`` is what ``tta-cli adapt`` runs on
+    this bundle by default, guarded as there."""
+    if name != AUTO_METHOD:
+        return get_method(name)
+    return replace(resolve_method(name, batch_norm=has_batch_norm(bundle)), name=AUTO_METHOD, guard=True)
+
+
+def bench_adapter(
+    bundle: Bundle, method: Method, device: torch.device, weighted_norm: WeightedNormConfig | None = None
+) -> Adapter:
     """An adapter as the method's paper runs it: the method's own settings, and no guard unless
-    the method asks for one (``+guard``)."""
-    return build_adapter(bundle, method, device, guard=GuardConfig(enabled=method.guard))
+    the method asks for one (``+guard``); ``weighted_norm`` replaces the weighted norm's settings."""
+    guard = GuardConfig(enabled=method.guard)
+    return build_adapter(bundle, method, device, guard=guard, weighted_norm=weighted_norm)
 
 
 def run_method(
@@ -87,18 +99,20 @@ def run_method(
     on_batch: Callable[[CellResult, int], None] | None = None,
     on_corruption_start: Callable[[str, Adapter], None] | None = None,
     rounds: int = 1,
+    weighted_norm: WeightedNormConfig | None = None,
 ) -> list[CellResult]:
     """Run ``method`` through ``streams``, ``rounds`` times over, under ``protocol``; the bundle's
     model is left as it was.
 
     ``on_batch(cell, images)`` follows every batch; ``on_corruption_start(name, adapter)`` is
-    called before a corruption's first batch, with the adapter about to see it.
+    called before a corruption's first batch, with the adapter about to see it; ``weighted_norm``
+    replaces the weighted norm's settings.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
     original = copy.deepcopy(bundle.model.state_dict())
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
-    adapter = bench_adapter(bundle, method, device)
+    adapter = bench_adapter(bundle, method, device, weighted_norm)
     recovery = Recovery(adapter, MemoryKeeper(adapter))
     source_state = adapter.state_dict()
     sequence = [(number, stream) for number in range(1, rounds + 1) for stream in streams]
@@ -109,7 +123,7 @@ def run_method(
                 # A new adapter over the restored model: fresh optimizer and method state too.
                 adapter.load_state_dict(source_state)
                 adapter.close()
-                adapter = bench_adapter(bundle, method, device)
+                adapter = bench_adapter(bundle, method, device, weighted_norm)
                 recovery = Recovery(adapter, MemoryKeeper(adapter))
             if on_corruption_start is not None:
                 on_corruption_start(stream.corruption, adapter)

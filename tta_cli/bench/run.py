@@ -18,12 +18,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tta_cli.bench.orders import parse_order
-from tta_cli.bench.protocols import PROTOCOLS, CellResult, run_method
+from tta_cli.bench.protocols import PROTOCOLS, CellResult, bench_method, run_method
 from tta_cli.bench.report import write_report
 from tta_cli.bench.speed import measure_speed
 from tta_cli.bench.streams import ShiftedStream, build_streams, select_images
 from tta_cli.corruptions import BEYOND, CORRUPTIONS
 from tta_cli.engine import get_method, resolve_device
+from tta_cli.engine.methods import AUTO_METHOD
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.errors import UsageError
 from tta_cli.models import Bundle, load_bundle
@@ -76,7 +77,8 @@ class BenchProgress:
 def check_config(config: BenchConfig) -> None:
     """Unknown names are a one-sentence usage error before any work starts."""
     for name in config.methods:
-        get_method(name)
+        if name != AUTO_METHOD:
+            get_method(name)
     for name in config.corruptions:
         if name not in CORRUPTIONS + BEYOND:
             raise UsageError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS + BEYOND)}.")
@@ -125,7 +127,7 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
         streams[index] = stream.reordered(config.order, config.seed)
     report("corrupt", "streams ready", total_images, total_images)
     smallest_batch = min(config.batch_size, len(streams[0]) % config.batch_size or config.batch_size)
-    if smallest_batch == 1 and any(get_method(name).batch_statistics for name in config.methods):
+    if smallest_batch == 1 and any(bench_method(name, bundle).batch_statistics for name in config.methods):
         check_batch_of_one(bundle, streams[0], device)
 
     fisher_note = "not needed (EATA not run)"
@@ -207,7 +209,7 @@ def _run_matrix(
     stream_images = sum(len(stream) for stream in streams)
     plan = []
     for name in config.methods:
-        method = get_method(name)
+        method = bench_method(name, bundle)
         # Nothing adapts in a method without objectives, so both protocols give the same
         # predictions: it runs once and its cells are listed under each protocol. For such a
         # method, and under reset, every round repeats the first: it runs once and is listed
@@ -279,7 +281,7 @@ def _summary(
     }
     methods = {}
     for name in config.methods:
-        method = get_method(name)
+        method = bench_method(name, bundle)
         methods[name] = {
             "summary": method.summary,
             "batch_statistics": method.batch_statistics,

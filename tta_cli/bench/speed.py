@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tta_cli.bench.protocols import bench_adapter
+from tta_cli.bench.protocols import bench_adapter, bench_method
 from tta_cli.bench.streams import ShiftedStream
 from tta_cli.config import AdaptConfig
-from tta_cli.engine import adapt, get_method
+from tta_cli.engine import adapt
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.models import Bundle
 from tta_cli.streams import Batch, Preprocess
@@ -83,7 +83,7 @@ def step_against_floor(
         for batch_size in batch_sizes:
             batch = _batch(stream, batch_size, preprocess)
             for name in methods:
-                method = get_method(name)
+                method = bench_method(name, bundle)
                 adapter = bench_adapter(bundle, method, device)
                 step_ms = _timed(device, functools.partial(adapter.step, batch), repeats, warmup)
                 adapter.close()

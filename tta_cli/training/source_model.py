@@ -35,8 +35,9 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 GRAY_MEAN, GRAY_STD = (0.4808,), (0.2389,)
 """CIFAR-10's training images in grayscale (PIL's "L", ITU-R 601 luma), measured with
 ``channel_statistics`` on the JPEG copy."""
-ARCHITECTURES = {"airnet": 3, "airnet_gn": 3, "airnet_gray": 1}
-"""The zoo architectures this recipe trains, with their input channels."""
+ARCHITECTURES = {"airnet": 3, "airnet_gn": 3, "airnet_gray": 1, "resnet20": 3}
+"""The zoo architectures this recipe trains, with their input channels: the airnet family with
+its paper's initialisation and step sizes, ``resnet20`` with the usual ResNet ones."""
 
 
 def load_split(
@@ -97,9 +98,10 @@ def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) ->
     layer.weight.requires_grad_(False)
 
 
-def build_model(train_images: torch.Tensor, architecture: str = "airnet") -> AirNet:
+def build_model(train_images: torch.Tensor, architecture: str = "airnet") -> nn.Module:
     model = ZOO[architecture](len(CIFAR10_CLASSES))
-    assert isinstance(model, AirNet)
+    if not isinstance(model, AirNet):
+        return model  # PyTorch's default (Kaiming-uniform) initialisation
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and module is not model.whiten:
             weight = module.weight.data
@@ -154,20 +156,7 @@ def train(
     # torch's stub for Module.to lacks the documented memory_format-only form.
     model = model.to(target_device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    momentum, bias_scale = 0.85, 64.0
-    # The loss is summed over the batch, so the step sizes are per-example (arXiv 2404.00498).
-    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
-    lr, weight_decay = 11.5 / kilostep_scale, 0.0153 * batch_size / kilostep_scale
-    # BatchNorm biases learn 64× faster; the whitening stem's bias is an ordinary parameter.
-    biases = [p for n, p in model.named_parameters() if p.requires_grad and ".norm" in n]
-    others = [p for n, p in model.named_parameters() if p.requires_grad and ".norm" not in n]
-    # SGD multiplies the decay by the learning rate; dividing it out makes each step shrink the
-    # weights by ``weight_decay`` times the schedule's factor, as in the paper's code.
-    groups = [
-        {"params": biases, "lr": lr * bias_scale, "weight_decay": weight_decay / (lr * bias_scale)},
-        {"params": others, "lr": lr, "weight_decay": weight_decay / lr},
-    ]
-    optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
+    optimizer = _optimizer(model, batch_size)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
 
@@ -189,7 +178,8 @@ def train(
             scale = 0.2 + 0.8 * step / warmup if step < warmup else 1 - 0.93 * (step - warmup) / (total_steps - warmup)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
-            model.whiten.bias.requires_grad_(step < whiten_bias_steps)
+            if isinstance(model, AirNet) and model.whiten.bias is not None:
+                model.whiten.bias.requires_grad_(step < whiten_bias_steps)
             loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing, reduction="sum")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -212,7 +202,7 @@ def train(
                     f"probe accuracy {probe:.4f} {(time.time() - started) / 60:.1f} min",
                     flush=True,
                 )
-    model = model.cpu().to(memory_format=torch.contiguous_format)
+    model = model.cpu().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     accuracy = evaluate(model, test_images, test_labels)
     flip_accuracy = evaluate(model, test_images, test_labels, flip_tta=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,3 +222,28 @@ def train(
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _optimizer(model: nn.Module, batch_size: int) -> torch.optim.SGD:
+    """Nesterov SGD on the summed loss, so that step sizes are per example (arXiv 2404.00498)."""
+    if not isinstance(model, AirNet):
+        # The usual CIFAR ResNet steps: 0.1 per 128 images, momentum 0.9, weight decay 5e-4
+        # (scaled by 128 because SGD multiplies it by the per-example rate).
+        lr = 0.1 / 128
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4 * 128)
+    # The paper's BatchNorm biases learn 64× faster; GroupNorm biases at that rate held airnet_gn
+    # at chance for a whole epoch, so they learn at the others' rate.
+    has_batch_norm = any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+    momentum, bias_scale = 0.85, 64.0 if has_batch_norm else 1.0
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    lr, weight_decay = 11.5 / kilostep_scale, 0.0153 * batch_size / kilostep_scale
+    # The whitening stem's bias is an ordinary parameter.
+    biases = [p for n, p in model.named_parameters() if p.requires_grad and ".norm" in n]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and ".norm" not in n]
+    # SGD multiplies the decay by the learning rate; dividing it out makes each step shrink the
+    # weights by ``weight_decay`` times the schedule's factor, as in the paper's code.
+    groups = [
+        {"params": biases, "lr": lr * bias_scale, "weight_decay": weight_decay / (lr * bias_scale)},
+        {"params": others, "lr": lr, "weight_decay": weight_decay / lr},
+    ]
+    return torch.optim.SGD(groups, momentum=momentum, nesterov=True)

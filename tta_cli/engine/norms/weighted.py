@@ -28,6 +28,12 @@ mostly the classes seen so far. Each layer tracks its estimate's error variance
 a positive-part James–Stein share of the estimate's departure,
 ``w = max(0, 1 − s · Σ e/σ²_src / Σ (μ − μ_src)²/σ²_src)``, ``s = shrinkage_factor · (1 − gate)``.
 
+**jump.** A batch whose first-layer statistics lie further than ``near_source`` (the
+divergence of a shift of the mean by one source standard deviation) from both the estimate's
+and the source's shows more than the classes of a batch explain: a new domain. The estimates
+restart from the batch's own statistics (rate 1 in the shallow half, ``gate`` in the deeper
+half) instead of taking several batches to leave statistics that no longer describe the stream.
+
 **return_on_fit.** When a batch's statistics at the first layer fit the source's better than
 the estimate's (symmetric Kullback–Leibler divergence of per-channel Gaussians), the domain
 turned back towards the source, and every estimate restarts from the source's.
@@ -118,6 +124,8 @@ class WeightedNorm(Norm):
         self.returns = 0
         self.returned = ""
         """Why the last batch seen sent the estimates back to the source's, if it did."""
+        self.jumped = False
+        """Whether the last batch seen lay so far from the statistics in use that its own replaced them."""
         self.agreement: float | None = None
         self.log_ratio: float | None = None
         """Moving averages of the second look's agreement and log entropy ratio."""
@@ -147,6 +155,8 @@ class WeightedNorm(Norm):
         prediction = self.second_look(look_again, logits)
         if self.returned:
             prediction.events.append(Event(EventKind.NORM_RETURN, self.returned))
+        if self.jumped:
+            prediction.events.append(Event(EventKind.NORM_JUMP, "the batch lay beyond the statistics in use"))
         if self.deferring != self.deferral_noted:
             self.deferral_noted = self.deferring
             if self.deferring:
@@ -170,29 +180,32 @@ class WeightedNorm(Norm):
             self.observe(inputs[0])
 
     def observe(self, x: torch.Tensor) -> float:
-        """Update the design effect with the first layer's input ``x``, return to the source's
-        statistics if ``x`` fits them better, and set every rate; returns the shallow half's rate."""
+        """Jump to ``x``'s statistics if they lie far from both the estimate's and the source's,
+        else return to the source's if ``x`` fits them better; update the design effect with
+        the first layer's input ``x`` and set every rate; returns the shallow half's rate."""
         with torch.no_grad():
+            self.returned = ""
+            self.source_divergence, estimate_divergence = self.estimates[0].divergences(x.detach())
+            far = min(self.source_divergence, estimate_divergence) > self.settings.near_source
+            self.jumped = self.settings.jump and far
+            if self.settings.return_on_fit and not self.jumped and self.source_divergence < estimate_divergence:
+                self._return(FITS_SOURCE)
             images = per_image(x)
             count = images.shape[0]
             mean = images.mean(dim=0)
             if count > 1:
                 noise = images.var(dim=0) / count
-                if self.previous is not None:
+                # A change of domain says nothing of how clustered the stream's batches are.
+                if self.previous is not None and not self.jumped:
                     previous_mean, previous_noise = self.previous
                     tiny = torch.finfo(noise.dtype).tiny
                     ratio = (mean - previous_mean).square() / (noise + previous_noise + tiny)
                     self.ratios.append(float(ratio.mean()))
                 self.previous = (mean, noise)
-            self.returned = ""
-            first = self.estimates[0]
-            self.source_divergence, estimate_divergence = first.divergences(x.detach())
-            if self.settings.return_on_fit and self.source_divergence < estimate_divergence:
-                self._return(FITS_SOURCE)
         if self.ratios:
             self.design_effect = max(1.0, statistics.median(self.ratios))
         effective = count / self.design_effect
-        rate = effective / (effective + self.settings.prior)
+        rate = 1.0 if self.jumped else effective / (effective + self.settings.prior)
         deep_rate = rate * self.gate if self.settings.deep_gate else rate
         for index, layer in enumerate(self.layers):
             # torch's stub types Module.__setattr__ for tensors and modules; plain attributes work.
@@ -264,6 +277,7 @@ class WeightedNorm(Norm):
         self.design_effect = self.settings.start
         self.returns = 0
         self.returned = ""
+        self.jumped = False
         self.agreement = self.log_ratio = None
         self.deferring = False
         for layer, estimate in zip(self.layers, self.estimates, strict=True):

@@ -1,0 +1,231 @@
+"""The development suite: bundles of different kinds × stream orders × shifts, each run with
+the source model, test-batch normalisation, tent, SAR and the default (``auto``), and the
+default once more with each mechanism of the "weighted" norm switched off (its ablation).
+
+    python scripts/suite.py run --bundle B1 --bundle B2 --data CIFAR10/test --out docs/bench/suite
+    python scripts/suite.py tables docs/bench/suite
+
+``run`` appends one JSON line per bundle, order, shift, method and corruption to
+``OUT/cells.jsonl`` and skips what is there, so a killed run resumes; every stream is continual
+(no reset between corruptions), evaluated online. ``tables`` writes ``OUT/tables.md``: the suite
+table, the cells where the default is worse than the source, the default's share of the best
+method's gain per bundle, and the ablation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from tta_cli.bench.protocols import bench_method, run_method
+from tta_cli.bench.streams import build_streams
+from tta_cli.config import WeightedNormConfig
+from tta_cli.corruptions import BEYOND, CORRUPTIONS
+from tta_cli.engine import resolve_device
+from tta_cli.models import Bundle, load_bundle
+
+ORDERS = {
+    "shuffled-b64": ("shuffled", 64),
+    "sorted-b64": ("sorted", 64),
+    "dirichlet0.1-b64": ("dirichlet:0.1", 64),
+    "shuffled-b16": ("shuffled", 16),
+}
+SHIFTS = {
+    "severity1": (CORRUPTIONS, 1),
+    "severity3": (CORRUPTIONS, 3),
+    "severity5": (CORRUPTIONS, 5),
+    "collapse": (BEYOND, 5),  # the shifts beyond CIFAR-10-C have one strength
+}
+METHODS = ("source", "norm", "tent", "sar", "auto")
+SWITCHES = ("deep_gate", "shrinkage", "return_on_fit", "return_on_confidence", "confidence_near_source", "deferral")
+"""The weighted norm's mechanisms (``WeightedNormConfig``); ``auto-without-X`` runs the default
+with X off."""
+CELLS = "cells.jsonl"
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def run(
+    bundle: Annotated[list[Path], typer.Option(help="A model bundle; repeat for several.")],
+    data: Annotated[Path, typer.Option(help="Labeled clean folder (<class>/<image>) to corrupt.")],
+    out: Annotated[Path, typer.Option(help="Folder for cells.jsonl.")],
+    num_examples: Annotated[int, typer.Option(help="Images per corruption.")] = 200,
+    orders: Annotated[str, typer.Option(help="Comma-separated names of ORDERS.")] = ",".join(ORDERS),
+    shifts: Annotated[str, typer.Option(help="Comma-separated names of SHIFTS.")] = ",".join(SHIFTS),
+    ablation: Annotated[bool, typer.Option(help="Also run the default with each mechanism off.")] = True,
+    seed: int = 0,
+    device: str = "cpu",
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache of corrupted streams.")] = None,
+) -> None:
+    """Run every cell not yet in OUT/cells.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = {_key(row) for row in _rows(out)}
+    target = resolve_device(device)
+    for path in bundle:
+        loaded = load_bundle(path)
+        for shift in shifts.split(","):
+            corruptions, severity = SHIFTS[shift]
+            spec = loaded.spec
+            built = build_streams(
+                data, spec.class_names, corruptions, severity, spec.input_size, num_examples, seed, cache_dir
+            )
+            for order in orders.split(","):
+                kind, batch_size = ORDERS[order]
+                streams = [stream.reordered(kind, seed) for stream in built]
+                for name, weighted_norm in _variants(loaded, ablation):
+                    cell = {"bundle": loaded.spec.name, "order": order, "shift": shift, "method": name}
+                    if _key(cell) in done:
+                        continue
+                    torch.manual_seed(seed)
+                    method = bench_method(name.partition("-without-")[0], loaded)
+                    results = run_method(
+                        loaded, method, streams, "continual", batch_size, target, weighted_norm=weighted_norm
+                    )
+                    with (out / CELLS).open("a") as file:
+                        for result in results:
+                            row = {**cell, "corruption": result.corruption, "images": result.images}
+                            row |= {"errors": result.errors, "events": dict(result.notes)}
+                            file.write(json.dumps(row) + "\n")
+                    mean = np.mean([result.error_percent for result in results])
+                    typer.echo(f"{loaded.spec.name} {order} {shift} {name}: {mean:.2f} % error")
+
+
+def _variants(bundle: Bundle, ablation: bool) -> Iterator[tuple[str, WeightedNormConfig | None]]:
+    for name in METHODS:
+        yield name, None
+    if ablation and bench_method("auto", bundle).norm == "weighted":
+        for switch in SWITCHES:
+            yield f"auto-without-{switch}", WeightedNormConfig(**{switch: False})
+
+
+def _key(row: dict[str, Any]) -> tuple[str, ...]:
+    return row["bundle"], row["order"], row["shift"], row["method"]
+
+
+def _rows(out: Path) -> list[dict[str, Any]]:
+    path = out / CELLS
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+@app.command()
+def tables(out: Annotated[Path, typer.Argument(help="The folder `run` wrote.")]) -> None:
+    """Write OUT/tables.md from OUT/cells.jsonl."""
+    rows = _rows(out)
+    error: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        error[_key(row)][row["corruption"]] = 100 * row["errors"] / row["images"]
+    bundles = list(dict.fromkeys(row["bundle"] for row in rows))
+    lines = ["# The development suite", "", f"Written by `python scripts/suite.py tables {out}`.", ""]
+    lines += _suite_table(error, bundles)
+    lines += _worse_table(error, bundles)
+    lines += _share_table(error, bundles)
+    lines += _ablation_table(error, bundles)
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    typer.echo("\n".join(lines))
+
+
+def _mean(errors: dict[str, float]) -> float:
+    return float(np.mean(list(errors.values())))
+
+
+def _cells(error: dict[tuple[str, ...], dict[str, float]], bundle: str) -> Iterator[tuple[str, str]]:
+    for order in ORDERS:
+        for shift in SHIFTS:
+            if (bundle, order, shift, "auto") in error:
+                yield order, shift
+
+
+def _best(error: dict[tuple[str, ...], dict[str, float]], bundle: str, order: str, shift: str) -> str:
+    return min(METHODS, key=lambda name: _mean(error[bundle, order, shift, name]))
+
+
+def _suite_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
+    lines = [
+        "## Mean online error (%) per bundle, order and shift",
+        "",
+        "| bundle | order | shift | source | norm | tent | sar | default | best |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for bundle in bundles:
+        for order, shift in _cells(error, bundle):
+            means = " | ".join(f"{_mean(error[bundle, order, shift, name]):.2f}" for name in METHODS)
+            lines.append(f"| {bundle} | {order} | {shift} | {means} | {_best(error, bundle, order, shift)} |")
+    return [*lines, ""]
+
+
+def _worse_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
+    lines = [
+        "## Cells (one corruption of one stream) where the default has more errors than the source",
+        "",
+        "| bundle | cells | worse | which (error of source → default) |",
+        "|---|---|---|---|",
+    ]
+    for bundle in bundles:
+        total, worse = 0, []
+        for order, shift in _cells(error, bundle):
+            source, default = error[bundle, order, shift, "source"], error[bundle, order, shift, "auto"]
+            total += len(default)
+            worse += [
+                f"{order} {shift} {name} {source[name]:.1f} → {value:.1f}"
+                for name, value in default.items()
+                if value > source[name]
+            ]
+        lines.append(f"| {bundle} | {total} | {len(worse)} | {'; '.join(worse)} |")
+    return [*lines, ""]
+
+
+def _share_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
+    lines = [
+        "## The default's share of the best method's gain over the source, shuffled streams",
+        "",
+        "Gains summed over the shuffled orders (b64, b16) and every shift.",
+        "",
+        "| bundle | source − best (points, summed) | source − default | share |",
+        "|---|---|---|---|",
+    ]
+    for bundle in bundles:
+        best_gain = default_gain = 0.0
+        for order, shift in _cells(error, bundle):
+            if order.startswith("shuffled"):
+                source = _mean(error[bundle, order, shift, "source"])
+                best_gain += source - _mean(error[bundle, order, shift, _best(error, bundle, order, shift)])
+                default_gain += source - _mean(error[bundle, order, shift, "auto"])
+        share = f"{100 * default_gain / best_gain:.0f} %" if best_gain > 0 else "no gain to share"
+        lines.append(f"| {bundle} | {best_gain:.2f} | {default_gain:.2f} | {share} |")
+    return [*lines, ""]
+
+
+def _ablation_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
+    lines = [
+        "## Ablation: the default with one mechanism of the weighted norm off",
+        "",
+        "Mean error over every order and shift of the bundle, and the cells worse than the source.",
+        "",
+        "| bundle | variant | mean error | worse than source |",
+        "|---|---|---|---|",
+    ]
+    for bundle in bundles:
+        for variant in ("auto", *(f"auto-without-{switch}" for switch in SWITCHES)):
+            cells = [cell for cell in _cells(error, bundle) if (bundle, *cell, variant) in error]
+            if not cells:
+                continue
+            means = [_mean(error[bundle, order, shift, variant]) for order, shift in cells]
+            worse = sum(
+                value > error[bundle, order, shift, "source"][name]
+                for order, shift in cells
+                for name, value in error[bundle, order, shift, variant].items()
+            )
+            lines.append(f"| {bundle} | {variant} | {np.mean(means):.2f} | {worse} |")
+    return [*lines, ""]
+
+
+if __name__ == "__main__":
+    app()
