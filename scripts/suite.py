@@ -44,7 +44,15 @@ SHIFTS = {
     "collapse": (BEYOND, 5),  # the shifts beyond CIFAR-10-C have one strength
 }
 METHODS = ("source", "norm", "tent", "sar", "auto")
-SWITCHES = ("deep_gate", "shrinkage", "return_on_fit", "return_on_confidence", "confidence_near_source", "deferral")
+SWITCHES = (
+    "deep_gate",
+    "shrinkage",
+    "jump",
+    "return_on_fit",
+    "return_on_confidence",
+    "confidence_near_source",
+    "deferral",
+)
 """The weighted norm's mechanisms (``WeightedNormConfig``); ``auto-without-X`` runs the default
 with X off."""
 CELLS = "cells.jsonl"
