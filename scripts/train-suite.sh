@@ -3,13 +3,14 @@
 # cross-entropy (the recipe of scripts/train_sample_model.py), then prepared as bundles.
 #   scripts/train-suite.sh CIFAR10_DIR OUT [ARCHITECTURE:EPOCHS ...]
 # The default list is what the shipped suite was trained with on two CPU cores (airnet 60 min,
-# the others 17 to 30 min each); resnet20 takes batches of 256, as ResNets are usually trained.
+# the others 15 to 25 min each). resnet20 takes batches of 256, as ResNets are usually trained, and
+# so does airnet_gn: at 1024 (48 steps an epoch) it reached 45.7 % test accuracy in 4 epochs.
 set -euo pipefail
 data=${1:?CIFAR10_DIR}; out=${2:?OUT}; shift 2
-for entry in "${@:-airnet:10 airnet_gn:4 airnet_gray:4 resnet20:4}"; do
+for entry in "${@:-airnet:10 airnet_gn:6 airnet_gray:4 resnet20:4}"; do
   for item in $entry; do
     architecture=${item%%:*}; epochs=${item##*:}
-    batch=1024; [ "$architecture" = resnet20 ] && batch=256
+    case $architecture in resnet20 | airnet_gn) batch=256 ;; *) batch=1024 ;; esac
     python scripts/train_sample_model.py --data "$data" --out "$out/train-$architecture" --epochs "$epochs" \
       --batch-size "$batch" --seed 0 --architecture "$architecture" --label-smoothing 0
     statistics=$(python -c "import json, sys; r = json.load(open(sys.argv[1])); print(','.join(map(str, r['mean'])), ','.join(map(str, r['std'])))" "$out/train-$architecture/training.json")

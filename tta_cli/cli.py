@@ -331,7 +331,9 @@ def bench(
     corruptions: Annotated[str | None, typer.Option(help="Comma-separated (default all 15).")] = None,
     severity: Annotated[int, typer.Option(help="Corruption severity, 1-5 (one per run).")] = 5,
     num_examples: Annotated[int | None, typer.Option(help="Images per corruption (default all).")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "source,norm,tent,eata,sar",
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods; auto: what adapt runs on this bundle by default, guarded.")
+    ] = "source,norm,tent,eata,sar",
     protocols: Annotated[str, typer.Option(help="reset and/or continual, comma-separated.")] = "reset,continual",
     batch_size: Annotated[int, typer.Option(help="Images per adaptation step.")] = 200,
     order: Annotated[
