@@ -92,7 +92,7 @@ def main(
             part = chosen[start : start + batch_size]
             pixels = []
             for path, _ in part:
-                image = decode_image(path, spec.input_size)
+                image = decode_image(path, spec.framing)
                 if corruption is not None:
                     image = corrupt(
                         image, corruption, severity, image_rng(seed, corruption, severity, path.relative_to(data))

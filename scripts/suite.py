@@ -83,7 +83,7 @@ def run(
             corruptions, severity = SHIFTS[shift]
             spec = loaded.spec
             built = build_streams(
-                data, spec.class_names, corruptions, severity, spec.input_size, num_examples, seed, cache_dir
+                data, spec.class_names, corruptions, severity, spec.framing, num_examples, seed, cache_dir
             )
             for order in orders.split(","):
                 kind, batch_size = ORDERS[order]

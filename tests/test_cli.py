@@ -114,6 +114,26 @@ def test_prepare_refuses_a_pickle_checkpoint(tmp_path: Path, clean_folder: Path)
     assert (tmp_path / "bundle" / "source_stats.safetensors").is_file()
 
 
+def test_prepare_takes_the_framing_and_needs_mean_and_std_of_a_zoo_model(tmp_path: Path, clean_folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from tta_cli.models import build_architecture
+
+    weights = tmp_path / "model.safetensors"
+    save_file(build_architecture("tiny_resnet", 3).state_dict(), str(weights))
+    args: list[str | Path] = ["prepare", "--arch", "tiny_resnet", "--weights", weights, "--source-data", clean_folder]
+    args += ["--num-images", "6", "--input-size", "24,28"]
+    framing = ["--crop-pct", "0.75", "--crop-mode", "center", "--interpolation", "bicubic"]
+    refused = tta(*args, "--out", tmp_path / "refused", *framing)
+    assert refused.returncode == 2 and "Give --mean and --std for architecture 'tiny_resnet'" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+    accepted = tta(*args, "--out", tmp_path / "bundle", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", *framing)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "input 24×28 by center crop 0.75 (bicubic)" in " ".join(accepted.stderr.split())
+    text = (tmp_path / "bundle" / "model.toml").read_text()
+    assert "crop_pct = 0.75" in text and 'crop_mode = "center"' in text and 'interpolation = "bicubic"' in text
+
+
 def help_text(*command: str) -> str:
     """``--help`` of a command, one option per line: wide enough that Rich wraps nothing."""
     environment = {**os.environ, "COLUMNS": "300"}
@@ -134,6 +154,9 @@ def test_adapt_help_lists_the_choices_and_the_configuration_s_defaults() -> None
     assert "default auto" in text
 
 
+PREPARE = ["prepare", "--arch", "airnet", "--weights", "w", "--source-data", "d", "--out", "o"]
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -144,6 +167,8 @@ def test_adapt_help_lists_the_choices_and_the_configuration_s_defaults() -> None
         ["export", "run", "--out", "model.onnx", "--simplify", "onnxsim"],
         ["export", "run", "--out", "model.onnx", "--bn-stats", "batch"],
         ["train-mgg", "--model", "bundle", "--data", "data", "--harmonizer", "nash"],
+        [*PREPARE, "--crop-mode", "border"],
+        [*PREPARE, "--interpolation", "area"],
     ],
 )
 def test_an_unknown_choice_is_refused_before_any_work(args: list[str]) -> None:

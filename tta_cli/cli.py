@@ -15,7 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from tta_cli.config import (
+    CropMode,
     HarmonizerName,
+    Interpolation,
     NormName,
     OptimizerName,
     StreamOrder,
@@ -230,10 +232,39 @@ def prepare(
     weights: Annotated[Path, typer.Option(help="Trained weights (.safetensors, or .pt/.pth with --trust-pickle).")],
     source_data: Annotated[Path, typer.Option(help="Folder of clean source images in class sub-folders.")],
     out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
-    mean: Annotated[str, typer.Option(help="Input mean in [0, 1]: three comma-separated values (RGB) or one (gray).")],
-    std: Annotated[str, typer.Option(help="Input std in [0, 1]: three comma-separated values (RGB) or one (gray).")],
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            help="Input mean in [0, 1]: three comma-separated values (RGB) or one (gray); timm and torchvision "
+            "architectures default to their pretrained config's."
+        ),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(help="Input std in [0, 1], as --mean; timm and torchvision default to their pretrained config's."),
+    ] = None,
     classes: Annotated[str | None, typer.Option(help="Class names, comma-separated (default sub-folders).")] = None,
-    input_size: Annotated[str, typer.Option(help="Input size in pixels: HEIGHT,WIDTH or one number.")] = "32",
+    input_size: Annotated[
+        str | None,
+        typer.Option(help="Input size in pixels: HEIGHT,WIDTH or one number (default the pretrained config's, or 32)."),
+    ] = None,
+    crop_pct: Annotated[
+        float | None,
+        typer.Option(
+            help="Part of the resized image the centre crop keeps, in (0, 1]: images are resized to input size / "
+            "crop-pct first (default the pretrained config's, or 1)."
+        ),
+    ] = None,
+    crop_mode: Annotated[
+        CropMode | None,
+        typer.Option(
+            help="squash: resize to that size, aspect ratio lost; center: keep the aspect ratio, cut the rest "
+            "(default the pretrained config's, or squash)."
+        ),
+    ] = None,
+    interpolation: Annotated[
+        Interpolation | None, typer.Option(help="Resize filter (default the pretrained config's, or bilinear).")
+    ] = None,
     feature_layers: Annotated[str | None, typer.Option(help="Layers for feature alignment, comma-separated.")] = None,
     num_images: Annotated[int, typer.Option(help="Source images used for the feature statistics.")] = 2000,
     trust_pickle: Annotated[bool, typer.Option(help="Allow loading a pickle checkpoint (it can run code).")] = False,
@@ -246,16 +277,22 @@ def prepare(
         weights,
         source_data,
         out,
-        mean=_numbers(mean, "--mean", float, (1, 3)),
-        std=_numbers(std, "--std", float, (1, 3)),
+        mean=None if mean is None else _numbers(mean, "--mean", float, (1, 3)),
+        std=None if std is None else _numbers(std, "--std", float, (1, 3)),
         class_names=_names(classes),
-        input_size=_size(input_size),
+        input_size=None if input_size is None else _size(input_size),
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+        interpolation=interpolation,
         feature_layers=_names(feature_layers),
         num_images=num_images,
         trust_pickle=trust_pickle,
     )
+    height, width = spec.input_size
     console.print(
-        f"Wrote bundle {out} ({spec.architecture}, {spec.num_classes} classes, features {spec.feature_layers})."
+        f"Wrote bundle {out} ({spec.architecture}, {spec.num_classes} classes, input {height}×{width} by "
+        f"{spec.crop_mode} crop {spec.crop_pct:g} ({spec.interpolation}), mean {spec.mean}, std {spec.std}, "
+        f"features {spec.feature_layers})."
     )
 
 

@@ -21,6 +21,10 @@ OptimizerName = Literal["adam", "sgd"]
 NormName = Literal["batch", "robust", "tbr", "balanced", "weighted"]
 HarmonizerName = Literal["sum", "gh", "gh++", "sam-gs", "pcgrad", "upgrad", "mgda"]
 StreamOrder = Literal["sorted", "shuffled"]
+# How an image is framed into the model's input (``tta_cli.streams.Framing``), here for the
+# same reason: the streams package imports torch.
+CropMode = Literal["squash", "center"]
+Interpolation = Literal["bilinear", "bicubic", "nearest", "box"]
 
 Settings = TypeVar("Settings", bound=BaseModel)
 

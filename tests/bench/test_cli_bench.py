@@ -11,6 +11,7 @@ from pathlib import Path
 from tta_cli.bench.speed import NOT_MEASURED, measure_speed
 from tta_cli.bench.streams import build_streams
 from tta_cli.models import load_bundle
+from tta_cli.streams import Framing
 
 
 def tta(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -84,7 +85,7 @@ def test_speed_on_the_cpu_is_labeled_and_gpu_is_not_measured(bundle_path: Path, 
     import torch
 
     bundle = load_bundle(bundle_path)
-    [stream] = build_streams(clean_folder, bundle.spec.class_names, ("contrast",), 5, (32, 32), 6, 0, tmp_path)
+    [stream] = build_streams(clean_folder, bundle.spec.class_names, ("contrast",), 5, Framing((32, 32)), 6, 0, tmp_path)
     speed = measure_speed(bundle, ["norm", "tent"], stream, torch.device("cpu"), (4,), 1, end_to_end_limit=4)
     assert speed["gpu"] == NOT_MEASURED
     cpu = speed["cpu"]

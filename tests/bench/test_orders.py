@@ -9,6 +9,7 @@ from tests.conftest import CLASSES, write_image_folder
 from tta_cli.bench.orders import order_indices, parse_order, video_frames
 from tta_cli.bench.streams import ShiftedStream, build_streams
 from tta_cli.errors import UsageError
+from tta_cli.streams import Framing
 
 # Ten classes of 100 images each, in a shuffled (i.i.d.) order.
 LABELS = np.random.default_rng(7).permutation(np.repeat(np.arange(10), 100))
@@ -147,7 +148,9 @@ RECORDED_ORDERS = {
 @pytest.mark.parametrize("order", [*RECORDED_ORDERS, "video:2"])
 def test_a_benchmark_stream_keeps_its_recorded_images_and_order(order: str, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=4)
-    (stream,) = build_streams(data, CLASSES, ("fog",), 5, (32, 32), num_examples=9, seed=3, cache_dir=tmp_path / "c")
+    (stream,) = build_streams(
+        data, CLASSES, ("fog",), 5, Framing((32, 32)), num_examples=9, seed=3, cache_dir=tmp_path / "c"
+    )
     played = stream.reordered(order, 1)
     if order == "video:2":
         expected = [f"{image}.png#{frame}" for image in RECORDED_ORDERS["shuffled"] for frame in (1, 2)]

@@ -14,7 +14,7 @@ from tta_cli.config import WeightedNormConfig
 from tta_cli.engine import get_method
 from tta_cli.engine.build import resolve_method
 from tta_cli.models import load_bundle
-from tta_cli.streams import Preprocess, list_images
+from tta_cli.streams import Framing, Preprocess, list_images
 from tta_cli.streams.decode import decode_image
 
 # Tent with a large step, so that adapting visibly moves θ within a few batches.
@@ -23,7 +23,7 @@ FAST_TENT = replace(get_method("tent"), lr=0.05)
 
 def clean_stream(folder: Path, name: str, size: int | None = None) -> ShiftedStream:
     files = list_images(folder)[:size]
-    images = np.stack([decode_image(path, (32, 32)) for path in files])
+    images = np.stack([decode_image(path, Framing((32, 32))) for path in files])
     labels = np.array([CLASSES.index(path.parent.name) for path in files])
     return ShiftedStream(name, 5, folder, [path.name for path in files], images, labels)
 

@@ -16,6 +16,7 @@ from tta_cli.bench.run import check_batch_of_one, worse_than_source
 from tta_cli.bench.streams import build_streams
 from tta_cli.errors import UsageError
 from tta_cli.models import load_bundle
+from tta_cli.streams import Framing
 
 
 def bench(bundle_path: Path, clean_folder: Path, tmp_path: Path, **settings: Any) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def test_a_batch_of_one_is_refused_where_batchnorm_sees_one_value_per_channel(
     bundle_path: Path, clean_folder: Path, tmp_path: Path
 ) -> None:
     bundle = load_bundle(bundle_path)
-    [stream] = build_streams(clean_folder, ("cat", "dog", "ship"), ("fog",), 5, (32, 32), 2, 0, tmp_path)
+    [stream] = build_streams(clean_folder, ("cat", "dog", "ship"), ("fog",), 5, Framing((32, 32)), 2, 0, tmp_path)
     before = {name: value.clone() for name, value in bundle.model.state_dict().items()}
     check_batch_of_one(bundle, stream, torch.device("cpu"))  # tiny_resnet keeps 8×8 maps
     assert all(torch.equal(value, before[name]) for name, value in bundle.model.state_dict().items())

@@ -10,11 +10,12 @@ from tests.conftest import CLASSES, write_image_folder
 from tta_cli.bench import streams as bench_streams
 from tta_cli.bench.streams import build_streams, select_images
 from tta_cli.errors import UsageError
+from tta_cli.streams import Framing
 
 
 def build(data: Path, cache: Path, **settings):
     options = {"num_examples": 9, "seed": 3, "cache_dir": cache, **settings}
-    return build_streams(data, CLASSES, ("gaussian_noise", "fog"), 5, (32, 32), **options)
+    return build_streams(data, CLASSES, ("gaussian_noise", "fog"), 5, Framing((32, 32)), **options)
 
 
 def test_streams_are_deterministic_and_cached(clean_folder: Path, tmp_path: Path, monkeypatch) -> None:
@@ -54,9 +55,9 @@ def test_a_new_seed_or_subset_gets_its_own_cache_entry(clean_folder: Path, tmp_p
 def test_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=1)
     with pytest.raises(UsageError, match="Unknown corruption"):
-        build_streams(data, CLASSES, ("fogg",), 5, (32, 32), cache_dir=tmp_path / "c")
+        build_streams(data, CLASSES, ("fogg",), 5, Framing((32, 32)), cache_dir=tmp_path / "c")
     with pytest.raises(UsageError, match="one sub-folder per class"):
-        build_streams(data, ("cat", "dog"), ("fog",), 5, (32, 32), cache_dir=tmp_path / "c")
+        build_streams(data, ("cat", "dog"), ("fog",), 5, Framing((32, 32)), cache_dir=tmp_path / "c")
 
 
 def test_images_that_are_not_32_pixels_get_imagenet_c_parameters(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_images_that_are_not_32_pixels_get_imagenet_c_parameters(tmp_path: Path)
         data = tmp_path / f"gray{size}"
         (data / "cat").mkdir(parents=True)
         Image.fromarray(np.full((size, size, 3), 128, dtype=np.uint8)).save(data / "cat" / "0.png")
-        [stream] = build_streams(data, CLASSES, ("gaussian_noise",), 5, (32, 32), cache_dir=tmp_path / "cache")
+        [stream] = build_streams(data, CLASSES, ("gaussian_noise",), 5, Framing((32, 32)), cache_dir=tmp_path / "cache")
         with Image.open(stream.folder / stream.ids[0]) as written:
             pixels = np.asarray(written, dtype=np.float64) / 255
         assert pixels.shape[:2] == (size, size)  # corrupted at the folder's own size

@@ -11,11 +11,11 @@ from tta_cli.engine import Adapter, get_method, resolve_device
 from tta_cli.engine.build import adapter_for
 from tta_cli.errors import UsageError
 from tta_cli.models import load_bundle
-from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
 
 def first_batch(folder: Path, size: int = 8):
-    return next(batches(FolderStream(folder, (32, 32), CLASSES), size, Preprocess(MEAN, STD)))
+    return next(batches(FolderStream(folder, Framing((32, 32)), CLASSES), size, Preprocess(MEAN, STD)))
 
 
 def make_adapter(bundle_path: Path, method: str, tmp_path: Path, **settings) -> Adapter:

@@ -22,7 +22,7 @@ from tta_cli.engine.norms.weighted import MORE_CONFIDENT
 from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
-from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
 # One channel, four values: batch mean 2, biased variance (9 + 1 + 1 + 9) / 4 = 5.
 VALUES = torch.tensor([-1.0, 1.0, 3.0, 5.0])
@@ -103,7 +103,7 @@ def test_configuring_again_undoes_the_norm_and_keeps_the_state_dict_keys() -> No
 
 def stream_probabilities(bundle_path: Path, method: str, folder: Path, tmp_path: Path) -> torch.Tensor:
     adapter = make_adapter(bundle_path, method, tmp_path)
-    stream = batches(FolderStream(folder, (32, 32), CLASSES), 4, Preprocess(MEAN, STD))
+    stream = batches(FolderStream(folder, Framing((32, 32)), CLASSES), 4, Preprocess(MEAN, STD))
     return torch.cat([adapter.step(batch).probabilities for batch in stream])
 
 

@@ -23,9 +23,10 @@ from tta_cli.export import (
     verify_onnx,
 )
 from tta_cli.export.rebuild import require_running_statistics
+from tta_cli.export.to_onnx import metadata_entries
 from tta_cli.files import write_atomic
 from tta_cli.models import Bundle, ModelSpec, build_architecture, load_bundle, prepare_bundle
-from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 from tta_cli.version import __version__
 
 ATOL = 1e-4
@@ -86,7 +87,7 @@ def first_batchnorm(model: nn.Module) -> nn.BatchNorm2d:
 
 
 def target_batches(clean_folder: Path) -> list[torch.Tensor]:
-    stream = FolderStream(clean_folder, (32, 32), CLASSES)
+    stream = FolderStream(clean_folder, Framing((32, 32)), CLASSES)
     return [batch.images for batch in batches(stream, 6, Preprocess(MEAN, STD))]
 
 
@@ -137,6 +138,8 @@ def test_metadata_round_trip(source_export: tuple[Path, nn.Module], bundle: Bund
     metadata = read_metadata(source_export[0])
     assert json.loads(metadata["class_names"]) == list(CLASSES)
     assert json.loads(metadata["input_size"]) == [32, 32]
+    assert json.loads(metadata["crop_pct"]) == 1.0
+    assert (metadata["crop_mode"], metadata["interpolation"]) == ("squash", "bilinear")
     assert json.loads(metadata["mean"]) == list(MEAN)
     assert json.loads(metadata["std"]) == list(STD)
     assert metadata["architecture"] == "tiny_resnet"
@@ -145,6 +148,14 @@ def test_metadata_round_trip(source_export: tuple[Path, nn.Module], bundle: Bund
     assert metadata["snapshot_id"] == "source-id"
     assert metadata["step"] == "0"
     assert metadata["tta_cli_version"] == __version__
+
+
+def test_metadata_carries_the_framing(bundle: Bundle) -> None:
+    framed = {"input_size": (224, 224), "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic"}
+    entries = metadata_entries(bundle.spec.model_copy(update=framed), {})
+    assert json.loads(entries["input_size"]) == [224, 224] and json.loads(entries["crop_pct"]) == 0.875
+    assert (entries["crop_mode"], entries["interpolation"]) == ("center", "bicubic")
+    assert all(key in entries["preprocessing"] for key in ("crop_pct", "squash", "center", "interpolation"))
 
 
 def test_metadata_cannot_override_the_spec(bundle: Bundle, tmp_path: Path) -> None:
@@ -339,10 +350,20 @@ def test_torchvision_bundle_exports_and_verifies(clean_folder: Path, images: tor
     weights = tmp_path / "resnet18.safetensors"
     save_file(build_architecture("torchvision:resnet18", len(CLASSES)).state_dict(), str(weights))
     prepare_bundle(
-        "torchvision:resnet18", weights, clean_folder, tmp_path / "bundle", MEAN, STD, num_images=18, batch_size=6
+        "torchvision:resnet18",
+        weights,
+        clean_folder,
+        tmp_path / "bundle",
+        MEAN,
+        STD,
+        input_size=(32, 32),
+        num_images=18,
+        batch_size=6,
     )
     bundle = load_bundle(tmp_path / "bundle")
-    assert bundle.spec.input_size == (32, 32)
+    # The flags given win; the framing not given is that of resnet18's default weights (resize 256, crop 224).
+    assert bundle.spec.input_size == (32, 32) and bundle.spec.mean == MEAN
+    assert (bundle.spec.crop_mode, bundle.spec.crop_pct) == ("center", pytest.approx(224 / 256))
     model = build_export_model(bundle, None, "source")
     path = export_onnx(model, bundle.spec, tmp_path / "resnet18.onnx")
     parity = verify_onnx(path, model, images[:64])

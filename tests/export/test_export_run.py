@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from tta_cli.engine import adapt
 from tta_cli.errors import UsageError
 from tta_cli.export import export_run, read_metadata
 from tta_cli.history import HistoryStore
+from tta_cli.streams import Framing
+from tta_cli.streams.decode import decode_image
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +164,28 @@ def test_a_run_from_a_glob_verifies_against_its_own_last_images(bundle_path: Pat
     assert report.parity is not None and report.parity.passed
 
     bundle = load_bundle(bundle_path)
-    stream = FolderStream(pattern, (32, 32), bundle.spec.class_names, order="shuffled", seed=3)
+    stream = FolderStream(pattern, bundle.spec.framing, bundle.spec.class_names, order="shuffled", seed=3)
     seen = torch.cat([batch.images for batch in batches(stream, 4, Preprocess(bundle.spec.mean, bundle.spec.std))])
     recent = _recent_images(bundle, pattern, 12, 8, "shuffled", 3)
     assert torch.equal(recent, seen[4:12])
+
+
+def test_the_images_read_again_are_framed_as_the_bundle_says(bundle_path: Path, tmp_path: Path) -> None:
+    import torch
+
+    from tta_cli.export.run_export import _recent_images
+    from tta_cli.models import load_bundle
+    from tta_cli.streams import Preprocess
+
+    bundle = load_bundle(bundle_path)
+    framing = Framing((16, 24), 0.5, "center", "bicubic")
+    framed = {"input_size": framing.size, "crop_pct": 0.5, "crop_mode": "center", "interpolation": "bicubic"}
+    spec = bundle.spec.model_copy(update=framed)
+    data = write_image_folder(tmp_path / "data", per_class=2, size=40)
+    recent = _recent_images(replace(bundle, spec=spec), data, 6, 6)
+    files = sorted(data.glob("*/*.png"))
+    expected = Preprocess(spec.mean, spec.std)(np.stack([decode_image(path, framing) for path in files]))
+    assert recent.shape == (6, 3, 16, 24) and torch.equal(recent, expected)
 
 
 def test_a_source_that_is_not_images_asks_for_a_folder(bundle_path: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from tta_cli.engine.build import adapter_for
 from tta_cli.errors import UsageError
 from tta_cli.history import HistoryStore, RunLock, read_history, rollback
 from tta_cli.models import load_bundle
-from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
 
 def tensors_of(state: object) -> list[torch.Tensor]:
@@ -51,9 +51,11 @@ def test_rollback_restores_state_bit_for_bit(method: str, bundle_path: Path, tmp
     )
     adapter = adapter_for(load_bundle(bundle_path), config, torch.device("cpu"))
     store = HistoryStore(tmp_path / "history")
-    fixed = next(batches(FolderStream(data, (32, 32), CLASSES, order="shuffled"), 12, Preprocess(MEAN, STD))).images
+    fixed = next(
+        batches(FolderStream(data, Framing((32, 32)), CLASSES, order="shuffled"), 12, Preprocess(MEAN, STD))
+    ).images
     live_states, live_predictions, snapshot_of = {}, {}, {}
-    stream = batches(FolderStream(data, (32, 32), CLASSES, order="shuffled", seed=4), 4, Preprocess(MEAN, STD))
+    stream = batches(FolderStream(data, Framing((32, 32)), CLASSES, order="shuffled", seed=4), 4, Preprocess(MEAN, STD))
     for batch in stream:
         step = adapter.step(batch).step
         snapshot_of[step] = store.write_snapshot(adapter.state_dict(), step, parent=None)

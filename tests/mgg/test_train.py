@@ -16,7 +16,7 @@ from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_met
 from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_backward, train_mgg
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
-from tta_cli.streams import FolderStream, Preprocess, batches
+from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
 TINY = {"num_images": 8, "eval_images": 6, "epochs": 2, "batch_size": 2, "eval_batch_size": 3}
 
@@ -106,7 +106,9 @@ def test_the_rule_snapshots_and_restores_through_the_adapter(
     norm = BatchStatistics(bundle.model)
     guard = Guard(GuardConfig(), 3)
     adapter = Adapter(bundle.model, method, norm, objectives, rule, bundle.spec.feature_layers, guard)
-    stream = list(batches(FolderStream(clean_folder, (32, 32), CLASSES, order="shuffled"), 3, Preprocess(MEAN, STD)))
+    stream = list(
+        batches(FolderStream(clean_folder, Framing((32, 32)), CLASSES, order="shuffled"), 3, Preprocess(MEAN, STD))
+    )
     for batch in stream[:2]:
         adapter.step(batch)
     snapshot = adapter.state_dict()
@@ -122,7 +124,9 @@ def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, 
     bundle = load_bundle(bundle_path)
     objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
     model = FunctionalModel(bundle.model, bundle.spec.feature_layers, objectives)
-    batch = next(batches(FolderStream(clean_folder, (32, 32), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD)))
+    batch = next(
+        batches(FolderStream(clean_folder, Framing((32, 32)), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD))
+    )
     torch.manual_seed(0)
     generator = MetaGradientGenerator()
     features = torch.randn(len(model.source), 2)

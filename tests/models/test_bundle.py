@@ -2,16 +2,20 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomli_w
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import CLASSES, MEAN, STD
 from tta_cli.errors import UsageError
-from tta_cli.models import build_architecture, load_bundle, prepare_bundle
+from tta_cli.models import ModelSpec, build_architecture, load_bundle, prepare_bundle
+from tta_cli.models.bundle import read_spec
 from tta_cli.models.checkpoints import load_state_dict
 from tta_cli.models.zoo import ZOO
+from tta_cli.streams import Framing
 
 
 def test_prepare_writes_a_bundle_that_loads(bundle_path: Path) -> None:
@@ -29,7 +33,7 @@ def test_source_stats_match_a_direct_measurement(bundle_path: Path, clean_folder
     from tta_cli.streams import FolderStream, Preprocess, batches
 
     bundle = load_bundle(bundle_path)
-    stream = FolderStream(clean_folder, (32, 32), CLASSES)
+    stream = FolderStream(clean_folder, Framing((32, 32)), CLASSES)
     (batch,) = list(batches(stream, 100, Preprocess(MEAN, STD)))
     with record_features(bundle.model, ["stage2"]) as features, torch.no_grad():
         bundle.model(batch.images)
@@ -110,3 +114,35 @@ def test_prepare_finds_feature_layers_of_a_model_that_names_none(tmp_path: Path,
     spec = prepare_bundle(reference, weights, clean_folder, tmp_path / "b", mean=MEAN, std=STD, num_images=9)
     assert spec.feature_layers == ["1", "2", "3"]  # the last three children with spatial outputs
     assert load_bundle(tmp_path / "b").source_stats["3"][0].shape == (8,)
+
+
+def spec_with(**framing: Any) -> ModelSpec:
+    return ModelSpec(
+        name="framed", architecture="tiny_resnet", class_names=list(CLASSES), mean=MEAN, std=STD,
+        feature_layers=["stage3"], **framing,
+    )  # fmt: skip
+
+
+def test_the_framing_survives_a_model_toml_round_trip(tmp_path: Path) -> None:
+    spec = spec_with(input_size=(40, 48), crop_pct=0.875, crop_mode="center", interpolation="bicubic")
+    tmp_path.joinpath("model.toml").write_text(tomli_w.dumps(spec.model_dump(mode="json")))
+    again = read_spec(tmp_path)
+    assert again == spec
+    assert again.framing == Framing((40, 48), 0.875, "center", "bicubic")
+
+
+def test_a_model_toml_written_before_framing_keeps_the_plain_resize() -> None:
+    sample = Path(__file__).parents[2] / "sample_models" / "cifar10-airnet"
+    assert "crop" not in (sample / "model.toml").read_text()  # written before the framing fields
+    assert read_spec(sample).framing == Framing((32, 32), 1.0, "squash", "bilinear")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("crop_pct = 1.5", r"crop_pct must be in \(0, 1\]"), ('crop_mode = "border"', "crop_mode")],
+)
+def test_a_framing_model_toml_cannot_follow_is_one_sentence(tmp_path: Path, line: str, message: str) -> None:
+    text = tomli_w.dumps(spec_with().model_dump(mode="json", exclude={"crop_pct", "crop_mode"}))
+    tmp_path.joinpath("model.toml").write_text(f"{line}\n{text}")
+    with pytest.raises(UsageError, match=message):
+        read_spec(tmp_path)

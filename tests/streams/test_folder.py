@@ -8,7 +8,7 @@ from PIL import Image
 
 from tests.conftest import CLASSES, write_image_folder
 from tta_cli.errors import UsageError
-from tta_cli.streams import FolderStream, Preprocess, batches, labeled_images
+from tta_cli.streams import FolderStream, Framing, Preprocess, batches, labeled_images
 
 
 def add_broken_files(root: Path) -> dict[str, str]:
@@ -30,7 +30,7 @@ def test_sorted_recursive_order_and_labels(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "ship" / "nested" / "a.png")
     (root / "unknown").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "unknown" / "b.png")
-    frames = list(FolderStream(root, (32, 32), CLASSES))
+    frames = list(FolderStream(root, Framing((32, 32)), CLASSES))
     assert [f.id for f in frames] == sorted(f.id for f in frames)
     labels = {f.id: f.label for f in frames}
     assert labels["cat/000.png"] == 0 and labels["ship/001.png"] == 2
@@ -73,7 +73,7 @@ def test_labeled_images_at_any_depth_or_as_a_labeled_data_set(tmp_path: Path) ->
 def test_broken_files_are_skipped_and_named(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", per_class=3)
     broken = add_broken_files(root)
-    stream = FolderStream(root, (32, 32), CLASSES, workers=3)
+    stream = FolderStream(root, Framing((32, 32)), CLASSES, workers=3)
     frames = list(stream)
     assert len(frames) == 9
     skipped = stream.skipped.drain()
@@ -95,15 +95,15 @@ def test_grayscale_rgba_and_16_bit_become_rgb(tmp_path: Path, mode: str, array: 
     path.parent.mkdir()
     Image.fromarray(array).save(path)
     assert Image.open(path).mode.startswith(mode[0])
-    (frame,) = FolderStream(tmp_path, (32, 32), CLASSES)
+    (frame,) = FolderStream(tmp_path, Framing((32, 32)), CLASSES)
     assert frame.image.shape == (32, 32, 3)
     assert np.abs(frame.image.astype(int) - 200).max() <= 1
 
 
 def test_shuffled_order_is_a_seeded_permutation(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", per_class=4)
-    first = [f.id for f in FolderStream(root, (32, 32), CLASSES, order="shuffled", seed=3)]
-    again = [f.id for f in FolderStream(root, (32, 32), CLASSES, order="shuffled", seed=3)]
+    first = [f.id for f in FolderStream(root, Framing((32, 32)), CLASSES, order="shuffled", seed=3)]
+    again = [f.id for f in FolderStream(root, Framing((32, 32)), CLASSES, order="shuffled", seed=3)]
     assert first == again and first != sorted(first) and sorted(first) == sorted(again)
 
 
@@ -111,7 +111,8 @@ def test_folder_orders_keep_their_recorded_files(tmp_path: Path) -> None:
     """Recorded with the code of commit 79a34bb: a run's order must not change under a refactor."""
     root = write_image_folder(tmp_path / "data", per_class=4)
     played = {
-        order: [f.id for f in FolderStream(root, (32, 32), CLASSES, order, seed=3)] for order in ("sorted", "shuffled")
+        order: [f.id for f in FolderStream(root, Framing((32, 32)), CLASSES, order, seed=3)]
+        for order in ("sorted", "shuffled")
     }
     assert played["sorted"] == [f"{name}/{number:03d}.png" for name in CLASSES for number in range(4)]
     shuffled = ["cat/001", "dog/003", "ship/002", "cat/000", "dog/002", "ship/003"]
@@ -121,14 +122,14 @@ def test_folder_orders_keep_their_recorded_files(tmp_path: Path) -> None:
 
 def test_missing_and_empty_sources(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
-        FolderStream(tmp_path / "nope", (32, 32))
+        FolderStream(tmp_path / "nope", Framing((32, 32)))
     with pytest.raises(UsageError, match="no image files"):
-        FolderStream(tmp_path, (32, 32))
+        FolderStream(tmp_path, Framing((32, 32)))
 
 
 def test_batches_normalise_with_the_bundle_statistics(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", per_class=3)
-    stream = FolderStream(root, (32, 32), CLASSES)
+    stream = FolderStream(root, Framing((32, 32)), CLASSES)
     groups = list(batches(stream, 4, Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))))
     assert [len(b) for b in groups] == [4, 4, 1]
     first = next(iter(stream)).image

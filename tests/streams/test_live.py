@@ -17,7 +17,7 @@ from tta_cli.config import AdaptConfig, LiveConfig
 from tta_cli.engine import Progress, adapt
 from tta_cli.events import EventKind
 from tta_cli.history import read_history
-from tta_cli.streams import CaptureStream, open_source
+from tta_cli.streams import CaptureStream, Framing, open_source
 
 FAST_RECONNECT = LiveConfig(watchdog_timeout=1.0, reconnect_attempts=2, backoff=0.1, backoff_max=0.2)
 
@@ -29,7 +29,7 @@ def camera() -> MjpegServer:
 
 
 def test_a_slow_reader_gets_the_newest_frame_and_counts_the_rest(camera: MjpegServer) -> None:
-    stream = open_source(camera.url, (32, 32), reconnect=FAST_RECONNECT)
+    stream = open_source(camera.url, Framing((32, 32)), reconnect=FAST_RECONNECT)
     frames = []
     for frame in stream:
         frames.append(frame)
@@ -73,7 +73,7 @@ def test_adapt_from_a_url_reconnects_after_a_cut_and_ends_cleanly_when_it_is_gon
 
 
 def test_a_stalled_source_is_reconnected_by_the_watchdog(camera: MjpegServer) -> None:
-    stream = open_source(camera.url, (32, 32), reconnect=FAST_RECONNECT)
+    stream = open_source(camera.url, Framing((32, 32)), reconnect=FAST_RECONNECT)
     seen = 0
     for _ in stream:
         seen += 1
@@ -126,7 +126,7 @@ def test_a_reader_stuck_in_the_driver_is_replaced(monkeypatch: pytest.MonkeyPatc
     captures = iter([FakeCapture(wedged), FakeCapture(None)])
     monkeypatch.setattr(CaptureStream, "_open", lambda self: next(captures))
     stream = CaptureStream(
-        0, (32, 32), live=True, reconnect=LiveConfig(watchdog_timeout=0.3, backoff=0.05, reconnect_attempts=2)
+        0, Framing((32, 32)), live=True, reconnect=LiveConfig(watchdog_timeout=0.3, backoff=0.05, reconnect_attempts=2)
     )
     started = time.monotonic()
     frame = next(iter(stream))

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import CLASSES, write_image_folder
 from tests.streams.helpers import level, write_video
 from tta_cli.errors import UsageError
-from tta_cli.streams import CaptureStream, FolderStream, open_source
+from tta_cli.streams import CaptureStream, FolderStream, Framing, open_source
 
 
 def index_of(frame_id: str) -> int:
@@ -20,13 +20,13 @@ def index_of(frame_id: str) -> int:
 def test_the_grammar_names_each_kind_of_source(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=2)
     video = write_video(tmp_path / "clip.avi", 3)
-    assert isinstance(open_source(str(data), (32, 32), CLASSES), FolderStream)
-    assert isinstance(open_source(str(data / "cat" / "000.png"), (32, 32)), FolderStream)
-    assert isinstance(open_source(f"{data}/*/00[01].png", (32, 32)), FolderStream)
+    assert isinstance(open_source(str(data), Framing((32, 32)), CLASSES), FolderStream)
+    assert isinstance(open_source(str(data / "cat" / "000.png"), Framing((32, 32))), FolderStream)
+    assert isinstance(open_source(f"{data}/*/00[01].png", Framing((32, 32))), FolderStream)
     for text in ("0", "rtsp://127.0.0.1:8554/cam", "http://127.0.0.1:8080/stream.mjpg", "HTTPS://cam.local/x"):
-        stream = open_source(text, (32, 32))
+        stream = open_source(text, Framing((32, 32)))
         assert isinstance(stream, CaptureStream) and stream.live and stream.length is None, text
-    stream = open_source(str(video), (32, 32))
+    stream = open_source(str(video), Framing((32, 32)))
     assert isinstance(stream, CaptureStream) and not stream.live and stream.length == 3
 
 
@@ -43,26 +43,26 @@ def test_the_grammar_names_each_kind_of_source(tmp_path: Path) -> None:
 def test_bad_sources_are_one_sentence(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "notes.txt").write_text("not a video")
     with pytest.raises(UsageError, match=message):
-        open_source(text.format(tmp=tmp_path), (32, 32))
+        open_source(text.format(tmp=tmp_path), Framing((32, 32)))
 
 
 def test_a_glob_keeps_labels_from_class_folders(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=3)
-    frames = list(open_source(f"{data}/*/00[02].png", (32, 32), CLASSES))
+    frames = list(open_source(f"{data}/*/00[02].png", Framing((32, 32)), CLASSES))
     assert [frame.id for frame in frames] == [f"{name}/{n:03d}.png" for name in CLASSES for n in (0, 2)]
     assert [frame.label for frame in frames] == [0, 0, 1, 1, 2, 2]
 
 
 def test_folder_stride_and_max_frames(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=4)
-    stream = open_source(data, (32, 32), CLASSES, stride=3, max_frames=3)
+    stream = open_source(data, Framing((32, 32)), CLASSES, stride=3, max_frames=3)
     assert [frame.id for frame in stream] == ["cat/000.png", "cat/003.png", "dog/002.png"]
 
 
 @pytest.mark.parametrize("suffix", [".avi", ".mkv", ".mp4"])
 def test_a_video_file_gives_every_frame_in_order(tmp_path: Path, suffix: str) -> None:
     video = write_video(tmp_path / f"clip{suffix}", 40)
-    frames = list(CaptureStream(video.as_posix(), (32, 32), live=False, queue_size=4))
+    frames = list(CaptureStream(video.as_posix(), Framing((32, 32)), live=False, queue_size=4))
     assert [frame.id for frame in frames] == [f"{index}@{index / 30:.3f}s" for index in range(40)]
     assert [frame.position for frame in frames] == list(range(40))
     assert all(frame.image.shape == (32, 32, 3) and frame.label is None for frame in frames)
@@ -72,10 +72,10 @@ def test_a_video_file_gives_every_frame_in_order(tmp_path: Path, suffix: str) ->
 
 def test_video_stride_max_frames_and_resume_are_frame_exact(tmp_path: Path) -> None:
     video = write_video(tmp_path / "clip.avi", 30)
-    stream = open_source(video, (32, 32), stride=4, max_frames=6)
+    stream = open_source(video, Framing((32, 32)), stride=4, max_frames=6)
     assert stream.length == 6
     assert [(index_of(frame.id), frame.position) for frame in stream] == [(4 * p, p) for p in range(6)]
-    resumed = open_source(video, (32, 32), stride=4, max_frames=6, start=4)
+    resumed = open_source(video, Framing((32, 32)), stride=4, max_frames=6, start=4)
     frames = list(resumed)
     assert [(frame.id, frame.position) for frame in frames] == [("16@0.533s", 4), ("20@0.667s", 5)]
     assert abs(frames[0].image.mean() - level(16)) < 3

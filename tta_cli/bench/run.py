@@ -116,7 +116,7 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
         spec.class_names,
         config.corruptions,
         config.severity,
-        spec.input_size,
+        spec.framing,
         config.num_examples,
         config.seed,
         config.cache_dir,
@@ -190,7 +190,7 @@ def _attach_fisher(bundle: Bundle, config: BenchConfig, device: torch.device) ->
     original = {name: value.clone() for name, value in model.state_dict().items()}
     configure_model(model, batch_statistics=True, params=list(params.values()))
     batches = (
-        preprocess(np.stack([decode_image(config.source_data / path, spec.input_size) for path in chunk]))
+        preprocess(np.stack([decode_image(config.source_data / path, spec.framing) for path in chunk]))
         for chunk in (files[start : start + config.batch_size] for start in range(0, len(files), config.batch_size))
     )
     bundle.fisher = measure_fisher(model, params, batches)

@@ -8,6 +8,9 @@ parameters for 32×32 images and ImageNet-C's otherwise, and stored as PNG under
 
     CACHE/<hash of data, selection and seed>/<corruption>-<severity>/<class>/<stem>.png
 
+at the clean image's own size: a stream is framed as the model's input (``Framing``) when it is
+loaded, so the cache serves every model and framing, and its key does not name them.
+
 A folder counts as built once its ``complete.json`` exists (written last, after an atomic
 rename of the whole folder) and records the same corruption parameters as the code now has;
 otherwise it is rebuilt. ``ShiftedStream.reordered`` plays a stream in another order (``orders``).
@@ -41,6 +44,7 @@ from tta_cli.errors import UsageError
 from tta_cli.files import atomic_folder
 from tta_cli.streams.decode import decode_image
 from tta_cli.streams.folder import labeled_images
+from tta_cli.streams.framing import Framing
 from tta_cli.streams.ordering import seeded_shuffle
 
 COMPLETE = "complete.json"
@@ -49,7 +53,7 @@ CACHE_VERSION = 1
 
 @dataclass
 class ShiftedStream:
-    """One corruption's images in stream order, decoded at the model's input size."""
+    """One corruption's images in stream order, decoded and framed as the model's input."""
 
     corruption: str
     severity: int
@@ -118,7 +122,7 @@ def build_streams(
     class_names: Sequence[str],
     corruptions: Sequence[str],
     severity: int,
-    input_size: tuple[int, int],
+    framing: Framing,
     num_examples: int | None = None,
     seed: int = 0,
     cache_dir: Path | None = None,
@@ -140,7 +144,7 @@ def build_streams(
         folder = root / f"{name}-{severity}"
         if not _is_complete(folder, name, severity):
             _build(Path(data), files, name, severity, seed, folder, on_image)
-        streams.append(_load(folder, name, severity, class_names, input_size))
+        streams.append(_load(folder, name, severity, class_names, framing))
     return streams
 
 
@@ -186,11 +190,9 @@ def _build(
         shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished build of this stream
 
 
-def _load(
-    folder: Path, name: str, severity: int, class_names: Sequence[str], input_size: tuple[int, int]
-) -> ShiftedStream:
+def _load(folder: Path, name: str, severity: int, class_names: Sequence[str], framing: Framing) -> ShiftedStream:
     order = json.loads((folder / COMPLETE).read_text())["order"]
     class_index = {class_name: index for index, class_name in enumerate(class_names)}
-    images = np.stack([decode_image(folder / relative, input_size) for relative in order])
+    images = np.stack([decode_image(folder / relative, framing) for relative in order])
     labels = np.array([class_index[Path(relative).parts[0]] for relative in order], dtype=np.int64)
     return ShiftedStream(name, severity, folder, list(order), images, labels)

@@ -80,7 +80,7 @@ def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> Stream:
     spec = bundle.spec
     return open_source(
         config.source,
-        spec.input_size,
+        spec.framing,
         spec.class_names,
         order=config.order,
         seed=config.seed,

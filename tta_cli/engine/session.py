@@ -130,7 +130,7 @@ class Session:
     ) -> StepResult:
         """Predict a batch of images (``tta_cli.streams.Images``), then adapt on it; ``labels``
         (class indices), when known, only score the online accuracy."""
-        batch = batch_of(images, self.bundle.spec.input_size, self.preprocess, ids, labels, start=self.position)
+        batch = batch_of(images, self.bundle.spec.framing, self.preprocess, ids, labels, start=self.position)
         return self.step(batch)
 
     def step(self, batch: Batch, frames_dropped: int = 0) -> StepResult:

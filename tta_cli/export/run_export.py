@@ -127,7 +127,7 @@ def _recent_images(
     (the newest target data), or the start of another folder. A run from a video, a camera or
     a network stream has no images to read again."""
     try:
-        stream = FolderStream(source, bundle.spec.input_size, bundle.spec.class_names, order, seed, stride=stride)
+        stream = FolderStream(source, bundle.spec.framing, bundle.spec.class_names, order, seed, stride=stride)
     except UsageError as error:
         raise UsageError(f"{error} Pass a folder of images to verify the export against with --images.") from error
     stream.start = max(0, min(position, len(stream)) - count)

@@ -40,7 +40,11 @@ BATCH_AXIS = "batch"
 # The torch.export-based exporter implements its operators at opset 18; asked for less, it
 # quietly keeps 18 when converting down fails, so lower opsets are refused up front.
 MIN_OPSET = 18
-PREPROCESSING = "RGB (or grayscale: see channels), NCHW, float32, normalised as (pixel / 255 - mean) / std"
+PREPROCESSING = (
+    "resize to floor(input_size / crop_pct) (squash: exactly; center: keeping the aspect ratio until the image "
+    "covers it) with the interpolation filter, cut the centre input_size; RGB (or grayscale: see channels), NCHW, "
+    "float32, normalised as (pixel / 255 - mean) / std"
+)
 
 Simplify = Literal["onnxslim", "none"]
 
@@ -61,7 +65,7 @@ def export_onnx(
     The input is ``images`` (``N×3×H×W``, normalised as the bundle says), the output
     ``logits``. With ``dynamic_batch`` the batch axis is symbolic and the graph is traced at
     batch 2, so nothing specialises on a batch of one; otherwise it is fixed at ``batch_size``.
-    The file carries the spec (class names as JSON, input size, mean, std, architecture), the
+    The file carries the spec (class names as JSON, input size and framing, mean, std, architecture), the
     tool's version and ``metadata`` as ONNX metadata. It is written only once it passed
     ``onnx.checker``, through a temporary file, so a failed export never leaves a half file.
     """
@@ -184,6 +188,9 @@ def metadata_entries(spec: ModelSpec, extra: Mapping[str, str]) -> dict[str, str
         "architecture": spec.architecture,
         "class_names": json.dumps(spec.class_names),
         "input_size": json.dumps(list(spec.input_size)),
+        "crop_pct": json.dumps(spec.crop_pct),
+        "crop_mode": spec.crop_mode,
+        "interpolation": spec.interpolation,
         "channels": str(spec.channels),
         "mean": json.dumps(list(spec.mean)),
         "std": json.dumps(list(spec.std)),

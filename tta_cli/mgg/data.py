@@ -14,7 +14,7 @@ import torch
 
 from tta_cli.corruptions import CORRUPTIONS, check_corruption, corrupt, image_rng
 from tta_cli.errors import UsageError
-from tta_cli.streams import FolderStream
+from tta_cli.streams import FolderStream, Framing
 from tta_cli.streams.decode import UnreadableImage, decode_image
 from tta_cli.streams.ordering import seeded_shuffle
 
@@ -64,7 +64,7 @@ def check_held_out(held_out: Sequence[str], severity: int) -> None:
 def build_held_out(
     data_folder: Path,
     class_names: Sequence[str],
-    input_size: tuple[int, int],
+    framing: Framing,
     held_out: Sequence[str],
     severity: int,
     num_images: int,
@@ -75,7 +75,7 @@ def build_held_out(
     and corrupt them reproducibly: the first ``num_images`` cycle through the shifts; every one
     of the next ``eval_images`` appears once under each shift."""
     check_held_out(held_out, severity)
-    stream = FolderStream(Path(data_folder), input_size, class_names)
+    stream = FolderStream(Path(data_folder), framing, class_names)
     labeled = seeded_shuffle(
         [(path, label) for path, label in zip(stream.files, stream.labels, strict=True) if label is not None], seed
     )
@@ -85,7 +85,7 @@ def build_held_out(
             f"pre-training needs {num_images + eval_images} (--num-images plus the evaluation images)."
         )
     chosen = labeled[: num_images + eval_images]
-    clean = np.stack([_decode(path, input_size) for path, _ in chosen])
+    clean = np.stack([_decode(path, framing) for path, _ in chosen])
     labels = torch.tensor([label for _, label in chosen])
     relative = [path.relative_to(stream.root) for path, _ in chosen]
 
@@ -105,8 +105,8 @@ def build_held_out(
     return HeldOutData(train, evaluation)
 
 
-def _decode(path: Path, input_size: tuple[int, int]) -> np.ndarray:
+def _decode(path: Path, framing: Framing) -> np.ndarray:
     try:
-        return decode_image(path, input_size)
+        return decode_image(path, framing)
     except UnreadableImage as error:
         raise UsageError(f"{path} cannot be read as an image ({error}); remove it from the training folder.") from error

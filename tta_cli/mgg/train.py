@@ -174,7 +174,7 @@ def train_mgg(
     data = build_held_out(
         Path(data_folder),
         bundle.spec.class_names,
-        bundle.spec.input_size,
+        bundle.spec.framing,
         held_out,
         severity,
         num_images,

@@ -24,6 +24,9 @@ from torch import nn
 from tta_cli.errors import UsageError
 from tta_cli.models.zoo import ZOO
 
+HUBS = ("torchvision", "timm")
+"""Model libraries whose architectures are named ``HUB:NAME``."""
+
 
 def build_architecture(reference: str, num_classes: int, relative_to: Path | None = None) -> nn.Module:
     factory = _resolve_factory(reference, relative_to)
@@ -41,13 +44,14 @@ def build_architecture(reference: str, num_classes: int, relative_to: Path | Non
 def _resolve_factory(reference: str, relative_to: Path | None = None) -> Callable[..., nn.Module]:
     if reference in ZOO:
         return ZOO[reference]
+    match hub_model(reference):
+        case ("torchvision", model_name):
+            models = _import("torchvision.models", reference)
+            return lambda num_classes: models.get_model(model_name, weights=None, num_classes=num_classes)
+        case ("timm", model_name):
+            timm = _import("timm", reference)
+            return lambda num_classes: timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     prefix, _, name = reference.rpartition(":") if is_file_reference(reference) else reference.partition(":")
-    if prefix == "torchvision" and name:
-        models = _import("torchvision.models", reference)
-        return lambda num_classes: models.get_model(name, weights=None, num_classes=num_classes)
-    if prefix == "timm" and name:
-        timm = _import("timm", reference)
-        return lambda num_classes: timm.create_model(name, pretrained=False, num_classes=num_classes)
     if name:
         if is_file_reference(reference):
             module = _load_file(Path(prefix) if relative_to is None else relative_to / prefix, reference)
@@ -61,6 +65,12 @@ def _resolve_factory(reference: str, relative_to: Path | None = None) -> Callabl
         f"Unknown architecture {reference!r}; use one of {', '.join(sorted(ZOO))}, "
         "torchvision:NAME, timm:NAME, package.module:factory or path/to/file.py:factory."
     )
+
+
+def hub_model(reference: str) -> tuple[str, str] | None:
+    """``(HUB, NAME)`` for ``torchvision:NAME`` or ``timm:NAME``; ``None`` for any other reference."""
+    hub, _, name = reference.partition(":")
+    return (hub, name) if hub in HUBS and name and not is_file_reference(reference) else None
 
 
 def is_file_reference(reference: str) -> bool:

@@ -1,6 +1,6 @@
 """Model bundles: a folder holding a classifier, its preprocessing and its source statistics.
 
-BUNDLE/model.toml               architecture, classes, input size, mean/std, feature layers
+BUNDLE/model.toml               architecture, classes, input framing, mean/std, feature layers
 BUNDLE/weights.safetensors      the trained weights
 BUNDLE/source_stats.safetensors per feature layer: mean and std of pooled clean-source features
 BUNDLE/mgg.safetensors          optional: the pre-trained Meta Gradient Generator
@@ -17,9 +17,11 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors.torch import load_file
 from torch import nn
 
+from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
 from tta_cli.models.architectures import build_architecture
+from tta_cli.streams.framing import Framing
 
 MODEL_FILE = "model.toml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -37,6 +39,11 @@ class ModelSpec(BaseModel):
     class_names: list[str] = Field(min_length=2)
     input_size: tuple[int, int] = (32, 32)
     """Height and width of the model's input."""
+    crop_pct: float = 1.0
+    crop_mode: CropMode = "squash"
+    interpolation: Interpolation = "bilinear"
+    """How an image is framed into ``input_size`` (``tta_cli.streams.Framing``); the defaults, a
+    plain bilinear resize, are what bundles written before these fields meant."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
     """Per input channel, in [0, 1]: one value for a grayscale model, three for RGB."""
@@ -50,6 +57,10 @@ class ModelSpec(BaseModel):
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def framing(self) -> Framing:
+        return Framing(self.input_size, self.crop_pct, self.crop_mode, self.interpolation)
+
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if len(set(self.class_names)) != len(self.class_names):
@@ -58,6 +69,7 @@ class ModelSpec(BaseModel):
             raise ValueError("std must be positive")
         if len(self.mean) not in CHANNELS or len(self.std) != len(self.mean):
             raise ValueError("mean and std must have one value each for a grayscale model or three for RGB")
+        _ = self.framing  # Framing refuses an input size or a crop_pct out of range
         return self
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 import torch
 from safetensors.torch import save
+from torch import nn
 
+from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
 from tta_cli.files import write_atomic
 from tta_cli.models.architectures import absolute_reference, build_architecture
@@ -24,7 +27,12 @@ from tta_cli.models.bundle import (
 )
 from tta_cli.models.checkpoints import load_state_dict
 from tta_cli.models.features import default_feature_layers, record_features
-from tta_cli.streams import Batch, FolderStream, Preprocess, batches
+from tta_cli.models.pretrained import pretrained_preprocessing
+from tta_cli.streams import Batch, FolderStream, Framing, Preprocess, batches
+
+FRAMING_DEFAULTS = {
+    key: ModelSpec.model_fields[key].default for key in ("input_size", "crop_pct", "crop_mode", "interpolation")
+}
 
 
 def prepare_bundle(
@@ -32,10 +40,13 @@ def prepare_bundle(
     weights: Path,
     source_data: Path,
     out: Path,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     class_names: Sequence[str] = (),
-    input_size: tuple[int, int] = (32, 32),
+    input_size: tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    crop_mode: CropMode | None = None,
+    interpolation: Interpolation | None = None,
     feature_layers: Sequence[str] = (),
     num_images: int = 2000,
     batch_size: int = 100,
@@ -45,9 +56,14 @@ def prepare_bundle(
     """Write ``out/`` with model.toml, weights.safetensors and source_stats.safetensors.
 
     Class names default to the sub-folders of ``source_data``. ``mean`` and ``std`` have one
-    value per input channel: one for a grayscale model, three for RGB. The source statistics are the
-    mean and standard deviation of each feature layer's pooled output over up to
-    ``num_images`` clean images (spread over the whole folder), with the model in eval mode.
+    value per input channel: one for a grayscale model, three for RGB. The preprocessing
+    (``mean``, ``std``, ``input_size`` and the framing: ``crop_pct``, ``crop_mode``,
+    ``interpolation``) defaults to what the pretrained config of a ``timm:NAME`` or
+    ``torchvision:NAME`` architecture says (``tta_cli.models.pretrained``), else to a plain
+    bilinear resize to 32×32; ``mean`` and ``std`` of any other architecture must be given. The
+    source statistics are the mean and standard deviation of each feature layer's pooled output
+    over up to ``num_images`` clean images (spread over the whole folder), framed as the bundle
+    says, with the model in eval mode.
     """
     source_data = Path(source_data)
     if not source_data.is_dir():
@@ -56,16 +72,23 @@ def prepare_bundle(
         class_names = sorted(child.name for child in source_data.iterdir() if child.is_dir())
     if len(class_names) < 2:
         raise UsageError(f"Give --classes, or class sub-folders in {source_data}; found {len(class_names)} classes.")
-    if len(mean) not in CHANNELS or len(std) != len(mean):
-        raise UsageError(f"Give one --mean and --std value per input channel (1 or 3), got {len(mean)} and {len(std)}.")
     architecture = absolute_reference(architecture)
+    model = build_architecture(architecture, len(class_names))
+    given = {
+        "input_size": input_size,
+        "mean": mean,
+        "std": std,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
+        "interpolation": interpolation,
+    }
+    framing, mean, std = choose_preprocessing(architecture, model, given)
     state = load_state_dict(Path(weights), trust_pickle=trust_pickle)
     refuse_non_finite(state, Path(weights))
-    model = build_architecture(architecture, len(class_names))
     load_weights(model, state, Path(weights), architecture)
     model.eval()
-    check_input(model, len(mean), input_size, f"Architecture {architecture!r}")
-    example = torch.zeros(2, len(mean), *input_size)
+    check_input(model, len(mean), framing.size, f"Architecture {architecture!r}")
+    example = torch.zeros(2, len(mean), *framing.size)
     with torch.no_grad():
         outputs = model(example).shape[-1]
     if outputs != len(class_names):
@@ -74,13 +97,16 @@ def prepare_bundle(
     if not layers:
         raise UsageError("Could not find feature layers; name them with --feature-layers.")
 
-    stream = FolderStream(source_data, input_size, class_names, order="shuffled", seed=0, limit=num_images)
+    stream = FolderStream(source_data, framing, class_names, order="shuffled", seed=0, limit=num_images)
     stats = measure_source_stats(model, layers, batches(stream, batch_size, Preprocess(mean, std)))
     spec = ModelSpec(
         name=name or out.name,
         architecture=architecture,
         class_names=list(class_names),
-        input_size=input_size,
+        input_size=framing.size,
+        crop_pct=framing.crop_pct,
+        crop_mode=framing.crop_mode,
+        interpolation=framing.interpolation,
         mean=mean,
         std=std,
         feature_layers=layers,
@@ -90,6 +116,31 @@ def prepare_bundle(
     write_atomic(out / SOURCE_STATS_FILE, save(stats))
     write_atomic(out / MODEL_FILE, tomli_w.dumps(spec.model_dump(mode="json")))
     return spec
+
+
+def choose_preprocessing(
+    architecture: str, model: nn.Module, given: Mapping[str, Any]
+) -> tuple[Framing, tuple[float, ...], tuple[float, ...]]:
+    """The framing, mean and std of a new bundle: each setting ``given`` (``None`` for not given),
+    else the hub's pretrained one, else ``ModelSpec``'s default; mean and std have no default."""
+    chosen = {
+        **FRAMING_DEFAULTS,
+        **pretrained_preprocessing(architecture, model),
+        **{key: value for key, value in given.items() if value is not None},
+    }
+    if "mean" not in chosen or "std" not in chosen:
+        raise UsageError(
+            f"Give --mean and --std for architecture {architecture!r}; only timm:NAME and torchvision:NAME "
+            "architectures bring their own."
+        )
+    mean, std = tuple(chosen["mean"]), tuple(chosen["std"])
+    if len(mean) not in CHANNELS or len(std) != len(mean):
+        raise UsageError(f"Give one --mean and --std value per input channel (1 or 3), got {len(mean)} and {len(std)}.")
+    try:
+        framing = Framing(chosen["input_size"], chosen["crop_pct"], chosen["crop_mode"], chosen["interpolation"])
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    return framing, mean, std
 
 
 @torch.no_grad()

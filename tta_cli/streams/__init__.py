@@ -3,6 +3,7 @@
 from tta_cli.streams.batching import UNLABELED, Batch, Images, Preprocess, batch_of, batches
 from tta_cli.streams.folder import FolderStream, labeled_images, list_images
 from tta_cli.streams.frames import EventLog, Frame, SkipLog, Stream
+from tta_cli.streams.framing import Framing
 from tta_cli.streams.sources import CaptureStream, open_source
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "EventLog",
     "FolderStream",
     "Frame",
+    "Framing",
     "Images",
     "Preprocess",
     "SkipLog",

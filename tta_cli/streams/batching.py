@@ -12,6 +12,7 @@ from PIL import Image
 from tta_cli.errors import UsageError
 from tta_cli.streams.decode import to_rgb_array
 from tta_cli.streams.frames import Frame
+from tta_cli.streams.framing import Framing
 
 UNLABELED = -1
 
@@ -72,15 +73,16 @@ Images = torch.Tensor | np.ndarray | Sequence[Image.Image | np.ndarray]
 
 def batch_of(
     images: Images,
-    size: tuple[int, int],
+    framing: Framing,
     preprocess: Preprocess,
     ids: Sequence[str] | None = None,
     labels: Sequence[int] | None = None,
     start: int = 0,
 ) -> Batch:
-    """A batch from images a caller already holds (``Images``); tensors and arrays must be at
-    the model's input ``size``, PIL images and single arrays are converted and resized as image
-    files are. ``start`` is the stream position of the first image."""
+    """A batch from images a caller already holds (``Images``); tensors and arrays must be
+    framed already (at ``framing.size``), PIL images and single arrays are converted and framed
+    as image files are. ``start`` is the stream position of the first image."""
+    size = framing.size
     if isinstance(images, torch.Tensor):
         channels = {3, preprocess.channels}
         if images.dim() != 4 or images.shape[1] not in channels or tuple(images.shape[2:]) != size:
@@ -92,7 +94,7 @@ def batch_of(
             raise UsageError(f"Expected an array of shape N×{size[0]}×{size[1]}×3, got {images.shape}.")
         pixels = preprocess(np.ascontiguousarray(images, dtype=np.uint8))
     else:
-        pixels = preprocess(np.stack([to_rgb_array(image, size) for image in images]))
+        pixels = preprocess(np.stack([to_rgb_array(image, framing) for image in images]))
     count = len(pixels)
     ids = list(ids) if ids is not None else [str(start + index) for index in range(count)]
     label_values = [UNLABELED] * count if labels is None else list(labels)

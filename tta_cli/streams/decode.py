@@ -1,4 +1,4 @@
-"""Decoding one image file into an RGB uint8 array of the model's input size."""
+"""Decoding one image file into an RGB uint8 array framed as the model's input."""
 
 from __future__ import annotations
 
@@ -7,15 +7,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tta_cli.config import Interpolation
+from tta_cli.streams.framing import Framing
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+PIL_FILTERS: dict[Interpolation, Image.Resampling] = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+}
 
 
 class UnreadableImage(Exception):
     """The file is not a decodable image (truncated, empty, or another format)."""
 
 
-def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Read ``path`` as ``size[0] × size[1] × 3`` uint8 RGB.
+def decode_image(path: Path, framing: Framing) -> np.ndarray:
+    """Read ``path`` as ``H × W × 3`` uint8 RGB, framed as ``framing`` says (``H, W = framing.size``).
 
     Grayscale, palette and RGBA images are converted (alpha is dropped, not composited, as
     cameras give no alpha); 16-bit and float images are scaled to 8 bits by their range.
@@ -23,18 +32,19 @@ def decode_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return to_rgb_array(image, size)
+            return to_rgb_array(image, framing)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImage(_reason(error)) from error
 
 
-def to_rgb_array(image: Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An image (PIL, or a ``H×W`` / ``H×W×3`` / ``H×W×4`` array) as ``size`` uint8 RGB."""
+def to_rgb_array(image: Image.Image | np.ndarray, framing: Framing) -> np.ndarray:
+    """An image (PIL, or a ``H×W`` / ``H×W×3`` / ``H×W×4`` array) as uint8 RGB framed by ``framing``."""
     rgb = _to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
-    height, width = size
+    height, width = framing.resized(rgb.height, rgb.width)
     if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+        # torchvision and timm resize PIL images with these same filters.
+        rgb = rgb.resize((width, height), PIL_FILTERS[framing.interpolation])
+    return framing.crop(np.asarray(rgb, dtype=np.uint8))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -19,6 +19,7 @@ import numpy as np
 from tta_cli.errors import UsageError
 from tta_cli.streams.decode import IMAGE_SUFFIXES, UnreadableImage, decode_image
 from tta_cli.streams.frames import Frame, Stream
+from tta_cli.streams.framing import Framing
 from tta_cli.streams.ordering import seeded_shuffle
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,13 @@ log = logging.getLogger(__name__)
 class FolderStream(Stream):
     """Images under ``root`` (recursive, sorted by path) or matching a glob such as
     ``shots/*/*.jpg``, optionally shuffled with a seed, every ``stride``-th one kept, cut
-    after ``limit``; iteration begins at position ``start`` of that order and ends early
-    after ``duration`` seconds."""
+    after ``limit``, each decoded as ``framing`` says; iteration begins at position ``start``
+    of that order and ends early after ``duration`` seconds."""
 
     def __init__(
         self,
         root: Path | str,
-        input_size: tuple[int, int],
+        framing: Framing,
         class_names: Sequence[str] = (),
         order: str = "sorted",
         seed: int = 0,
@@ -54,7 +55,7 @@ class FolderStream(Stream):
             images = labeled_images(self.root, class_names)
         if not images:
             raise UsageError(f"Source {root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-        self.input_size = input_size
+        self.framing = framing
         if order == "shuffled":
             images = seeded_shuffle(images, seed)
         elif order != "sorted":
@@ -85,7 +86,7 @@ class FolderStream(Stream):
             pending: deque[tuple[int, Path, Future[np.ndarray]]] = deque()
             files = enumerate(self.files[self.start :], start=self.start)
             for position, path in files:
-                pending.append((position, path, pool.submit(decode_image, path, self.input_size)))
+                pending.append((position, path, pool.submit(decode_image, path, self.framing)))
                 if len(pending) >= window:
                     break
             while pending and not self.stopping:
@@ -94,7 +95,7 @@ class FolderStream(Stream):
                 position, path, future = pending.popleft()
                 upcoming = next(files, None)
                 if upcoming is not None:
-                    pending.append((*upcoming, pool.submit(decode_image, upcoming[1], self.input_size)))
+                    pending.append((*upcoming, pool.submit(decode_image, upcoming[1], self.framing)))
                 frame_id = self._id(path)
                 try:
                     image = future.result()

@@ -30,12 +30,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from tta_cli.config import LiveConfig
+from tta_cli.config import Interpolation, LiveConfig
 from tta_cli.errors import UsageError
 from tta_cli.events import Event, EventKind
 from tta_cli.streams.decode import IMAGE_SUFFIXES
 from tta_cli.streams.folder import FolderStream, is_glob
 from tta_cli.streams.frames import Frame, Stream
+from tta_cli.streams.framing import Framing
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,21 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 # How often a waiting loop looks at its stop flag: the bound on how late a stop is noticed.
 POLL_SECONDS = 0.1
+# OpenCV's filter for each interpolation where a frame grows. Where it shrinks, PIL (the files'
+# path) widens its bilinear, bicubic and box filters so that they average, which in OpenCV only
+# INTER_AREA does; nearest stays nearest. INTER_NEAREST_EXACT picks the pixels PIL's nearest
+# picks, and PIL's box filter enlarges as nearest does.
+CV2_ENLARGING: dict[Interpolation, int] = {
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST_EXACT,
+    "box": cv2.INTER_NEAREST_EXACT,
+}
 
 
 def open_source(
     text: str | Path,
-    input_size: tuple[int, int],
+    framing: Framing,
     class_names: Sequence[str] = (),
     *,
     order: str = "sorted",
@@ -71,22 +82,22 @@ def open_source(
     if scheme:
         if scheme.group(1).lower() not in URL_SCHEMES:
             raise UsageError(f"Source {text!r} has an unsupported scheme; use one of {', '.join(URL_SCHEMES)}.")
-        return CaptureStream(text, input_size, live=True, **bounds, **live)
+        return CaptureStream(text, framing, live=True, **bounds, **live)
     if text.isdigit():
-        return CaptureStream(int(text), input_size, live=True, **bounds, **live)
+        return CaptureStream(int(text), framing, live=True, **bounds, **live)
     path = Path(text)
     if text.startswith("/dev/"):
         if not path.exists():
             raise UsageError(f"Camera {text} does not exist (is the device passed through to this container?).")
-        return CaptureStream(text, input_size, live=True, **bounds, **live)
+        return CaptureStream(text, framing, live=True, **bounds, **live)
     if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
         if path.suffix.lower() not in VIDEO_SUFFIXES and not _opens_as_video(path):
             raise UsageError(f"Source {text} is neither an image nor a video OpenCV can read.")
-        return CaptureStream(text, input_size, live=False, **bounds, **live)
+        return CaptureStream(text, framing, live=False, **bounds, **live)
     if path.exists() or is_glob(text):
         return FolderStream(
             text if is_glob(text) and not path.exists() else path,
-            input_size,
+            framing,
             class_names,
             order=order,
             seed=seed,
@@ -122,7 +133,7 @@ class CaptureStream(Stream):
     def __init__(
         self,
         target: str | int,
-        input_size: tuple[int, int],
+        framing: Framing,
         *,
         live: bool,
         start: int = 0,
@@ -135,7 +146,7 @@ class CaptureStream(Stream):
         super().__init__(start)
         self.target = target
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
-        self.input_size = input_size
+        self.framing = framing
         self.live = live
         self.stride = stride
         self.max_frames = max_frames
@@ -210,21 +221,28 @@ class CaptureStream(Stream):
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
         return cv2.VideoCapture(self.target)
 
-    def _to_input(self, image: np.ndarray) -> np.ndarray:
-        height, width = self.input_size
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        elif image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-        if image.shape[:2] != (height, width):
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(image[..., ::-1])
-
     def close(self) -> None:
         super().close()
         for reader in self._readers:
             reader.abandon()
             reader.join(timeout=2 * POLL_SECONDS + self.reconnect.watchdog_timeout)
+
+
+def frame_array(image: np.ndarray, framing: Framing) -> np.ndarray:
+    """An OpenCV image (BGR, BGRA or gray) as uint8 RGB framed by ``framing``, as
+    ``decode_image`` frames the same picture read from a file."""
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    source_height, source_width = image.shape[:2]
+    height, width = framing.resized(source_height, source_width)
+    if (height, width) != (source_height, source_width):
+        shrinking = height < source_height or width < source_width
+        nearest = framing.interpolation == "nearest"
+        kernel = cv2.INTER_AREA if shrinking and not nearest else CV2_ENLARGING[framing.interpolation]
+        image = cv2.resize(image, (width, height), interpolation=kernel)
+    return framing.crop(image[..., ::-1])
 
 
 class Reader(threading.Thread):
@@ -332,7 +350,7 @@ class Reader(threading.Thread):
             else:
                 stamp = f"{capture.get(cv2.CAP_PROP_POS_MSEC) / 1000:.3f}s"
             frame_id = f"{frame_number}@{stamp}"
-            frame = Frame(frame_id, stream._to_input(image), None, frame_number // stream.stride)
+            frame = Frame(frame_id, frame_array(image, stream.framing), None, frame_number // stream.stride)
             frame_number += 1
             stream.frames_read = frame_number
             stream.failures = 0
