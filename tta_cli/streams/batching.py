@@ -63,7 +63,9 @@ class Preprocess:
     def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.channels == 1 and pixels.shape[1] == 3:
             pixels = (pixels * self.luma).sum(dim=1, keepdim=True)
-        return (pixels - self.mean) / self.std
+        # Contiguous NCHW: arrays arrive channels-last, and torch 2.13's CPU GroupNorm backward
+        # crashes the process (a segmentation fault) on channels-last input.
+        return ((pixels - self.mean) / self.std).contiguous()
 
 
 Images = torch.Tensor | np.ndarray | Sequence[Image.Image | np.ndarray]
