@@ -215,23 +215,26 @@ def _ablation_table(error: dict[tuple[str, ...], dict[str, float]], bundles: lis
     lines = [
         "## Ablation: the default with one mechanism of the weighted norm off",
         "",
-        "Mean error over every order and shift of the bundle, and the cells worse than the source.",
+        "Mean error over the streams (order and shift) every variant ran, and the cells (one",
+        "corruption of one stream) worse than the source.",
         "",
-        "| bundle | variant | mean error | worse than source |",
-        "|---|---|---|---|",
+        "| bundle | variant | streams | mean error | cells worse than source |",
+        "|---|---|---|---|---|",
     ]
+    variants = ("auto", *(f"auto-without-{switch}" for switch in SWITCHES))
     for bundle in bundles:
-        for variant in ("auto", *(f"auto-without-{switch}" for switch in SWITCHES)):
-            cells = [cell for cell in _cells(error, bundle) if (bundle, *cell, variant) in error]
-            if not cells:
-                continue
+        # The cells every variant ran, so that the rows compare like with like.
+        cells = [cell for cell in _cells(error, bundle) if all((bundle, *cell, name) in error for name in variants)]
+        if not cells:
+            continue
+        for variant in variants:
             means = [_mean(error[bundle, order, shift, variant]) for order, shift in cells]
             worse = sum(
                 value > error[bundle, order, shift, "source"][name]
                 for order, shift in cells
                 for name, value in error[bundle, order, shift, variant].items()
             )
-            lines.append(f"| {bundle} | {variant} | {np.mean(means):.2f} | {worse} |")
+            lines.append(f"| {bundle} | {variant} | {len(cells)} | {np.mean(means):.2f} | {worse} |")
     return [*lines, ""]
 
 

@@ -38,12 +38,15 @@ def group_norm_bundle(tmp_path_factory: pytest.TempPathFactory, clean_folder: Pa
     return out
 
 
-def test_auto_on_a_model_without_batch_norm_adapts_nothing_until_measured(
+def test_auto_on_a_model_without_batch_norm_steps_on_its_norm_parameters(
     group_norm_bundle: Path, bundle_path: Path, tmp_path: Path
 ) -> None:
     assert not has_batch_norm(load_bundle(group_norm_bundle)) and has_batch_norm(load_bundle(bundle_path))
-    assert resolve_method("auto", batch_norm=False).name == NO_BATCH_NORM_METHOD == "source"
+    assert resolve_method("auto", batch_norm=False).name == NO_BATCH_NORM_METHOD == "sar"
     assert resolve_method("auto").name == DEFAULT_METHOD
     config = AdaptConfig(model=group_norm_bundle, source=tmp_path, run=tmp_path / "run")
     adapter = adapter_for(load_bundle(group_norm_bundle), config, torch.device("cpu"))
-    assert adapter.method.name == "source" and not adapter.params
+    assert adapter.method.name == "sar" and adapter.params and adapter.guard.config.enabled
+    # The GroupNorm affine parameters are what it adapts: no statistics to take from a batch.
+    names = {name for name, param in adapter.model.named_parameters() if param.requires_grad}
+    assert names and all(".weight" in name or ".bias" in name for name in names)
