@@ -29,6 +29,23 @@ TIMM_CONFIG = {
 }
 
 
+def install(
+    monkeypatch: pytest.MonkeyPatch,
+    package: str,
+    attributes: dict[str, Any],
+    submodule: str,
+    sub_attributes: dict[str, Any],
+) -> None:
+    """Put a fake ``package`` with ``package.submodule`` into ``sys.modules`` for one test."""
+    parent, child = types.ModuleType(package), types.ModuleType(f"{package}.{submodule}")
+    for module, values in ((parent, attributes), (child, sub_attributes)):
+        for name, value in values.items():
+            setattr(module, name, value)
+    setattr(parent, submodule, child)
+    monkeypatch.setitem(sys.modules, package, parent)
+    monkeypatch.setitem(sys.modules, f"{package}.{submodule}", child)
+
+
 def fake_timm(monkeypatch: pytest.MonkeyPatch, pretrained_cfg: dict[str, Any]) -> None:
     """``timm.create_model`` attaches the model's ``pretrained_cfg`` (also when not loading the
     weights); ``timm.data.resolve_model_data_config`` reads it and fills what it lacks with
@@ -50,13 +67,13 @@ def fake_timm(monkeypatch: pytest.MonkeyPatch, pretrained_cfg: dict[str, Any]) -
             "crop_mode": cfg.get("crop_mode") or "center",
         }
 
-    timm = types.ModuleType("timm")
-    data = types.ModuleType("timm.data")
-    timm.create_model = create_model  # type: ignore[attr-defined]
-    data.resolve_model_data_config = resolve_model_data_config  # type: ignore[attr-defined]
-    timm.data = data  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "timm", timm)
-    monkeypatch.setitem(sys.modules, "timm.data", data)
+    install(
+        monkeypatch,
+        "timm",
+        {"create_model": create_model},
+        "data",
+        {"resolve_model_data_config": resolve_model_data_config},
+    )
 
 
 class InterpolationMode(enum.Enum):
@@ -94,13 +111,7 @@ def fake_torchvision(monkeypatch: pytest.MonkeyPatch, crop: int, resize: int, in
     def get_model_weights(name: str) -> type[Weights]:
         return Weights
 
-    torchvision = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-    models.get_model = get_model  # type: ignore[attr-defined]
-    models.get_model_weights = get_model_weights  # type: ignore[attr-defined]
-    torchvision.models = models  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
-    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    install(monkeypatch, "torchvision", {}, "models", {"get_model": get_model, "get_model_weights": get_model_weights})
 
 
 @pytest.fixture
