@@ -8,11 +8,11 @@ set -euo pipefail
 data=${1:?CIFAR10_DIR}; out=${2:?OUT}
 methods=source,norm,norm+weighted,tent,eata,sar,mgtta,mgtta+weighted+memory+guard,tent+balanced,tent+robust,tent+tbr,rdumb+reset5,harmonized:sam-gs
 for order in shuffled sorted; do
-  tta-cli bench --model sample_models/cifar10-airnet --data "$data/test" --out "$out/$order" \
+  tta-cli bench --model sample_models/cifar10-airnet-ce --data "$data/test" --out "$out/$order" \
     --corruptions gaussian_noise,defocus_blur,fog --num-examples 600 --batch-size 64 \
     --order "$order" --methods "$methods" --no-speed
 done
 for order in shuffled sorted; do
-  tta-cli adapt --model sample_models/cifar10-airnet --source sample_models/data --order "$order" \
+  tta-cli adapt --model sample_models/cifar10-airnet-ce --source sample_models/data --order "$order" \
     --run "$out/adapt-$order"
 done

@@ -1,6 +1,6 @@
 """Storage and rollback cost of the history store with a real bundle's adaptation state.
 
-    python scripts/bench_history_store.py --model sample_models/cifar10-airnet --out docs/history_store.json
+    python scripts/bench_history_store.py --model sample_models/cifar10-airnet-ce --out docs/history_store.json
 
 What is measured, and how: the docstring of ``tta_cli.bench.history_store``.
 """

@@ -20,6 +20,8 @@ from tta_cli.files import tomllib
 OptimizerName = Literal["adam", "sgd"]
 NormName = Literal["batch", "robust", "tbr", "balanced", "weighted"]
 HarmonizerName = Literal["sum", "gh", "gh++", "sam-gs", "pcgrad", "upgrad", "mgda"]
+MetaObjectiveName = Literal["cross-entropy", "test-time"]
+"""What a Meta Gradient Generator learns to lower on the next batch (``tta_cli.mgg.train``)."""
 StreamOrder = Literal["sorted", "shuffled"]
 # How an image is framed into the model's input (``tta_cli.streams.Framing``), here for the
 # same reason: the streams package imports torch.

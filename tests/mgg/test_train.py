@@ -13,7 +13,7 @@ from tta_cli.engine.guard import Guard
 from tta_cli.engine.norms import BatchStatistics
 from tta_cli.errors import UsageError
 from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_metadata, rule_for_bundle
-from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_backward, train_mgg
+from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_surrogate, train_mgg
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches
@@ -69,9 +69,15 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     bundle_copy.mkdir()
     for file in bundle_path.iterdir():
         (bundle_copy / file.name).write_bytes(file.read_bytes())
-    report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **TINY | {"epochs": 1})
+    settings = TINY | {"epochs": 1, "step_size": 3e-3, "meta_objective": "test-time", "unroll": 2}
+    report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **settings)
     assert report.path == bundle_copy / "mgg.safetensors" and report.path.is_file()
-    assert rule_for_bundle(load_bundle(bundle_copy)).generator.uses_memory is False
+    metadata = read_metadata(report.path)
+    assert metadata["meta_objective"] == "test-time" and metadata["unroll"] == 2
+    assert metadata["train_step_size"] == metadata["step_size"] == 3e-3
+    rule = rule_for_bundle(load_bundle(bundle_copy))
+    assert rule.generator.uses_memory is False and rule.step_size == 3e-3  # α as pre-trained
+    assert rule_for_bundle(load_bundle(bundle_copy), step_size=1e-4).step_size == 1e-4
 
 
 def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> None:
@@ -86,6 +92,8 @@ def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> N
         ({"held_out": ("no_such_shift",)}, "Unknown corruption"),
         ({"harmonizer": "nope"}, "Unknown harmonizer"),
         ({"num_images": 100}, "needs"),
+        ({"meta_objective": "accuracy"}, "Unknown meta-objective"),
+        ({"unroll": 0}, "--unroll"),
     ],
 )
 def test_bad_requests_are_one_sentence(
@@ -120,6 +128,31 @@ def test_the_rule_snapshots_and_restores_through_the_adapter(
     adapter.close()
 
 
+def test_an_unrolled_window_reaches_every_update_in_it(bundle_path: Path, clean_folder: Path) -> None:
+    """Two updates in one window: the surrogate's gradient is that of L(θ_2) through both."""
+    bundle = load_bundle(bundle_path)
+    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, [Entropy()])
+    batch = next(
+        batches(FolderStream(clean_folder, Framing((32, 32)), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD))
+    )
+    torch.manual_seed(0)
+    generator = MetaGradientGenerator(memory=False)
+    first, second = torch.randn(len(model.source), 2), torch.randn(len(model.source), 2)
+
+    def theta_two() -> torch.Tensor:
+        return model.source - 1e-2 * generator(first)[0] - 1e-2 * generator(second)[0]
+
+    theta = theta_two()
+    _, losses = model.losses(theta, batch)
+    meta_surrogate(theta, FunctionalModel.gradients(losses, theta).sum(dim=0)).backward()
+    through_theta = [param.grad.clone() for param in generator.parameters()]
+    generator.zero_grad()
+    direct = torch.autograd.grad(model.losses(theta_two(), batch)[1].sum(), list(generator.parameters()))
+    for expected, got in zip(direct, through_theta, strict=True):
+        torch.testing.assert_close(got, expected)
+    model.close()
+
+
 def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, clean_folder: Path) -> None:
     bundle = load_bundle(bundle_path)
     objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
@@ -133,7 +166,7 @@ def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, 
     theta = model.source - 1e-2 * generator(features)[0]
 
     _, losses = model.losses(theta, batch)
-    meta_backward(theta, FunctionalModel.gradients(losses, theta))
+    meta_surrogate(theta, FunctionalModel.gradients(losses, theta).sum(dim=0)).backward()
     through_theta = [param.grad.clone() for param in generator.parameters()]
 
     generator.zero_grad()

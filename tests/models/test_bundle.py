@@ -132,7 +132,7 @@ def test_the_framing_survives_a_model_toml_round_trip(tmp_path: Path) -> None:
 
 
 def test_a_model_toml_written_before_framing_keeps_the_plain_resize() -> None:
-    sample = Path(__file__).parents[2] / "sample_models" / "cifar10-airnet"
+    sample = Path(__file__).parents[2] / "sample_models" / "cifar10-airnet-ce"
     assert "crop" not in (sample / "model.toml").read_text()  # written before the framing fields
     assert read_spec(sample).framing == Framing((32, 32), 1.0, "squash", "bilinear")
 

@@ -1,6 +1,6 @@
 """Storage and rollback cost of the history store, with a real bundle's adaptation state.
 
-    python scripts/bench_history_store.py --model sample_models/cifar10-airnet --steps 10000 \
+    python scripts/bench_history_store.py --model sample_models/cifar10-airnet-ce --steps 10000 \
         --out docs/history_store.json
 
 Each step records a row and a snapshot of the model's true state (θ, BatchNorm running

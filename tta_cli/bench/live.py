@@ -1,6 +1,6 @@
 """Throughput of a live source: frames adapted and dropped per second at a camera's pace.
 
-    python scripts/bench_live.py --model sample_models/cifar10-airnet --data sample_models/data \\
+    python scripts/bench_live.py --model sample_models/cifar10-airnet-ce --data sample_models/data \\
         --fps 30 --seconds 30 --batch-sizes 1,8,32 --out docs/live.json
 
 A local MJPEG server on 127.0.0.1 plays the role of an IP camera: it sends ``--frame-size``

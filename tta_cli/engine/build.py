@@ -103,7 +103,8 @@ def _update_rule(
     if not method.updates:
         return None
     if method.update == "mgg":
-        return rule_for_bundle(bundle, method.update_options["generator"], lr or method.lr)
+        # α is the one the generator was pre-trained for unless the user gives one.
+        return rule_for_bundle(bundle, method.update_options["generator"], lr)
     return make_update_rule(
         method.update, optimizer or method.optimizer, params, lr or method.lr, method.update_options
     )

@@ -3,7 +3,7 @@ a user's own inference loop (a service, a ROS node, a GStreamer pipeline) anothe
 
     from tta_cli import Session
 
-    with Session.start("sample_models/cifar10-airnet", run="runs/camera-3") as session:
+    with Session.start("sample_models/cifar10-airnet-ce", run="runs/camera-3") as session:
         for frames in my_camera_batches():           # PIL images, arrays or tensors
             result = session.adapt(frames)
             labels = [session.class_names[i] for i in result.predictions.tolist()]

@@ -123,9 +123,10 @@ class MGGRule:
             self.memory = Memory(memory["weight"].to(device).clone(), memory["bias"].to(device).clone())
 
 
-def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float = DEFAULT_STEP_SIZE) -> MGGRule:
+def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float | None = None) -> MGGRule:
     """The MGG rule of a loaded bundle, with the generator shipped in its ``file`` (by default
-    ``mgg.safetensors``), on the device of the bundle's model."""
+    ``mgg.safetensors``), on the device of the bundle's model. ``step_size`` defaults to the α the
+    generator was pre-trained for (its metadata), else ``DEFAULT_STEP_SIZE``."""
     path = bundle.path / file
     if not path.is_file():
         raise UsageError(
@@ -133,6 +134,8 @@ def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float = DEF
             f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
         )
     device = next(bundle.model.parameters()).device
+    if step_size is None:
+        step_size = float(read_metadata(path).get("step_size", DEFAULT_STEP_SIZE))
     return MGGRule(load_generator(path).to(device), step_size=step_size)
 
 

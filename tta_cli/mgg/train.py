@@ -5,21 +5,32 @@ One epoch adapts θ (the norm-layer affine parameters) from the source model ove
 held-out shifted images, batch by batch, exactly as deployment would:
 
 1. at θ_t, the test-time losses of batch t (entropy, feature alignment) and their gradients;
-2. the MGG's meta-loss for its previous proposal is the test-time objective of batch t at θ_t,
-   and θ_t = θ_{t−1} − α·MGG(…) is still in the MGG's graph: back-propagating the objective's
-   gradient through that one update reaches the MGG's weights (one-step truncated unrolling,
-   as the public code does with backward hooks), and Adam (lr 1e-2) steps them;
+2. the MGG's meta-loss for its previous proposals is a loss of batch t at θ_t, and
+   θ_t = θ_{t−1} − α·MGG(…) is still in the MGG's graph: back-propagating the loss's gradient
+   through the last ``unroll`` updates reaches the MGG's weights, and Adam (lr 1e-3) steps them
+   at the end of each window of ``unroll`` steps (1: one-step truncation, as the public code
+   does with backward hooks; the memory is always carried detached);
 3. the harmonised gradient (GH++ by default) goes through the Adam-style moments into the MGG,
    which proposes θ_{t+1} = θ_t − α·MGG(ĝ, m̂), detached from θ_t but not from the MGG.
 
-BatchNorm normalises with the test batch's statistics, as Tent does. After every epoch, a full
-adaptation pass with the current MGG over the held-out evaluation images (which carry labels,
-since they come from the training split) gives its accuracy and mean test-time objective; the
-best epoch's weights are kept (highest accuracy, ties broken by the lower objective).
+The meta-loss is by default the cross-entropy of batch t with its labels: the images come from
+the training split, so they have them, and only a supervised meta-loss tells an update that
+helps from one that merely lowers entropy. ``meta_objective="test-time"`` uses the test-time
+objective itself, as the paper does; on a BatchNorm model that teaches the MGG to lower entropy
+faster and nothing about accuracy (docs/bench/mgg has the curves). Deployment never sees a
+label: the MGG's inputs are the test-time gradients either way.
 
-Differences from the public code: θ restarts from the source model at every epoch (its θ drifts
-on across epochs), and checkpoints are chosen on held-out shifts of training images of the same
-classes rather than on ImageNet-C's validation corruptions.
+BatchNorm normalises with the test batch's statistics, as Tent does. After every epoch, a full
+adaptation pass with the current MGG over the held-out evaluation images gives its accuracy,
+cross-entropy and mean test-time objective; the best epoch's weights are kept (highest accuracy,
+ties broken by the lower meta-loss). Norm and Tent (Adam at the deployment step size, entropy)
+run over the same images as baselines.
+
+Differences from the public code: the meta-loss (above); batches of 64 at the deployment step
+size (the public code trains at batch 2 with α = 1e-4 and deploys at batch 64 with 1e-3: batch
+statistics of two images and a tenth of the step are another regime); θ restarts from the source
+model at every epoch (its θ drifts on across epochs); checkpoints are chosen on held-out shifts
+of training images of the same classes rather than on ImageNet-C's validation corruptions.
 """
 
 from __future__ import annotations
@@ -31,12 +42,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from tta_cli.config import MetaObjectiveName
 from tta_cli.corruptions import HELD_OUT
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
@@ -51,8 +64,7 @@ from tta_cli.objectives import Entropy, FeatureAlignment, Objective
 from tta_cli.streams import Batch, Preprocess
 from tta_cli.version import __version__
 
-TRAIN_STEP_SIZE = 1e-4
-"""α while pre-training (the public code's ``train_adapt_lr``); deployment uses ``DEFAULT_STEP_SIZE``."""
+META_OBJECTIVES: tuple[str, ...] = get_args(MetaObjectiveName)
 
 
 @dataclass
@@ -77,6 +89,7 @@ class TrainReport:
     held_out_accuracy: list[float]
     source_accuracy: float
     norm_accuracy: float
+    tent_accuracy: float
     seconds: float
     metadata: dict[str, Any]
 
@@ -140,18 +153,20 @@ def train_mgg(
     out: Path | None = None,
     held_out: Sequence[str] = HELD_OUT,
     severity: int = 5,
-    num_images: int = 128,
-    epochs: int = 40,
-    batch_size: int = 2,
-    lr: float = 1e-2,
+    num_images: int = 2048,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
     seed: int = 0,
     device: str = "auto",
     harmonizer: str = "gh++",
     memory: bool = True,
-    eval_images: int = 256,
+    eval_images: int = 1024,
     eval_batch_size: int = 64,
     step_size: float = DEFAULT_STEP_SIZE,
-    train_step_size: float = TRAIN_STEP_SIZE,
+    train_step_size: float | None = None,
+    meta_objective: str = "cross-entropy",
+    unroll: int = 8,
     on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainReport:
     """Pre-train an MGG for the bundle at ``bundle_path`` and write ``mgg.safetensors`` (into the
@@ -160,13 +175,16 @@ def train_mgg(
     ``data_folder`` holds clean *training* images in class sub-folders; ``num_images`` of them
     under the ``held_out`` corruptions are the training set, ``eval_images`` others under every
     held-out corruption the checkpoint-selection set (adapted per corruption from the source
-    model, batch ``eval_batch_size``, step size ``step_size``). Deterministic for a ``seed`` on
-    a given device.
+    model, batch ``eval_batch_size``, step size ``step_size``). α while training is
+    ``train_step_size``, by default ``step_size``. Deterministic for a ``seed`` on a given device.
     """
     started = time.perf_counter()
     check_held_out(held_out, severity)
-    _check_sizes(num_images, epochs, batch_size, eval_images, eval_batch_size)
+    _check_sizes(num_images, epochs, batch_size, eval_images, eval_batch_size, unroll)
     make_harmonizer(harmonizer)  # an unknown name fails before any work
+    if meta_objective not in META_OBJECTIVES:
+        raise UsageError(f"Unknown meta-objective {meta_objective!r}; choose one of {', '.join(META_OBJECTIVES)}.")
+    train_step_size = step_size if train_step_size is None else train_step_size
     path = _output_path(Path(bundle_path), out)
     torch.manual_seed(seed)
     target_device = resolve_device(device)
@@ -181,9 +199,24 @@ def train_mgg(
         eval_images,
         seed,
     )
-    trainer = _Trainer(bundle, data, target_device, harmonizer, batch_size, eval_batch_size, step_size, train_step_size)
+    trainer = _Trainer(
+        bundle,
+        data,
+        target_device,
+        harmonizer,
+        batch_size,
+        eval_batch_size,
+        step_size,
+        train_step_size,
+        meta_objective,
+        unroll,
+    )
     generator = MetaGradientGenerator(memory=memory).to(target_device)
-    baselines = {"source_accuracy": trainer.source_accuracy(), "norm_accuracy": trainer.norm_accuracy()}
+    baselines = {
+        "source_accuracy": trainer.source_accuracy(),
+        "norm_accuracy": trainer.norm_accuracy(),
+        "tent_accuracy": trainer.tent_accuracy(),
+    }
     # cuDNN may otherwise pick non-deterministic kernels for the backward passes; no effect on a CPU.
     with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
         history = trainer.fit(generator, torch.optim.Adam(generator.parameters(), lr=lr), epochs, seed, on_progress)
@@ -202,11 +235,14 @@ def train_mgg(
         "lr": lr,
         "step_size": step_size,
         "train_step_size": train_step_size,
+        "meta_objective": meta_objective,
+        "unroll": unroll,
         "seed": seed,
         "best_epoch": history.best_epoch,
         "held_out_accuracy": history.accuracy,
         "held_out_accuracy_per_shift": history.accuracy_per_shift,
         "held_out_objective": history.objective,
+        "held_out_cross_entropy": history.cross_entropy,
         **baselines,
         "bundle": bundle.spec.name,
         "bundle_weights_sha256": bundle.weights_sha256,
@@ -225,6 +261,7 @@ def train_mgg(
         history.accuracy,
         baselines["source_accuracy"],
         baselines["norm_accuracy"],
+        baselines["tent_accuracy"],
         seconds,
         metadata,
     )
@@ -232,14 +269,15 @@ def train_mgg(
 
 @dataclass
 class _History:
-    """Held-out accuracy and objective after every epoch; the weights of the best epoch (1-based),
-    ranked by accuracy, then by lower objective."""
+    """Held-out accuracy, test-time objective and cross-entropy after every epoch; the weights of
+    the best epoch (1-based), ranked by accuracy, then by lower meta-loss."""
 
     best_state: dict[str, torch.Tensor]
     best_epoch: int = 0
     best_score: tuple[float, float] = (0.0, 0.0)
     accuracy: list[float] = field(default_factory=list)
     objective: list[float] = field(default_factory=list)
+    cross_entropy: list[float] = field(default_factory=list)
     accuracy_per_shift: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -256,11 +294,15 @@ class _Trainer:
         eval_batch_size: int,
         step_size: float,
         train_step_size: float,
+        meta_objective: str,
+        unroll: int,
     ) -> None:
         self.data = data
         self.harmonizer_name = harmonizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.step_size, self.train_step_size = step_size, train_step_size
+        self.supervised = meta_objective == "cross-entropy"
+        self.unroll = unroll
         self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
         objectives: list[Objective] = [Entropy(), FeatureAlignment(bundle.source_stats)]
         self.model = FunctionalModel(bundle.model.to(device), bundle.spec.feature_layers, objectives)
@@ -283,13 +325,13 @@ class _Trainer:
             order = random.Random(seed * 100_003 + epoch)
             for step, steps, meta_loss in self.train_epoch(generator, optimizer, order):
                 _report(on_progress, TrainProgress(epoch, epochs, step, steps, "train", meta_loss, history.accuracy))
-            per_shift, objective = self.evaluate(generator)
+            per_shift, objective, cross_entropy = self.evaluate(generator)
             history.accuracy_per_shift.append(per_shift)
             history.accuracy.append(sum(per_shift.values()) / len(per_shift))
             history.objective.append(objective)
-            # Over a short held-out stream, small step sizes often leave the accuracy of several
-            # epochs equal to the last image; the lower test-time objective then decides.
-            score = (history.accuracy[-1], -objective)
+            history.cross_entropy.append(cross_entropy)
+            # Equal accuracies (the last image's worth) are decided by the lower meta-loss.
+            score = (history.accuracy[-1], -(cross_entropy if self.supervised else objective))
             if history.best_epoch == 0 or score > history.best_score:
                 history.best_state, history.best_epoch, history.best_score = (
                     copy.deepcopy(generator.state_dict()),
@@ -319,29 +361,38 @@ class _Trainer:
         generator.train()
         rule = MGGRule(generator, step_size=self.train_step_size)
         harmonizer = self._harmonizer()
-        indices = list(range(len(self.data.train)))
-        order.shuffle(indices)
-        shuffled = self.data.train.subset(indices)
+        shuffled = self.data.train.subset(_one_shift_at_a_time(self.data.train.shifts, order))
         steps = len(shuffled) // self.batch_size
         theta = self.source.clone().requires_grad_(True)
+        window: torch.Tensor | None = None
         for step, batch in enumerate(self._batches(shuffled, self.batch_size, drop_last=True), start=1):
-            _, losses = self.model.losses(theta, batch)
+            logits, losses = self.model.losses(theta, batch)
             gradients = self.model.gradients(losses, theta)
             meta_loss = None
             if theta.grad_fn is not None:
-                optimizer.zero_grad(set_to_none=True)
-                meta_backward(theta, gradients)
-                optimizer.step()
-                meta_loss = losses.sum().item()
+                if self.supervised:
+                    loss = F.cross_entropy(logits, batch.labels)
+                    meta_gradient = torch.autograd.grad(loss, theta, retain_graph=True)[0]
+                else:
+                    loss, meta_gradient = losses.sum(), gradients.sum(dim=0)
+                term = meta_surrogate(theta, meta_gradient)
+                window = term if window is None else window + term
+                meta_loss = loss.item()
+                if step % self.unroll == 0 or step == steps:
+                    optimizer.zero_grad(set_to_none=True)
+                    window.backward()
+                    optimizer.step()
+                    window, theta = None, theta.detach()
             direction = rule.direction(harmonizer(gradients.detach()).gradient)
-            theta = theta.detach() - self.train_step_size * direction
+            theta = theta - self.train_step_size * direction
             yield step, steps, meta_loss
 
-    def evaluate(self, generator: MetaGradientGenerator) -> tuple[dict[str, float], float]:
-        """Online accuracy of MGG adaptation per held-out shift, each pass from the source model,
-        and the test-time objective averaged over all batches (each taken before its update)."""
+    def evaluate(self, generator: MetaGradientGenerator) -> tuple[dict[str, float], float, float]:
+        """Online accuracy of MGG adaptation per held-out shift, each pass from the source model;
+        the test-time objective and the cross-entropy averaged over all batches (each taken
+        before its update)."""
         generator.eval()
-        accuracy, objective, batch_count = {}, 0.0, 0
+        accuracy, objective, cross_entropy, batch_count = {}, 0.0, 0.0, 0
         for shift, images in self.data.evaluation.items():
             self.model.reset()
             rule = MGGRule(generator, step_size=self.step_size)
@@ -351,12 +402,31 @@ class _Trainer:
                 theta.requires_grad_(True)
                 logits, losses = self.model.losses(theta, batch)
                 correct += int((logits.argmax(dim=1) == batch.labels).sum())
-                objective, batch_count = objective + losses.sum().item(), batch_count + 1
+                objective += losses.sum().item()
+                cross_entropy += F.cross_entropy(logits.detach(), batch.labels).item()
+                batch_count += 1
                 gradients = self.model.gradients(losses, theta)
                 with torch.no_grad():
                     theta = theta.detach() - self.step_size * rule.direction(harmonizer(gradients).gradient)
             accuracy[shift] = correct / len(images)
-        return accuracy, objective / batch_count
+        return accuracy, objective / batch_count, cross_entropy / batch_count
+
+    def tent_accuracy(self) -> float:
+        """Tent's online accuracy over the evaluation images: Adam at the deployment step size on
+        the batch entropy, from the source model for each held-out shift."""
+        correct = total = 0
+        for images in self.data.evaluation.values():
+            self.model.reset()
+            theta = self.source.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([theta], lr=self.step_size)
+            for batch in self._batches(images, self.eval_batch_size):
+                logits = self.model.logits(theta, batch.images)
+                correct += int((logits.argmax(dim=1) == batch.labels).sum())
+                total += len(batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                Entropy()(logits, {}, batch).backward()
+                optimizer.step()
+        return correct / total
 
     @torch.no_grad()
     def source_accuracy(self) -> float:
@@ -383,15 +453,35 @@ class _Trainer:
         return correct / total
 
 
-def meta_backward(theta: torch.Tensor, gradients: torch.Tensor) -> None:
-    """Accumulate into the MGG's ``.grad`` the gradient of the test-time objective Σ_k L_k(θ_t)
-    with respect to its weights, where ``θ_t = θ_{t−1} − α·MGG(…)`` is still in its graph.
+def meta_surrogate(theta: torch.Tensor, meta_gradient: torch.Tensor) -> torch.Tensor:
+    """A scalar whose gradient with respect to the MGG's weights is that of a meta-loss L(θ_t),
+    where θ_t is still in the MGG's graph and ``meta_gradient`` is ``∂L/∂θ_t`` (detached).
 
-    By the chain rule that is ``(Σ_k ∂L_k/∂θ_t)ᵀ · ∂θ_t/∂φ``: the per-loss gradients already
-    computed for harmonisation are reused, so the meta-gradient costs no second pass through
-    the network, only one through the tiny MGG (the public code's backward hooks do the same).
+    By the chain rule that gradient is ``(∂L/∂θ_t)ᵀ · ∂θ_t/∂φ``, the gradient of ``θ_t · ∂L/∂θ_t``:
+    the meta-gradient costs no second pass through the network, only one through the tiny MGG
+    (the public code's backward hooks do the same), and the terms of an unrolled window add up
+    before one backward. For the test-time objective, ``∂L/∂θ_t`` is the sum of the per-loss
+    gradients already computed for harmonisation.
     """
-    theta.backward(gradients.sum(dim=0))
+    return (theta * meta_gradient).sum()
+
+
+def _one_shift_at_a_time(shifts: Sequence[str], order: random.Random) -> list[int]:
+    """Indices of the training images as a deployed stream sees them: each shift's images in a
+    row (shuffled), the shifts in a random order, so that every batch normalises with the
+    statistics of one shift, as it does when the generator is deployed and evaluated.
+
+    >>> _one_shift_at_a_time(["a", "b", "a", "b"], random.Random(0))
+    [0, 2, 3, 1]
+    """
+    names = sorted(set(shifts))
+    order.shuffle(names)
+    indices: list[int] = []
+    for name in names:
+        block = [index for index, shift in enumerate(shifts) if shift == name]
+        order.shuffle(block)
+        indices += block
+    return indices
 
 
 def _report(on_progress: Callable[[TrainProgress], None] | None, progress: TrainProgress) -> None:
@@ -399,11 +489,15 @@ def _report(on_progress: Callable[[TrainProgress], None] | None, progress: Train
         on_progress(progress)
 
 
-def _check_sizes(num_images: int, epochs: int, batch_size: int, eval_images: int, eval_batch_size: int) -> None:
+def _check_sizes(
+    num_images: int, epochs: int, batch_size: int, eval_images: int, eval_batch_size: int, unroll: int
+) -> None:
     if batch_size < 1 or eval_batch_size < 1:
         raise UsageError("Batch sizes must be at least 1.")
     if num_images < 2 * batch_size:
         raise UsageError(f"Pre-training needs at least two batches: --num-images must be at least {2 * batch_size}.")
+    if unroll < 1:
+        raise UsageError("--unroll must be at least 1 step.")
     if epochs < 1 or eval_images < 1:
         raise UsageError("--epochs and the number of evaluation images must be at least 1.")
 
