@@ -3,7 +3,7 @@
 # has to provide the driver interface and Python 3.11+; the host needs the NVIDIA Container
 # Toolkit.
 #   docker build -t tta-cli .
-#   docker run --gpus all -v "$PWD/runs:/runs" tta-cli adapt --model /opt/tta-cli/sample_models/cifar10-airnet \
+#   docker run --gpus all -v "$PWD/runs:/runs" tta-cli adapt --model /opt/tta-cli/sample_models/cifar10-airnet-ce \
 #       --source /opt/tta-cli/sample_models/data --run /runs/demo
 # or: docker compose up (docker-compose.yml).
 ARG CUDA_BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
