@@ -123,6 +123,13 @@ def adapt(
     guard: Annotated[
         bool | None, typer.Option("--guard/--no-guard", help=_adapt_help("guard", "Label-free guard"))
     ] = None,
+    domain_weighting: Annotated[
+        bool | None,
+        typer.Option(
+            "--domain-weighting/--no-domain-weighting",
+            help=_adapt_help("domain_weighting", "Weigh inputs by clusters of like images, so no shift dominates"),
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file of settings; flags override it.")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run directory from its current state, same settings.")
@@ -372,7 +379,13 @@ def bench(
     methods: Annotated[
         str, typer.Option(help="Comma-separated methods; auto: what adapt runs on this bundle by default, guarded.")
     ] = "source,norm,tent,eata,sar",
-    protocols: Annotated[str, typer.Option(help="reset and/or continual, comma-separated.")] = "reset,continual",
+    protocols: Annotated[
+        str,
+        typer.Option(
+            help="reset, continual and/or mixed (every corruption shuffled into one stream; beside reset, "
+            "also transfer and interference per corruption), comma-separated."
+        ),
+    ] = "reset,continual",
     batch_size: Annotated[int, typer.Option(help="Images per adaptation step.")] = 200,
     order: Annotated[
         str,
@@ -400,6 +413,9 @@ def bench(
     ] = None,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure step time against the floor.")] = True,
     speed_repeats: Annotated[int, typer.Option(help="Timed steps per method and batch size (median).")] = 10,
+    domain_weighting: Annotated[
+        bool, typer.Option(help="Weigh inputs by clusters of like images in methods with gradient steps.")
+    ] = False,
 ) -> None:
     """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""
     from tta_cli.bench.run import BenchConfig, BenchProgress, run_bench
@@ -422,6 +438,7 @@ def bench(
         "cache_dir": cache_dir,
         "speed": speed,
         "speed_repeats": speed_repeats,
+        "domain_weighting": domain_weighting,
         **({"corruptions": tuple(_names(corruptions))} if corruptions else {}),
     }
     settings = validated(BenchConfig, options, as_options=True)
@@ -526,6 +543,87 @@ def export(
         table.add_row("max |Δlogit|", f"{report.parity.max_abs_diff:.2e}")
         table.add_row("top-1 agreement", f"{report.parity.top1_agreement:.2%}")
     Console().print(table)
+
+
+@app.command()
+def analyze(
+    model: Annotated[Path, typer.Option(help="Model bundle folder.")],
+    domain: Annotated[
+        list[str],
+        typer.Option(help="NAME=LABELED_FOLDER, or a corruption name applied to --data; two or more (repeat)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for analysis.json, the heat-maps and the run directories.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Labeled clean folder that corruption domains are made from.")
+    ] = None,
+    severity: Annotated[int, typer.Option(help="Severity of corruption domains, 1-5.")] = 5,
+    method: Annotated[list[str] | None, typer.Option(help="Method to analyse (repeat; default tent).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per adaptation step.")] = 64,
+    num_examples: Annotated[int | None, typer.Option(help="Images per domain (default all).")] = None,
+    probe_fraction: Annotated[float, typer.Option(help="Share of each domain held out as labeled probes.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for the image choice, the probe split and the mix.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    domain_weighting: Annotated[
+        bool, typer.Option(help="The joint run weighs inputs by clusters of like images.")
+    ] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache of corrupted images (as for bench).")] = None,
+) -> None:
+    """Transfer and interference: adapt on each domain alone and on their mix, compare per probe image."""
+    from tta_cli.analysis.run import AnalyzeConfig, run_analysis
+
+    domains: dict[str, Path | None] = {}
+    for text in domain:
+        name, equals, folder = text.partition("=")
+        if not name or name in domains:
+            raise UsageError(f"--domain {text!r}: each domain needs its own non-empty name.")
+        domains[name] = Path(folder) if equals else None
+    options = {
+        "model": model,
+        "domains": domains,
+        "out": out,
+        "data": data,
+        "severity": severity,
+        "methods": tuple(method or ("tent",)),
+        "batch_size": batch_size,
+        "num_examples": num_examples,
+        "probe_fraction": probe_fraction,
+        "seed": seed,
+        "device": device,
+        "domain_weighting": domain_weighting,
+        "cache_dir": cache_dir,
+    }
+    settings = validated(AnalyzeConfig, options, as_options=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+    task = bar.add_task("loading", total=None)
+
+    def show(description: str, completed: int, total: int) -> None:
+        bar.start()
+        bar.update(task, description=description, completed=completed, total=total)
+
+    try:
+        result = run_analysis(settings, on_progress=show)
+    finally:
+        bar.stop()
+    for name, analysed in result["methods"].items():
+        table = Table(title=f"{name}: probe accuracy (%) and the joint run against each domain alone")
+        for column in ("domain", "before", "alone", "joint", "transfer", "interference", "loss lower / higher"):
+            table.add_column(column, justify="left" if column == "domain" else "right")
+        accuracy = analysed["accuracy"]
+        for domain_name, parts in analysed["split"].items():
+            table.add_row(
+                domain_name,
+                f"{100 * accuracy['before'][domain_name]:.1f}",
+                f"{100 * accuracy['alone'][domain_name][domain_name]:.1f}",
+                f"{100 * accuracy['joint'][domain_name]:.1f}",
+                f"{parts['transfer_percent']:.1f}",
+                f"{parts['interference_percent']:.1f}",
+                f"{parts['loss_lower_jointly']} / {parts['loss_higher_jointly']}",
+            )
+        Console().print(table)
+    pictures = ", ".join(str(out / f"{name}.png") for name in result["methods"])
+    _say(f"Wrote {out / 'analysis.json'} and {pictures}; the runs are under {out / 'runs'}.")
 
 
 @app.command("train-mgg")

@@ -137,6 +137,9 @@ class AdaptConfig(BaseModel):
     history: HistoryConfig = HistoryConfig()
     live: LiveConfig = LiveConfig()
     weighted_norm: WeightedNormConfig = WeightedNormConfig()
+    domain_weighting: bool = Field(
+        False, description="weigh each input by its cluster of like inputs, so no shift dominates the update"
+    )
 
     @field_validator("source", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from torch import nn
 from tests.engine.test_adapter import first_batch, make_adapter
 from tta_cli.events import Event, EventKind
 from tta_cli.objectives import FisherRegulariser, ReliableEntropy, measure_fisher
+from tta_cli.streams import Batch
 
 E0 = 0.4 * math.log(4)  # 0.5545 nats for C = 4
 
@@ -21,6 +22,8 @@ CONFIDENT_1 = [0.01, 0.97, 0.01, 0.01]
 CONFIDENT_2 = [0.01, 0.01, 0.97, 0.01]
 CONFIDENT_3 = [0.02, 0.02, 0.02, 0.94]  # H = 0.2929: reliable
 UNIFORM = [0.25, 0.25, 0.25, 0.25]  # H = ln 4 = 1.386 > E0: unreliable
+UNWEIGHTED = Batch([], torch.zeros(0), torch.zeros(0))
+"""The objective reads only the batch's weights (none here)."""
 
 
 def logits(*rows: list[float]) -> torch.Tensor:
@@ -54,7 +57,7 @@ def test_entropy_filter_redundancy_filter_and_weights() -> None:
     assert cosine(CONFIDENT_2, mean) == pytest.approx(0.028, abs=1e-3)
     assert cosine(CONFIDENT_3, mean) == pytest.approx(0.043, abs=1e-3)
     second = logits(CONFIDENT_0, CONFIDENT_2, UNIFORM, CONFIDENT_3).requires_grad_(True)
-    loss = objective(second, {}, batch=None)
+    loss = objective(second, {}, batch=UNWEIGHTED)
     assert objective.selected.tolist() == [False, True, False, True]
     assert objective.reliable_count == 3
     h2, h3 = entropy_of(CONFIDENT_2), entropy_of(CONFIDENT_3)
@@ -68,16 +71,16 @@ def test_entropy_filter_redundancy_filter_and_weights() -> None:
 
 def test_without_redundancy_filter_or_weights_it_is_sars_reliable_entropy() -> None:
     objective = ReliableEntropy(num_classes=4, margin=0.4)
-    loss = objective(logits(CONFIDENT_0, UNIFORM, CONFIDENT_3), {}, batch=None)
+    loss = objective(logits(CONFIDENT_0, UNIFORM, CONFIDENT_3), {}, batch=UNWEIGHTED)
     assert loss.item() == pytest.approx((entropy_of(CONFIDENT_0) + entropy_of(CONFIDENT_3)) / 2)
-    assert objective(logits(UNIFORM, UNIFORM), {}, batch=None) is None
+    assert objective(logits(UNIFORM, UNIFORM), {}, batch=UNWEIGHTED) is None
 
 
 def test_revisit_filters_again_among_the_first_selection() -> None:
     """SAR's second pass: sample 1 was unreliable before; sample 0 is unreliable at the new θ."""
     objective = ReliableEntropy(num_classes=4, margin=0.4)
-    objective(logits(CONFIDENT_0, UNIFORM, CONFIDENT_3), {}, batch=None)
-    loss = objective(logits(UNIFORM, CONFIDENT_1, CONFIDENT_2), {}, batch=None, revisit=True)
+    objective(logits(CONFIDENT_0, UNIFORM, CONFIDENT_3), {}, batch=UNWEIGHTED)
+    loss = objective(logits(UNIFORM, CONFIDENT_1, CONFIDENT_2), {}, batch=UNWEIGHTED, revisit=True)
     assert loss.item() == pytest.approx(entropy_of(CONFIDENT_2))
     assert objective.selected.tolist() == [True, False, True]  # the first pass's selection stays
 

@@ -169,3 +169,20 @@ def test_an_ablated_weighted_norm_reaches_the_adapter(bundle_path: Path, clean_f
         weighted_norm=off,
     )
     assert seen == [off]
+
+
+def test_mix_interleaves_the_streams_keeping_each_ones_order(clean_folder: Path) -> None:
+    from tta_cli.bench.protocols import mix
+
+    first, second = clean_stream(clean_folder, "first", 9), clean_stream(clean_folder, "second", 6)
+    mixed = mix([first, second], seed=0)
+    assert len(mixed) == 15 and mixed.domains is not None
+    assert mixed.domains.count("first") == 9 and mixed.domains != sorted(mixed.domains)
+    for stream in (first, second):
+        ids = [
+            image_id.removeprefix(f"{stream.corruption}/")
+            for image_id in mixed.ids
+            if image_id.startswith(stream.corruption)
+        ]
+        assert ids == stream.ids
+    assert mix([first, second], seed=0).ids == mixed.ids

@@ -176,3 +176,32 @@ def test_the_shifts_beyond_the_benchmark_are_benchmark_streams(
     )
     result = run_bench(config)
     assert {cell["corruption"] for cell in result["results"]} == {"low_light", "inverted"}
+
+
+def test_mixed_reports_each_corruption_of_one_stream_against_it_alone(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    result = bench(
+        bundle_path,
+        clean_folder,
+        tmp_path,
+        methods=("source", "norm", "tent"),
+        protocols=("reset", "mixed"),
+        domain_weighting=True,
+    )
+    mixed = [row for row in result["results"] if row["protocol"] == "mixed"]
+    assert {(row["method"], row["corruption"]) for row in mixed} == {
+        (method, corruption) for method in ("source", "norm", "tent") for corruption in ("gaussian_noise", "contrast")
+    }
+    assert all(row["images"] == 6 for row in mixed)
+    # source does not adapt: its mixed cells repeat its reset ones; norm's batches mix corruptions.
+    copied = {row["method"]: row["copied_from"] for row in mixed}
+    assert copied == {"source": "protocol reset", "norm": None, "tent": None}
+    for row in mixed:
+        split = row["against_alone"]
+        assert split["samples"] == 6
+        if row["method"] == "source":
+            assert split["transfer"] == split["interference"] == 0
+    markdown = (tmp_path / "out" / "bench.md").read_text()
+    assert "## Mixed against alone: interference / transfer (%)" in markdown
+    assert "## Online error (%), protocol `mixed`" in markdown

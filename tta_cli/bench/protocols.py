@@ -1,10 +1,16 @@
-"""The two evaluation protocols of the CIFAR-10-C benchmark, with online evaluation.
+"""The evaluation protocols of the CIFAR-10-C benchmark, with online evaluation.
 
 - ``reset``: every corruption starts from the source model (θ, normalisation statistics, a fresh
   optimizer and fresh method state), as in Tent's and EATA's per-corruption results.
 - ``continual``: the corruptions follow each other in one stream and nothing is reset between
   them, as in CoTTA's continual protocol. With several rounds the whole sequence is played again,
   still without a reset: a longer stream, on which a method that slowly collapses shows it.
+- ``mixed``: every corruption's images shuffled together into one stream (the "mixed domains"
+  protocol of the public benchmark code); each image keeps its corruption for the report only,
+  and a cell is one corruption's share of that stream. Each corruption's images keep the order
+  they have (``--order``) relative to one another. Beside ``reset``, each image is also compared
+  with its prediction when its corruption was adapted to alone: transfer and interference
+  (``tta_cli.analysis``).
 
 Under ``reset`` a round repeats the first: every corruption starts from the source again.
 
@@ -21,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from tta_cli.bench.streams import ShiftedStream
@@ -33,6 +40,8 @@ from tta_cli.models import Bundle
 from tta_cli.streams import Batch, Preprocess
 
 PROTOCOLS = ("reset", "continual")
+"""The protocols run unless others are asked for."""
+ALL_PROTOCOLS = (*PROTOCOLS, "mixed")
 
 
 @dataclass
@@ -57,6 +66,8 @@ class CellResult:
     gives every protocol the same run, and under ``reset`` every round repeats the first."""
     cosines: list[float] = field(default_factory=list)
     """cos(g1, g2) of each step that had two objectives' gradients."""
+    correct: dict[str, bool] = field(default_factory=dict)
+    """Whether each image (by id) was predicted right."""
 
     @property
     def error_percent(self) -> float:
@@ -81,12 +92,43 @@ def bench_method(name: str, bundle: Bundle) -> Method:
 
 
 def bench_adapter(
-    bundle: Bundle, method: Method, device: torch.device, weighted_norm: WeightedNormConfig | None = None
+    bundle: Bundle,
+    method: Method,
+    device: torch.device,
+    weighted_norm: WeightedNormConfig | None = None,
+    domain_weighting: bool = False,
 ) -> Adapter:
     """An adapter as the method's paper runs it: the method's own settings, and no guard unless
-    the method asks for one (``+guard``); ``weighted_norm`` replaces the weighted norm's settings."""
+    the method asks for one (``+guard``); ``weighted_norm`` replaces the weighted norm's settings;
+    ``domain_weighting`` applies to the methods that take gradient steps."""
     guard = GuardConfig(enabled=method.guard)
-    return build_adapter(bundle, method, device, guard=guard, weighted_norm=weighted_norm)
+    weighting = domain_weighting and method.updates
+    return build_adapter(bundle, method, device, guard=guard, weighted_norm=weighted_norm, domain_weighting=weighting)
+
+
+def mix(streams: Sequence[ShiftedStream], seed: int) -> ShiftedStream:
+    """All ``streams`` in one, their images interleaved at random (a seeded permutation that keeps
+    each stream's own order); ``domains`` holds each image's corruption, and its id is
+    ``CORRUPTION/ID`` (the streams share their images' ids)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, len(streams)]))
+    sources = np.concatenate([np.full(len(stream), index) for index, stream in enumerate(streams)])
+    sources = sources[rng.permutation(len(sources))]
+    positions = np.empty(len(sources), dtype=np.int64)
+    for index, stream in enumerate(streams):
+        positions[sources == index] = np.arange(len(stream))
+    images = np.empty((len(sources), *streams[0].images.shape[1:]), dtype=streams[0].images.dtype)
+    labels = np.empty(len(sources), dtype=np.int64)
+    for index, stream in enumerate(streams):
+        chosen = sources == index
+        images[chosen] = stream.images[positions[chosen]]
+        labels[chosen] = stream.labels[positions[chosen]]
+    domains = [streams[source].corruption for source in sources.tolist()]
+    ids = [
+        f"{domain}/{streams[source].ids[position]}"
+        for domain, source, position in zip(domains, sources.tolist(), positions.tolist(), strict=True)
+    ]
+    first = streams[0]
+    return ShiftedStream("mixed", first.severity, first.folder, ids, images, labels, domains)
 
 
 def run_method(
@@ -100,19 +142,24 @@ def run_method(
     on_corruption_start: Callable[[str, Adapter], None] | None = None,
     rounds: int = 1,
     weighted_norm: WeightedNormConfig | None = None,
+    domain_weighting: bool = False,
+    seed: int = 0,
 ) -> list[CellResult]:
     """Run ``method`` through ``streams``, ``rounds`` times over, under ``protocol``; the bundle's
     model is left as it was.
 
     ``on_batch(cell, images)`` follows every batch; ``on_corruption_start(name, adapter)`` is
     called before a corruption's first batch, with the adapter about to see it; ``weighted_norm``
-    replaces the weighted norm's settings.
+    replaces the weighted norm's settings; ``domain_weighting`` weighs inputs by cluster; ``seed``
+    draws the interleaving of ``mixed``.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    if protocol == "mixed":
+        streams = [mix(streams, seed)]
+    if protocol not in ALL_PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; use one of {', '.join(ALL_PROTOCOLS)}.")
     original = copy.deepcopy(bundle.model.state_dict())
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
-    adapter = bench_adapter(bundle, method, device, weighted_norm)
+    adapter = bench_adapter(bundle, method, device, weighted_norm, domain_weighting)
     recovery = Recovery(adapter, MemoryKeeper(adapter))
     source_state = adapter.state_dict()
     sequence = [(number, stream) for number in range(1, rounds + 1) for stream in streams]
@@ -123,12 +170,13 @@ def run_method(
                 # A new adapter over the restored model: fresh optimizer and method state too.
                 adapter.load_state_dict(source_state)
                 adapter.close()
-                adapter = bench_adapter(bundle, method, device, weighted_norm)
+                adapter = bench_adapter(bundle, method, device, weighted_norm, domain_weighting)
                 recovery = Recovery(adapter, MemoryKeeper(adapter))
             if on_corruption_start is not None:
                 on_corruption_start(stream.corruption, adapter)
             cell = CellResult(method.name, protocol, stream.corruption, number)
-            results.append(_run_stream(adapter, recovery, stream, cell, batch_size, preprocess, device, on_batch))
+            cell = _run_stream(adapter, recovery, stream, cell, batch_size, preprocess, device, on_batch)
+            results.extend(_per_domain(cell, stream) if stream.domains is not None else [cell])
     finally:
         adapter.close()
         bundle.model.load_state_dict(original)
@@ -171,6 +219,7 @@ def _run_stream(
             cell.cosines.append(result.diagnostics["cosine"])
         cell.images += end - start
         cell.errors += errors
+        cell.correct.update(zip(batch.ids, (result.predictions == labels).tolist(), strict=True))
         for event in result.events:
             cell.notes[event.kind.value] += 1
         if result.verdict.action == "rollback":
@@ -180,3 +229,29 @@ def _run_stream(
     if cuda:
         cell.peak_gpu_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
     return cell
+
+
+def _per_domain(cell: CellResult, stream: ShiftedStream) -> list[CellResult]:
+    """The cell of a mixed stream as one cell per corruption in it, in the order first seen; the
+    time and steps shared out by images, the cosines of the whole stream with the first."""
+    assert stream.domains is not None
+    names = list(dict.fromkeys(stream.domains))
+    cells = []
+    for index, name in enumerate(names):
+        ids = [image_id for image_id, domain in zip(stream.ids, stream.domains, strict=True) if domain == name]
+        share = len(ids) / len(stream)
+        correct = {image_id.removeprefix(f"{name}/"): cell.correct[image_id] for image_id in ids}
+        cells.append(
+            replace(
+                cell,
+                corruption=name,
+                images=len(ids),
+                errors=len(ids) - sum(correct.values()),
+                steps=round(cell.steps * share),
+                step_seconds=cell.step_seconds * share,
+                total_seconds=cell.total_seconds * share,
+                cosines=cell.cosines if index == 0 else [],
+                correct=correct,
+            )
+        )
+    return cells

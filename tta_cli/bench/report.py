@@ -58,6 +58,25 @@ def error_table(result: dict[str, Any], protocol: str) -> list[list[str]]:
     return rows
 
 
+def mixed_table(result: dict[str, Any]) -> list[list[str]]:
+    """Header row, then per method that ran both ``reset`` and ``mixed``: interference / transfer %
+    per corruption (round 1) and their means."""
+    corruptions = result["config"]["corruptions"]
+    rows = [["method", *[SHORT_NAMES.get(name, name) for name in corruptions], "mean"]]
+    for method in result["config"]["methods"]:
+        splits = {
+            cell["corruption"]: cell["against_alone"]
+            for cell in result["results"]
+            if cell["method"] == method and "against_alone" in cell and cell["round"] == 1
+        }
+        if len(splits) < len(corruptions):
+            continue
+        pairs = [(splits[name]["interference_percent"], splits[name]["transfer_percent"]) for name in corruptions]
+        means = [sum(values) / len(values) for values in zip(*pairs, strict=True)]
+        rows.append([method, *[f"{i:.1f} / {t:.1f}" for i, t in pairs], f"**{means[0]:.1f} / {means[1]:.1f}**"])
+    return rows
+
+
 def round_table(result: dict[str, Any]) -> list[list[str]]:
     """Per method and protocol: the mean error % of each round."""
     rounds = result["config"]["rounds"]
@@ -117,6 +136,17 @@ def markdown(result: dict[str, Any]) -> str:
         parts += ["*worse than source*: the cells (corruption and round) with more errors than `source`.", ""]
     for protocol in config["protocols"]:
         parts += [f"## Online error (%), protocol `{protocol}`", "", _markdown_table(error_table(result, protocol)), ""]
+    mixed = mixed_table(result)
+    if len(mixed) > 1:
+        parts += [
+            "## Mixed against alone: interference / transfer (%)",
+            "",
+            "Per corruption, of its images: *interference*, right when its corruption was adapted to alone "
+            "(`reset`) and wrong in the `mixed` stream; *transfer*, the reverse.",
+            "",
+            _markdown_table(mixed),
+            "",
+        ]
     if rounds > 1:
         parts += [
             "## Error per round (%)",

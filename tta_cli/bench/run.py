@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tta_cli.analysis import split_by_id
 from tta_cli.bench.orders import parse_order
-from tta_cli.bench.protocols import PROTOCOLS, CellResult, bench_method, run_method
+from tta_cli.bench.protocols import ALL_PROTOCOLS, PROTOCOLS, CellResult, bench_method, run_method
 from tta_cli.bench.report import write_report
 from tta_cli.bench.speed import measure_speed
 from tta_cli.bench.streams import ShiftedStream, build_streams, select_images
 from tta_cli.corruptions import BEYOND, CORRUPTIONS
-from tta_cli.engine import get_method, resolve_device
+from tta_cli.engine import Method, get_method, resolve_device
 from tta_cli.engine.methods import AUTO_METHOD
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.errors import UsageError
@@ -56,6 +57,7 @@ class BenchConfig(BaseModel):
     cache_dir: Path | None = None
     speed: bool = True
     speed_repeats: int = Field(10, ge=1)
+    domain_weighting: bool = Field(False, description="weigh inputs by cluster (methods with gradient steps)")
 
     @field_validator("order")
     @classmethod
@@ -83,8 +85,8 @@ def check_config(config: BenchConfig) -> None:
         if name not in CORRUPTIONS + BEYOND:
             raise UsageError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS + BEYOND)}.")
     for name in config.protocols:
-        if name not in PROTOCOLS:
-            raise UsageError(f"Unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}.")
+        if name not in ALL_PROTOCOLS:
+            raise UsageError(f"Unknown protocol {name!r}; choose from {', '.join(ALL_PROTOCOLS)}.")
     if not config.methods or not config.corruptions or not config.protocols:
         raise UsageError("Give at least one method, one corruption and one protocol.")
 
@@ -210,16 +212,18 @@ def _run_matrix(
     plan = []
     for name in config.methods:
         method = bench_method(name, bundle)
-        # Nothing adapts in a method without objectives, so both protocols give the same
-        # predictions: it runs once and its cells are listed under each protocol. For such a
-        # method, and under reset, every round repeats the first: it runs once and is listed
-        # under each round.
-        for protocol in config.protocols if method.updates else config.protocols[:1]:
-            plan.append((method, protocol, config.rounds if method.updates and protocol == "continual" else 1))
-    total = stream_images * sum(rounds for _, _, rounds in plan)
+        # Nothing adapts in a method without objectives, so reset and continual give the same
+        # predictions (and mixed too, unless the method normalises with the batch's statistics,
+        # which mixing changes): it runs once and its cells are listed under each such protocol.
+        # For such a method, and under reset, every round repeats the first: it runs once and is
+        # listed under each round.
+        for protocol, copies in _distinct_runs(method, config.protocols).items():
+            carried = method.updates and protocol != "reset"
+            plan.append((method, protocol, copies, config.rounds if carried else 1))
+    total = stream_images * sum(rounds for *_, rounds in plan)
     done = {"images": 0}
     cells: list[CellResult] = []
-    for method, protocol, rounds in plan:
+    for method, protocol, copies, rounds in plan:
 
         def advance(cell: CellResult, images: int, protocol: str = protocol) -> None:
             done["images"] += images
@@ -227,7 +231,18 @@ def _run_matrix(
             report("adapt", f"{cell.method} · {protocol} · {where}", done["images"], total)
 
         torch.manual_seed(config.seed)
-        ran = run_method(bundle, method, streams, protocol, config.batch_size, device, on_batch=advance, rounds=rounds)
+        ran = run_method(
+            bundle,
+            method,
+            streams,
+            protocol,
+            config.batch_size,
+            device,
+            on_batch=advance,
+            rounds=rounds,
+            domain_weighting=config.domain_weighting,
+            seed=config.seed,
+        )
         if rounds < config.rounds:
             ran += [
                 replace(cell, copied_from="round 1", round=number)
@@ -235,10 +250,27 @@ def _run_matrix(
                 for cell in ran
             ]
         cells.extend(ran)
-        if not method.updates:
-            for other in config.protocols[1:]:
-                cells.extend(replace(cell, copied_from=f"protocol {protocol}", protocol=other) for cell in ran)
+        for other in copies:
+            cells.extend(replace(cell, copied_from=f"protocol {protocol}", protocol=other) for cell in ran)
     return cells
+
+
+def _distinct_runs(method: Method, protocols: Sequence[str]) -> dict[str, list[str]]:
+    """The protocols a method runs under, each with the protocols that only repeat its run.
+
+    >>> _distinct_runs(get_method("norm"), ("reset", "continual", "mixed"))
+    {'reset': ['continual'], 'mixed': []}
+    >>> _distinct_runs(get_method("source"), ("reset", "continual", "mixed"))
+    {'reset': ['continual', 'mixed']}
+    """
+    if method.updates:
+        return {protocol: [] for protocol in protocols}
+    runs: dict[str, list[str]] = {}
+    for protocol in protocols:
+        kind = protocol == "mixed" and method.batch_statistics
+        first = next(other for other in protocols if (other == "mixed" and method.batch_statistics) == kind)
+        runs.setdefault(first, []).extend([] if first == protocol else [protocol])
+    return runs
 
 
 def _summary(
@@ -267,6 +299,7 @@ def _summary(
             "copied_from": cell.copied_from,
             "cosines": [round(value, 4) for value in cell.cosines],
         }
+        | _against_alone(cell, cells)
         for cell in cells
     ]
     mean_error = {
@@ -344,3 +377,19 @@ def worse_than_source(
         }
         for protocol in protocols
     }
+
+
+def _against_alone(cell: CellResult, cells: Sequence[CellResult]) -> dict[str, Any]:
+    """For a cell of ``mixed``: its transfer and interference against the same method's ``reset``
+    cell of the corruption (adapted to alone), in the same round, where that ran."""
+    if cell.protocol != "mixed":
+        return {}
+    for alone in cells:
+        if (alone.method, alone.protocol, alone.corruption, alone.round) == (
+            cell.method,
+            "reset",
+            cell.corruption,
+            cell.round,
+        ):
+            return {"against_alone": split_by_id(alone.correct, cell.correct).as_dict()}
+    return {}

@@ -61,6 +61,8 @@ class ShiftedStream:
     ids: list[str]
     images: np.ndarray  # N×H×W×3 uint8
     labels: np.ndarray  # N, int64
+    domains: list[str] | None = None
+    """Each image's corruption, in a stream that mixes several (``protocols.mix``)."""
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -4,7 +4,8 @@
 2. predictions are taken here, before the update; the guard watches them (and, for its harm
    signal, the un-updated model's view of the same inputs)
 3. losses = {name: objective(logits, features, batch)}, over the batch or, with a
-   class-balanced memory, over the memory the batch was just offered to
+   class-balanced memory, over the memory the batch was just offered to; with a weighting
+   across domains (``tta_cli.engine.domains``) each input weighs as its cluster's share says
 4. one gradient over θ per loss
 5. g = harmonize(gradients)
 6. θ ← update_rule(θ, g), with a closure that evaluates the same batch again at the current θ,
@@ -19,12 +20,13 @@ the step then makes no update.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from tta_cli.engine.domains import DomainClusters
 from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
@@ -76,10 +78,13 @@ class Adapter:
         guard: Guard,
         harmonizer: Harmonizer | None = None,
         reference: nn.Module | None = None,
+        domains: DomainClusters | None = None,
     ) -> None:
         """``norm`` has configured ``model`` (and ``reference``) already; ``reference`` is the
-        guard's for its harm signal (``tta_cli.engine.build`` makes all of them)."""
+        guard's for its harm signal; ``domains`` weighs inputs by cluster (``tta_cli.engine.build``
+        makes all of them)."""
         self.model, self.method, self.norm, self.objectives = model, method, norm, objectives
+        self.domains = domains
         self.update_rule, self.guard, self.harmonizer = update_rule, guard, harmonizer or Sum()
         self.named_params = norm_affine_parameters(model) if method.updates else {}
         self.params = list(self.named_params.values())
@@ -120,7 +125,11 @@ class Adapter:
         if not prediction.learn:
             result.events += [Event(EventKind.NO_UPDATE, prediction.why_not)] if prediction.why_not else []
             return result
-        # 3. Losses, over the batch or the memory it joins.
+        # 3. Losses, over the batch or the memory it joins, each input weighed by its cluster.
+        if self.domains is not None:
+            assignment = self.domains.weigh(batch.images, result.entropy)
+            batch = replace(batch, weights=assignment.weights)
+            result.diagnostics |= _cluster_diagnostics(assignment.clusters, self.domains.size)
         if self.memory is not None:
             batch, logits, before = self._memory_batch(batch, result)
         losses = self._losses(logits, batch, revisit=False)
@@ -150,6 +159,16 @@ class Adapter:
         # 7. The guard checks the new state.
         result.verdict = self.guard.check_state(self.params)
         return result
+
+    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of ``images`` as the model predicts now, with no step and every state left as it
+        was (a probe of the adapted model; the memory, a cache of inputs, is emptied)."""
+        state = self.state_dict()
+        try:
+            with torch.no_grad():
+                return self.norm.predict(lambda: self.model(images), lambda: self.model(images)).logits
+        finally:
+            self.load_state_dict(state)
 
     def _reset_if_due(self) -> list[Event]:
         """RDumb's periodic return to the state before the first step (kept at the first step
@@ -213,7 +232,11 @@ class Adapter:
         labels = torch.full((len(images),), UNLABELED, device=images.device)
         statistics = self._statistics()
         with torch.enable_grad():
-            return Batch(["memory"] * len(images), images, labels), self.model(images), statistics
+            logits = self.model(images)
+        weights = None
+        if self.domains is not None:
+            weights = self.domains.weigh(images, entropy(logits.detach()), learn=False).weights
+        return Batch(["memory"] * len(images), images, labels, weights=weights), logits, statistics
 
     def _losses(self, logits: torch.Tensor, batch: Batch, revisit: bool) -> dict[str, torch.Tensor] | str:
         """Each objective's loss, or the name of the first objective that found nothing to learn from."""
@@ -275,8 +298,9 @@ class Adapter:
     def state_dict(self) -> dict[str, Any]:
         """Everything that adapts: θ, normalisation running statistics and the norm's own state,
         the update rule's and the harmonizer's state, and what objectives carry between batches.
-        (The memory is a cache of inputs, not state: ``tta_cli.engine.memory``.)"""
-        return {
+        (The memory is a cache of inputs, not state: ``tta_cli.engine.memory``.) With a weighting
+        across domains, its clusters too."""
+        state = {
             "params": {name: param.detach().clone() for name, param in self.named_params.items()},
             "buffers": self._statistics(),
             "update_rule": self.update_rule.state_dict() if self.update_rule is not None else {},
@@ -284,6 +308,9 @@ class Adapter:
             "norm": self.norm.state_dict(),
             "objectives": {objective.name: objective.state_dict() for objective in self.objectives},
         }
+        if self.domains is not None:
+            state["domains"] = self.domains.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict`` exactly; the step counter keeps counting forward."""
@@ -301,7 +328,16 @@ class Adapter:
         objectives = state.get("objectives", {})
         for objective in self.objectives:
             objective.load_state_dict(objectives.get(objective.name, {}))
+        if self.domains is not None:
+            self.domains.load_state_dict(state.get("domains", {}))
 
     def close(self) -> None:
         self._hooks.close()
         self.norm.close()
+
+
+def _cluster_diagnostics(clusters: torch.Tensor, total: int) -> dict[str, float]:
+    """How many clusters the batch's inputs fell in, how many exist, and each one's count."""
+    counts = torch.bincount(clusters.cpu(), minlength=total)
+    sizes = {f"cluster_{index + 1}": float(count) for index, count in enumerate(counts.tolist()) if count}
+    return {"clusters": float(len(sizes)), "clusters_total": float(total)} | sizes

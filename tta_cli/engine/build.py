@@ -9,10 +9,12 @@ import torch
 
 from tta_cli.config import AdaptConfig, GuardConfig, WeightedNormConfig
 from tta_cli.engine.adapter import Adapter
+from tta_cli.engine.domains import DomainClusters
 from tta_cli.engine.guard import Guard
 from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, NO_BATCH_NORM_METHOD, Method, get_method
 from tta_cli.engine.norms import make_norm
 from tta_cli.engine.norms.layers import batch_norm_layers
+from tta_cli.errors import UsageError
 from tta_cli.harmonize import make_harmonizer
 from tta_cli.mgg.rule import rule_for_bundle
 from tta_cli.models import Bundle
@@ -43,10 +45,16 @@ def build_adapter(
     lr: float | None = None,
     harmonizer: str | None = None,
     weighted_norm: WeightedNormConfig | None = None,
+    domain_weighting: bool = False,
 ) -> Adapter:
     """An adapter over the bundle's model on ``device``, as ``method`` chooses its parts;
-    ``optimizer``, ``lr`` and ``harmonizer`` replace the method's own when given, and the guard
-    runs as ``guard`` says (default on)."""
+    ``optimizer``, ``lr`` and ``harmonizer`` replace the method's own when given, the guard
+    runs as ``guard`` says (default on), and ``domain_weighting`` weighs each input of the
+    objectives by its cluster (``tta_cli.engine.domains``)."""
+    if domain_weighting and not method.updates:
+        raise UsageError(
+            f"--domain-weighting weighs the inputs of a method's objectives; {method.name} takes no gradient steps."
+        )
     model = bundle.model.to(device)
     guard_config = _guard_for(method, guard or GuardConfig())
     guard_ = Guard(guard_config, bundle.spec.num_classes, compare_with_source=not method.updates)
@@ -67,6 +75,7 @@ def build_adapter(
         guard_,
         make_harmonizer(harmonizer or method.harmonizer),
         reference=reference,
+        domains=DomainClusters() if domain_weighting else None,
     )
     adapter.update_rule = _update_rule(bundle, method, adapter.params, optimizer, lr)
     return adapter
@@ -83,6 +92,7 @@ def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Ad
         lr=config.lr,
         harmonizer=config.harmonizer,
         weighted_norm=config.weighted_norm,
+        domain_weighting=config.domain_weighting,
     )
 
 

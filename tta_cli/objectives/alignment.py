@@ -28,7 +28,16 @@ class FeatureAlignment(Stateless):
         for layer, (source_mean, source_std) in self.source_stats.items():
             values = features[layer]
             # Population statistics: defined for a batch of one, as edge devices may send.
-            mean = values.mean(dim=0)
-            std = values.var(dim=0, correction=0).add(1e-8).sqrt()
+            mean, variance = _moments(values, batch.weights)
+            std = variance.add(1e-8).sqrt()
             total = total + (std - source_std.to(std)).pow(2).sum() + (mean - source_mean.to(mean)).pow(2).sum()
         return self.weight * total / len(self.source_stats)
+
+
+def _moments(values: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and population variance over the batch, weighted when ``weights`` are given."""
+    if weights is None:
+        return values.mean(dim=0), values.var(dim=0, correction=0)
+    shares = (weights / weights.sum())[:, None]
+    mean = (shares * values).sum(dim=0)
+    return mean, (shares * (values - mean).pow(2)).sum(dim=0)

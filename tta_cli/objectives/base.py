@@ -33,6 +33,17 @@ class Objective(Protocol):
         ...
 
 
+def sample_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-sample ``values``, weighted by ``weights`` when given.
+
+    >>> sample_mean(torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0])).item()
+    1.5
+    """
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum()
+
+
 class Stateless:
     """An objective that carries nothing from one batch to the next."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tta_cli.objectives.base import Stateless
+from tta_cli.objectives.base import Stateless, sample_mean
 from tta_cli.streams import Batch
 
 
@@ -19,11 +19,11 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 class Entropy(Stateless):
-    """Mean prediction entropy over the batch."""
+    """Mean prediction entropy over the batch (weighted by the batch's weights, if any)."""
 
     name = "entropy"
 
     def __call__(
         self, logits: torch.Tensor, features: dict[str, torch.Tensor], batch: Batch, revisit: bool = False
     ) -> torch.Tensor:
-        return entropy(logits).mean()
+        return sample_mean(entropy(logits), batch.weights)

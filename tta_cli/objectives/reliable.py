@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tta_cli.objectives.base import sample_mean
 from tta_cli.objectives.entropy import entropy
 from tta_cli.streams import Batch
 
@@ -104,4 +105,4 @@ class ReliableEntropy:
         chosen = entropies[selected]
         if self.weight_by_certainty:
             chosen = chosen * torch.exp(-(chosen.detach() - self.entropy_margin))
-        return chosen.mean()
+        return sample_mean(chosen, None if batch.weights is None else batch.weights[selected])

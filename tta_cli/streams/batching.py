@@ -26,6 +26,8 @@ class Batch:
     images: torch.Tensor
     labels: torch.Tensor
     end_position: int = 0
+    weights: torch.Tensor | None = None
+    """Each input's weight in the objectives (mean 1), where a weighting across domains set it."""
 
     def __len__(self) -> int:
         return len(self.ids)

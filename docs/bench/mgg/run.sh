@@ -13,6 +13,15 @@ train() {
 }
 ce=sample_models/cifar10-airnet-ce
 gn=sample_models/cifar10-airnet_gn-ce
+# The shipped generators: the defaults on the BatchNorm sample, with and without the memory;
+# α 1e-2 on the GroupNorm bundle, where θ is the only lever; the defaults on the suite's other
+# two bundles (grayscale, ResNet-20).
+train airnet-ce.safetensors --model "$ce"
+train airnet-ce-no-memory.safetensors --model "$ce" --no-memory
+train airnet_gn-ce.safetensors --model "$gn" --step-size 1e-2 --epochs 12
+train airnet_gn-ce-no-memory.safetensors --model "$gn" --step-size 1e-2 --epochs 12 --no-memory
+train airnet_gray-ce.safetensors --model sample_models/cifar10-airnet_gray-ce
+train resnet20-ce.safetensors --model sample_models/cifar10-resnet20-ce
 # The meta-loss, at a step size where Tent moves the held-out accuracy (α 1e-2).
 train cross-entropy-1e-2.safetensors --model "$ce" --step-size 1e-2 --epochs 8
 train test-time-1e-2.safetensors --model "$ce" --step-size 1e-2 --epochs 8 --meta-objective test-time
@@ -20,10 +29,4 @@ train test-time-1e-2.safetensors --model "$ce" --step-size 1e-2 --epochs 8 --met
 # objective as the meta-loss, one-step unroll, generator lr 1e-2 (10 of its 40 epochs).
 train former.safetensors --model "$ce" --num-images 128 --batch-size 2 --step-size 1e-3 --train-step-size 1e-4 \
   --unroll 1 --lr 1e-2 --meta-objective test-time --epochs 10
-# The shipped generators: the defaults on the BatchNorm sample, with and without the memory;
-# α 1e-2 on the GroupNorm bundle, where θ is the only lever.
-train airnet-ce.safetensors --model "$ce"
-train airnet-ce-no-memory.safetensors --model "$ce" --no-memory
-train airnet_gn-ce.safetensors --model "$gn" --step-size 1e-2 --epochs 12
-train airnet_gn-ce-no-memory.safetensors --model "$gn" --step-size 1e-2 --epochs 12 --no-memory
 python scripts/mgg_curves.py "$out"/*.safetensors > "$out/curves.md"
