@@ -414,7 +414,8 @@ def bench(
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure step time against the floor.")] = True,
     speed_repeats: Annotated[int, typer.Option(help="Timed steps per method and batch size (median).")] = 10,
     domain_weighting: Annotated[
-        bool, typer.Option(help="Weigh inputs by clusters of like images in methods with gradient steps.")
+        bool,
+        typer.Option(help="Under the mixed protocol, weigh inputs by clusters of like images (methods with steps)."),
     ] = False,
 ) -> None:
     """Compare methods on a clean labeled folder under the CIFAR-10-C / ImageNet-C corruptions."""

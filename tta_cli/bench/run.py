@@ -57,7 +57,9 @@ class BenchConfig(BaseModel):
     cache_dir: Path | None = None
     speed: bool = True
     speed_repeats: int = Field(10, ge=1)
-    domain_weighting: bool = Field(False, description="weigh inputs by cluster (methods with gradient steps)")
+    domain_weighting: bool = Field(
+        False, description="weigh inputs by cluster in the mixed protocol's runs of methods with gradient steps"
+    )
 
     @field_validator("order")
     @classmethod
@@ -240,7 +242,8 @@ def _run_matrix(
             device,
             on_batch=advance,
             rounds=rounds,
-            domain_weighting=config.domain_weighting,
+            # Only the mixed stream is weighed, so that it is compared with the same runs alone.
+            domain_weighting=config.domain_weighting and protocol == "mixed",
             seed=config.seed,
         )
         if rounds < config.rounds:
