@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,15 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(
     assert curves["loss"] == json.loads((student / "distill.json").read_text())["curves"]["loss"]
 
 
-@pytest.mark.parametrize("kd", ["plain", "none"])
-def test_the_baselines(kd: str, teacher_run: Path, clean_folder: Path, tmp_path: Path) -> None:
-    config = settings(teacher_run, clean_folder, tmp_path / kd, kd=kd, epochs=1, augment=False, selector="1")
-    report = distill(config)
+@pytest.mark.parametrize(("kd", "bn_stats"), [("plain", "target"), ("none", None)])
+def test_the_baselines_and_another_teacher(
+    kd: str, bn_stats: str | None, teacher_run: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    options = {"kd": kd, "epochs": 1, "augment": False, "selector": "1", "bn_stats": bn_stats}
+    report = distill(settings(teacher_run, clean_folder, tmp_path / kd, **options))
     assert report.kd == kd and report.teacher_target_accuracy is not None
     record = json.loads((tmp_path / kd / "distill.json").read_text())
-    assert record["teacher"]["step"] == 1
+    assert record["teacher"]["step"] == 1 and record["teacher"]["bn_stats"] == (bn_stats or "source")
     assert ("kd" in record["curves"]) == (kd == "plain") and "feature_discriminator" not in record["curves"]
 
 
@@ -137,3 +140,13 @@ def test_bad_input_is_one_sentence_and_exit_code_2(
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_defaults_are_the_library_defaults() -> None:
+    from tta_cli import cli
+
+    parameters = inspect.signature(cli.distill).parameters
+    shared = [name for name, field in DistillConfig.model_fields.items() if not field.is_required()]
+    assert {"epochs", "batch_size", "lr", "temperature", "kd", "bn_stats"} <= set(shared) & set(parameters)
+    for name in set(shared) & set(parameters):
+        assert parameters[name].default == DistillConfig.model_fields[name].default, name

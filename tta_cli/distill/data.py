@@ -60,7 +60,7 @@ def read_stream(stream: Stream, where: str, stop: int | None = None) -> ImageSet
 
 def source_images(folder: Path, spec: ModelSpec) -> ImageSet:
     """The labeled source images: one sub-folder per class, named as the bundle's classes."""
-    select_images(folder, spec.class_names, None, 0)  # refuses a folder that is not labeled so
+    select_images(folder, spec.class_names, None, 0)  # refuses other folders, in one sentence
     images = read_stream(open_source(folder, spec.framing, spec.class_names), f"Source data {folder}")
     keep = images.labels != UNLABELED
     return ImageSet(images.where, images.images[keep], images.labels[keep], images.skipped)

@@ -54,11 +54,12 @@ class Parallel:
         return DistributedDataParallel(module, device_ids=device_ids)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` summed over the processes (no gradient)."""
-        if self.distributed:
-            values = values.clone()
-            dist.all_reduce(values)
-        return values
+        """``values`` summed over the processes (no gradient), where they were (NCCL sums on the GPU)."""
+        if not self.distributed:
+            return values
+        total = values.to(self.device, copy=True)
+        dist.all_reduce(total)
+        return total.to(values.device)
 
     def barrier(self) -> None:
         if self.distributed:

@@ -73,7 +73,7 @@ class DistillConfig(BaseModel):
     selector: str = Field("current", description="the teacher's state: a step, snapshot id or alias")
     kd: DistillKD = "unikd"
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1, description="source images per step, and as many target images")
+    batch_size: int = Field(128, ge=2, description="source images per step, and as many target images")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     temperature: float = Field(4.0, gt=0)

@@ -17,7 +17,7 @@ With labeled source images and unlabeled target images, per batch:
 
 ``p`` is the training progress in [0, 1]. β is ``p`` itself (``kd_weight``).
 
-Differences from the public code (github.com/ijcai2023/UNI_KD), which this does not copy: the
+Differences from the public code (github.com/ijcai2023/UNI_KD): the
 adversarial term reaches the student (the public code detaches the adapted features first, so
 that term never trains it); the KD term uses the target images' own logits (the public code
 computes it on source features); β grows from 0 to 1 over the training (the public code's
@@ -179,7 +179,8 @@ def unikd_losses(
     sources = len(source_logits)
     domain_logits = heads["domain_logits"]
     domains = torch.cat([torch.zeros(sources), torch.ones(len(domain_logits) - sources)]).long()
-    domain = F.cross_entropy(domain_logits, domains.to(domain_logits.device))
+    domains = domains.to(domain_logits.device)
+    domain = F.cross_entropy(domain_logits, domains)
     weights = joint_weights(domain_logits[sources:])
     kd = distillation_loss(target_logits, teacher_target_logits, temperature, weights)
     cross_entropy = F.cross_entropy(source_logits, source_labels)
@@ -188,7 +189,7 @@ def unikd_losses(
     hint = F.l1_loss(heads["adapted"], teacher_features)
     beta = kd_weight(progress)
     loss = cross_entropy + (1 - beta) * domain + beta * kd + adversarial + hint
-    domain_accuracy = (domain_logits.detach().argmax(dim=1) == domains.to(domain_logits.device)).float().mean()
+    domain_accuracy = (domain_logits.detach().argmax(dim=1) == domains).float().mean()
     return {
         "loss": loss,
         "cross_entropy": cross_entropy,
