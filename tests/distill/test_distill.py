@@ -82,7 +82,9 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(
         distill(settings(teacher_run, clean_folder, out))
     with pytest.raises(UsageError, match="epochs was 2, now 3"):
         distill(settings(teacher_run, clean_folder, out, epochs=3), resume=True)
-    report = distill(settings(teacher_run, clean_folder, out), resume=True)
+    with pytest.raises(UsageError, match="names another state than when this distillation started"):
+        distill(settings(teacher_run, clean_folder, out, selector="1"), resume=True)
+    report = distill(settings(teacher_run, clean_folder, out, selector="2"), resume=True)  # "current" is step 2
     assert report.resumed_after_epoch == 1
     expected, resumed = weights(student), weights(out)
     assert expected.keys() == resumed.keys()

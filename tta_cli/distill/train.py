@@ -56,8 +56,9 @@ from tta_cli.version import __version__
 EVAL_BATCH = 256
 STUDENT_WEIGHTS = "student.safetensors"
 """The trained student's weights, in the checkpoint folder, from which the bundle is prepared."""
-RESUMABLE = ("device",)
-"""Settings a resumed distillation may change."""
+RESUMABLE = ("device", "selector")
+"""Settings a resumed distillation may change: the teacher's selector as long as it names the
+same state (``_Trainer`` checks the snapshot)."""
 
 
 class DistillConfig(BaseModel):
