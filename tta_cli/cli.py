@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tta_cli.config import (
     CropMode,
+    DistillKD,
     HarmonizerName,
     Interpolation,
     MetaObjectiveName,
@@ -679,6 +680,131 @@ def train_mgg(
         f"{max(report.held_out_accuracy):.2%} (source {report.source_accuracy:.2%}, norm {report.norm_accuracy:.2%}, "
         f"tent {report.tent_accuracy:.2%})."
     )
+
+
+@app.command()
+def distill(
+    run: Annotated[Path, typer.Argument(help="Run directory whose adapted state teaches the student.")],
+    student: Annotated[
+        str,
+        typer.Option(help="Student architecture: zoo name (resnet20), torchvision:NAME, timm:NAME, module:factory."),
+    ],
+    source_data: Annotated[
+        Path, typer.Option(help="Labeled source images, one sub-folder per class of the run's bundle.")
+    ],
+    out: Annotated[Path, typer.Option(help="Student bundle folder to write.")],
+    step: Annotated[int | None, typer.Option(help="Teacher: the state after this step.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Teacher: this alias (default current; last-good, source).")] = None,
+    target_data: Annotated[
+        str | None,
+        typer.Option(help="Target images: folder, glob or video file (default: the images the run adapted on)."),
+    ] = None,
+    kd: Annotated[
+        DistillKD,
+        typer.Option(help="unikd (UNI-KD), plain (Hinton KD on source and target) or none (source labels only)."),
+    ] = "unikd",
+    epochs: Annotated[int, typer.Option(help="Passes over the larger of the source and target sets.")] = 30,
+    batch_size: Annotated[
+        int, typer.Option(help="Source images per step, and as many target images (split among torchrun processes).")
+    ] = 128,
+    lr: Annotated[float, typer.Option(help="Adam's step size, falling to 0 on a half cosine.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Adam's L2 weight decay.")] = 5e-4,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the distillation loss.")] = 4.0,
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help="Random horizontal flips and 2-pixel shifts.")
+    ] = True,
+    bn_stats: Annotated[
+        Literal["source", "target", "tracked"] | None,
+        typer.Option(
+            help="The teacher's BatchNorm statistics, as for export: the bundle's (source), re-estimated on the "
+            "target images (target) or the run's (tracked; default for robust and tbr runs, else source)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the student's initialisation, the order and augmentation.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: each process's own GPU).")] = (
+        "auto"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted distillation after its last completed epoch.")
+    ] = False,
+) -> None:
+    """Distill a run's adapted model into a small student bundle (UNI-KD); torchrun for several devices."""
+    from tta_cli.distill import DistillConfig, DistillProgress
+    from tta_cli.distill import distill as run_distillation
+
+    if step is not None and alias is not None:
+        raise UsageError("Give at most one of --step and --alias.")
+    options = {
+        "run": run,
+        "out": out,
+        "student": student,
+        "source_data": source_data,
+        "target_data": target_data,
+        "selector": str(step) if step is not None else alias or "current",
+        "kd": kd,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "temperature": temperature,
+        "augment": augment,
+        "bn_stats": bn_stats,
+        "seed": seed,
+        "device": device,
+    }
+    settings = validated(DistillConfig, options, as_options=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  target acc {task.fields[accuracy]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = bar.add_task(f"distill {kd}", total=None, loss="-", accuracy="-")
+
+    shown = {"loss": "-", "accuracy": "-"}
+
+    def show(progress: DistillProgress) -> None:
+        bar.start()
+        if progress.loss is not None:
+            shown["loss"] = _fmt(progress.loss)
+        if progress.epoch_metrics is not None:
+            shown["accuracy"] = _fmt(progress.epoch_metrics.get("target_accuracy"), percent=True)
+        bar.update(
+            task,
+            description=f"distill {kd}, epoch {progress.epoch}/{progress.epochs}",
+            total=progress.epochs * progress.steps,
+            completed=(progress.epoch - 1) * progress.steps + progress.step,
+            loss=shown["loss"],
+            accuracy=shown["accuracy"],
+        )
+
+    try:
+        report = run_distillation(settings, resume=resume, on_progress=show)
+    finally:
+        bar.stop()
+    if not report.is_main:
+        return
+    table = Table(title=f"tta-cli distill → {report.out}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    rows = {
+        "distillation": report.kd,
+        "teacher accuracy on target": _fmt(report.teacher_target_accuracy, percent=True),
+        "student accuracy on target": _fmt(report.student_target_accuracy, percent=True),
+        "teacher parameters": f"{report.teacher_parameters:,}",
+        f"student parameters ({report.student})": f"{report.student_parameters:,}",
+        "source / target images": f"{report.source_images} / {report.target_images}",
+        "images skipped": str(report.skipped_images),
+        "epochs": str(report.epochs)
+        + (f" (resumed after {report.resumed_after_epoch})" if report.resumed_after_epoch else ""),
+        "processes": str(report.world_size),
+        "seconds": f"{report.seconds:.0f}",
+    }
+    for name, value in rows.items():
+        table.add_row(name, value)
+    Console().print(table)
 
 
 def _names(text: str | None) -> list[str]:

@@ -23,6 +23,8 @@ HarmonizerName = Literal["sum", "gh", "gh++", "sam-gs", "pcgrad", "upgrad", "mgd
 MetaObjectiveName = Literal["cross-entropy", "test-time"]
 """What a Meta Gradient Generator learns to lower on the next batch (``tta_cli.mgg.train``)."""
 StreamOrder = Literal["sorted", "shuffled"]
+DistillKD = Literal["unikd", "plain", "none"]
+"""How ``tta-cli distill`` teaches the student (``RECIPES`` of ``tta_cli.distill``)."""
 # How an image is framed into the model's input (``tta_cli.streams.Framing``), here for the
 # same reason: the streams package imports torch.
 CropMode = Literal["squash", "center"]

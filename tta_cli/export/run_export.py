@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel
 
-from tta_cli.config import read_config
+from tta_cli.config import AdaptConfig, read_config
 from tta_cli.engine.build import resolve_method
 from tta_cli.engine.norms import SMOOTHED
 from tta_cli.errors import ExitCode, TTAError, UsageError
@@ -15,7 +16,7 @@ from tta_cli.export.rebuild import BnStats, build_export_model
 from tta_cli.export.to_onnx import Simplify, export_onnx
 from tta_cli.export.verify import Parity, verify_onnx
 from tta_cli.files import atomic_path
-from tta_cli.history import HistoryStore
+from tta_cli.history import HistoryStore, SnapshotRef
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.streams import FolderStream, Preprocess, batches
 
@@ -24,6 +25,44 @@ class VerificationFailed(TTAError):
     """onnxruntime did not reproduce PyTorch within tolerance (exit code 1)."""
 
     exit_code = ExitCode.CHECK_FAILED
+
+
+@dataclass
+class RecordedState:
+    """One recorded state of a run and what rebuilding its model needs (``build_export_model``)."""
+
+    bundle: Bundle
+    config: AdaptConfig
+    snapshot: SnapshotRef
+    state: dict[str, torch.Tensor]
+    """The adapted parameters and the normalisation buffers the run tracked."""
+    position: int
+    """The run's stream position after its last step: how many of its source's inputs it read."""
+    bn_stats: BnStats
+    """The BatchNorm statistics the run normalised with where they are stored: "tracked" for a run
+    with smoothed normalisation (``SMOOTHED``: "robust", "tbr", "balanced", "weighted"), else
+    "source" (a run with "batch" normalisation used each batch's own, which no stored statistics
+    reproduce)."""
+
+
+def read_recorded_state(run_dir: Path, selector: str = "current", bundle_path: Path | None = None) -> RecordedState:
+    """The state ``selector`` names (a step, snapshot id or alias) in the run at ``run_dir``, with
+    the run's bundle (``bundle_path`` if it has moved) and configuration."""
+    store = HistoryStore.open(run_dir)
+    try:
+        target = store.resolve(selector)
+        snapshot = store.load_snapshot(target.id)
+        config = read_config(store.first_config())
+        position = store.stream_position()
+        bundle = load_bundle(bundle_path or config.model)
+        method = resolve_method(config.method, config.norm)
+        if bundle.weights_sha256 != store.bundle_sha256():
+            raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
+    finally:
+        store.close()
+    bn_stats: BnStats = "tracked" if method.batch_statistics and method.norm in SMOOTHED else "source"
+    state = snapshot["params"] | snapshot["buffers"]
+    return RecordedState(bundle, config, target, state, position, bn_stats)
 
 
 class ExportReport(BaseModel):
@@ -53,25 +92,11 @@ def export_run(
     verify it against PyTorch on ``num_images`` images: ``images`` if given, else the inputs
     the run saw last. The file appears at ``out`` only once it passed.
 
-    ``bn_stats`` defaults to the statistics the run normalised with where they are stored:
-    "tracked" for a run with smoothed normalisation (``SMOOTHED``: "robust", "tbr", "balanced",
-    "weighted"), else "source" (a run with "batch" normalisation used each batch's own, which no
-    stored statistics reproduce)."""
-    store = HistoryStore.open(run_dir)
-    try:
-        target = store.resolve(selector)
-        snapshot = store.load_snapshot(target.id)
-        config = read_config(store.first_config())
-        position = store.stream_position()
-        bundle = load_bundle(bundle_path or config.model)
-        method = resolve_method(config.method, config.norm)
-        if bundle.weights_sha256 != store.bundle_sha256():
-            raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
-    finally:
-        store.close()
-
-    if bn_stats is None:
-        bn_stats = "tracked" if method.batch_statistics and method.norm in SMOOTHED else "source"
+    ``bn_stats`` defaults to the statistics the run normalised with where they are stored
+    (``RecordedState.bn_stats``)."""
+    recorded = read_recorded_state(run_dir, selector, bundle_path)
+    bundle, config, target, position = recorded.bundle, recorded.config, recorded.snapshot, recorded.position
+    bn_stats = bn_stats or recorded.bn_stats
     needs_images = check or bn_stats == "target"
     recent = None
     if needs_images:
@@ -83,8 +108,7 @@ def export_run(
             recent = _recent_images(
                 bundle, config.source, position, num_images, config.order, config.seed, config.stride
             )
-    state = snapshot["params"] | snapshot["buffers"]
-    model = build_export_model(bundle, state, bn_stats, _chunks(recent) if bn_stats == "target" else None)
+    model = build_export_model(bundle, recorded.state, bn_stats, _chunks(recent) if bn_stats == "target" else None)
     metadata = {
         "tta_cli.bundle_sha256": bundle.weights_sha256,
         "tta_cli.snapshot_id": target.id,

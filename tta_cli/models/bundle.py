@@ -4,6 +4,7 @@ BUNDLE/model.toml               architecture, classes, input framing, mean/std, 
 BUNDLE/weights.safetensors      the trained weights
 BUNDLE/source_stats.safetensors per feature layer: mean and std of pooled clean-source features
 BUNDLE/mgg.safetensors          optional: the pre-trained Meta Gradient Generator
+BUNDLE/distill.json             optional: how a student was distilled (``tta-cli distill``)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MODEL_FILE = "model.toml"
 WEIGHTS_FILE = "weights.safetensors"
 SOURCE_STATS_FILE = "source_stats.safetensors"
 MGG_FILE = "mgg.safetensors"
+DISTILL_FILE = "distill.json"
 CHANNELS = (1, 3)
 """Grayscale or RGB: what images give."""
 

@@ -1,4 +1,5 @@
-"""Pooled features of chosen layers, for the feature-statistics alignment objective."""
+"""Pooled features of chosen layers, for the feature-statistics alignment objective, and the
+penultimate features a classifier head reads, for distillation."""
 
 from __future__ import annotations
 
@@ -39,6 +40,38 @@ def record_features(model: nn.Module, layer_names: Iterable[str]) -> Iterator[di
     finally:
         for handle in handles:
             handle.remove()
+
+
+def classifier_head(model: nn.Module, num_classes: int) -> str:
+    """The name of the layer that turns the model's penultimate features into its logits: the
+    last ``nn.Linear`` with ``num_classes`` outputs (``head`` of the zoo's models, ``fc`` of
+    torchvision's ResNets, ``head.fc`` of timm's ConvNeXts)."""
+    heads = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module.out_features == num_classes
+    ]
+    if not heads:
+        raise UsageError(
+            f"The model has no linear layer with {num_classes} outputs whose input could serve as its features."
+        )
+    return heads[-1]
+
+
+@contextmanager
+def record_head_input(model: nn.Module, head: str) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, every forward pass fills the yielded dict with ``{head: pooled input}``: the
+    penultimate features, still in the autograd graph."""
+    features: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        features[head] = pool(inputs[0])
+
+    handle = model.get_submodule(head).register_forward_pre_hook(hook)
+    try:
+        yield features
+    finally:
+        handle.remove()
 
 
 def default_feature_layers(model: nn.Module, example: torch.Tensor, count: int = 3) -> list[str]:

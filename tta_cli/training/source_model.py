@@ -71,18 +71,37 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255 - mean.to(images.device)) / std.to(images.device)
 
 
+SHIFT = 2
+"""The largest translation of ``augment``, in pixels."""
+
+
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a random translation of up to 2 pixels (reflect padding)."""
-    n = images.shape[0]
-    flip = torch.rand(n, generator=generator) < 0.5
+    """Random horizontal flip and a random translation of up to ``SHIFT`` pixels (reflect padding)."""
+    return flip_and_shift(images, *augmentation_draws(images.shape[0], generator))
+
+
+def augmentation_draws(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``augment``'s random choices for ``count`` images: whether to flip each, and its shift
+    along x and y (0 to ``2 * SHIFT``, ``SHIFT`` being none). Drawn apart from the images so that
+    processes that each hold part of a batch can take their part of the same draws."""
+    flip = torch.rand(count, generator=generator) < 0.5
+    dx = torch.randint(0, 2 * SHIFT + 1, (count,), generator=generator)
+    dy = torch.randint(0, 2 * SHIFT + 1, (count,), generator=generator)
+    return flip, dx, dy
+
+
+def flip_and_shift(images: torch.Tensor, flip: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """NCHW ``images`` flipped where ``flip`` is set and shifted by ``dx``, ``dy`` − ``SHIFT``
+    pixels, the edges filled by reflection; contiguous NCHW, as ``Preprocess`` gives them (torch's
+    CPU GroupNorm backward crashes on channels-last input)."""
+    n, _, height, width = images.shape
     images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(3), images)
-    padded = F.pad(images, (2, 2, 2, 2), mode="reflect")
-    dx = torch.randint(0, 5, (n,), generator=generator)
-    dy = torch.randint(0, 5, (n,), generator=generator)
-    rows = (dy.view(-1, 1) + torch.arange(32)).to(images.device)
-    cols = (dx.view(-1, 1) + torch.arange(32)).to(images.device)
+    padded = F.pad(images, (SHIFT, SHIFT, SHIFT, SHIFT), mode="reflect")
+    rows = (dy.view(-1, 1) + torch.arange(height)).to(images.device)
+    cols = (dx.view(-1, 1) + torch.arange(width)).to(images.device)
     batch = torch.arange(n, device=images.device).view(-1, 1, 1)
-    return padded.permute(0, 2, 3, 1)[batch, rows.view(n, 32, 1), cols.view(n, 1, 32)].permute(0, 3, 1, 2)
+    shifted = padded.permute(0, 2, 3, 1)[batch, rows.view(n, height, 1), cols.view(n, 1, width)]
+    return shifted.permute(0, 3, 1, 2).contiguous()
 
 
 def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
