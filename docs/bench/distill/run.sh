@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# distill → adapt → export on the sample model (docs/benchmarks.md, "A small student for the
+# edge"): the teacher is `tent` adapted on sample_models/data (1,000 test images under four
+# corruptions at severity 5: one student for their mix), with BatchNorm statistics re-estimated
+# on those images (a tent run predicts with test-batch statistics; exported with the source's,
+# it would not be the model that adapted); students are ResNet-20s distilled with
+# UNI-KD, plain KD, or source labels only, from 500 training images per class; the UNI-KD one is
+# then adapted on the same images (the default method) and exported, and onnxruntime times
+# student against teacher.
+#   docs/bench/distill/run.sh CIFAR10_DIR OUT [EPOCHS]
+set -euo pipefail
+data=${1:?CIFAR10_DIR}; out=${2:?OUT}; epochs=${3:-8}
+target=sample_models/data
+mkdir -p "$out"
+if [[ ! -d $out/source ]]; then
+  for folder in "$data"/train/*/; do
+    class=$(basename "$folder"); mkdir -p "$out/source/$class"
+    find "$folder" -type f | sort | head -500 | while read -r file; do ln -s "$(realpath "$file")" "$out/source/$class/"; done
+  done
+fi
+[[ -d $out/source-run ]] || tta-cli adapt --model sample_models/cifar10-airnet-ce --source "$target" --order shuffled \
+  --method source --run "$out/source-run"
+[[ -d $out/teacher ]] || tta-cli adapt --model sample_models/cifar10-airnet-ce --source "$target" --order shuffled \
+  --method tent --run "$out/teacher"
+[[ -f $out/teacher.onnx ]] || tta-cli export "$out/teacher" --out "$out/teacher.onnx"
+for kd in unikd plain none; do
+  [[ -d $out/student-$kd ]] || tta-cli distill "$out/teacher" --student resnet20 --source-data "$out/source" \
+    --out "$out/student-$kd" --kd "$kd" --epochs "$epochs" --bn-stats target
+done
+[[ -d $out/student-run ]] || tta-cli adapt --model "$out/student-unikd" --source "$target" --order shuffled \
+  --run "$out/student-run"
+[[ -f $out/student.onnx ]] || tta-cli export "$out/student-run" --out "$out/student.onnx"
+python docs/bench/distill/latency.py "$out/teacher.onnx" "$out/student.onnx" > "$out/latency.json"
