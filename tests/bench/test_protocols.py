@@ -148,7 +148,7 @@ def test_memory_feeds_the_update_with_a_balanced_batch(bundle_path: Path, clean_
 def test_auto_runs_the_default_of_adapt_guarded(bundle_path: Path) -> None:
     bundle = load_bundle(bundle_path)
     method = bench_method("auto", bundle)
-    default = resolve_method("auto", batch_norm=True)
+    default = resolve_method("auto")
     assert (method.name, method.guard) == ("auto", True)
     assert (method.norm, method.objectives) == (default.norm, default.objectives)
 

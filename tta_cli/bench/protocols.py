@@ -33,7 +33,7 @@ import torch
 from tta_cli.bench.streams import ShiftedStream
 from tta_cli.config import GuardConfig, WeightedNormConfig
 from tta_cli.engine import Adapter, Method, get_method
-from tta_cli.engine.build import build_adapter, has_batch_norm, resolve_method
+from tta_cli.engine.build import build_adapter, default_method, resolve_method
 from tta_cli.engine.methods import AUTO_METHOD
 from tta_cli.engine.recovery import MemoryKeeper, Recovery
 from tta_cli.models import Bundle
@@ -88,7 +88,7 @@ def bench_method(name: str, bundle: Bundle) -> Method:
     this bundle by default, guarded as there."""
     if name != AUTO_METHOD:
         return get_method(name)
-    return replace(resolve_method(name, batch_norm=has_batch_norm(bundle)), name=AUTO_METHOD, guard=True)
+    return replace(resolve_method(name, default=default_method(bundle)), name=AUTO_METHOD, guard=True)
 
 
 def bench_adapter(

@@ -11,7 +11,14 @@ from tta_cli.config import AdaptConfig, GuardConfig, WeightedNormConfig
 from tta_cli.engine.adapter import Adapter
 from tta_cli.engine.domains import DomainClusters
 from tta_cli.engine.guard import Guard
-from tta_cli.engine.methods import AUTO_METHOD, DEFAULT_METHOD, NO_BATCH_NORM_METHOD, Method, get_method
+from tta_cli.engine.methods import (
+    AUTO_METHOD,
+    DEFAULT_METHOD,
+    NO_BATCH_NORM_LEARNED_METHOD,
+    NO_BATCH_NORM_METHOD,
+    Method,
+    get_method,
+)
 from tta_cli.engine.norms import make_norm
 from tta_cli.engine.norms.layers import batch_norm_layers
 from tta_cli.errors import UsageError
@@ -22,13 +29,22 @@ from tta_cli.objectives import OBJECTIVES
 from tta_cli.update import UpdateRule, make_update_rule
 
 
-def resolve_method(name: str, norm: str | None = None, batch_norm: bool = True) -> Method:
-    """The method ``name`` (``auto``: the default chosen by measurement, ``DEFAULT_METHOD``, or
-    for a model without BatchNorm ``NO_BATCH_NORM_METHOD``), with ``norm``, when given, as its
-    normalisation of test batches."""
+def resolve_method(name: str, norm: str | None = None, default: str = DEFAULT_METHOD) -> Method:
+    """The method ``name`` (``auto``: ``default``, what ``default_method`` chose for the bundle),
+    with ``norm``, when given, as its normalisation of test batches."""
     if name == AUTO_METHOD:
-        name = DEFAULT_METHOD if batch_norm else NO_BATCH_NORM_METHOD
+        name = default
     return get_method(name if norm is None else f"{name}+{norm}")
+
+
+def default_method(bundle: Bundle) -> str:
+    """What ``auto`` runs on the bundle, chosen by measurement: ``DEFAULT_METHOD`` on a model with
+    BatchNorm; without, ``NO_BATCH_NORM_LEARNED_METHOD`` where the bundle has the generator it
+    needs, else ``NO_BATCH_NORM_METHOD``."""
+    if has_batch_norm(bundle):
+        return DEFAULT_METHOD
+    generator = get_method(NO_BATCH_NORM_LEARNED_METHOD).update_options["generator"]
+    return NO_BATCH_NORM_LEARNED_METHOD if (bundle.path / generator).is_file() else NO_BATCH_NORM_METHOD
 
 
 def has_batch_norm(bundle: Bundle) -> bool:
@@ -85,7 +101,7 @@ def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Ad
     """The adapter an ``AdaptConfig`` describes."""
     return build_adapter(
         bundle,
-        resolve_method(config.method, config.norm, has_batch_norm(bundle)),
+        resolve_method(config.method, config.norm, default_method(bundle)),
         device,
         guard=config.guard,
         optimizer=config.optimizer,

@@ -153,10 +153,18 @@ corruptions worse than the source on small or class-correlated batches, where th
 statistics alone did not."""
 NO_BATCH_NORM_METHOD = "sar"
 """What ``auto`` runs for a model without BatchNorm (GroupNorm or LayerNorm only), whose
-statistics cannot adapt, so that only steps on θ can: SAR, the method published for such models
-(reliable entropy, a sharpness-aware step, recovery from collapse), guarded. On the suite's
-GroupNorm bundle it had the lowest error and the fewest corruptions worse than the source of
-tent, EATA and SAR (docs/benchmarks.md, "A model without BatchNorm")."""
+statistics cannot adapt, so that only steps on θ can, when the bundle has no pre-trained
+generator for the learned update: SAR, the method published for such models (reliable entropy,
+a sharpness-aware step, recovery from collapse), guarded. On the suite's GroupNorm bundle it had
+the lowest error and the fewest corruptions worse than the source of tent, EATA and SAR
+(docs/benchmarks.md, "A model without BatchNorm")."""
+NO_BATCH_NORM_LEARNED_METHOD = "mgtta-nomem"
+"""What ``auto`` runs for a model without BatchNorm whose bundle has the generator this method
+needs (``mgg-no-memory.safetensors``), guarded: on the suite's GroupNorm bundle its error was the
+lowest of all, SAR's included, in all four streams measured (reset and continual, shuffled and
+class-sorted), with as many or one more corruptions worse than the source as SAR; the generator
+with its memory drifts on long continual streams (docs/benchmarks.md, "A model without
+BatchNorm" and "The learned update on BatchNorm and GroupNorm bundles")."""
 
 
 def get_method(name: str) -> Method:

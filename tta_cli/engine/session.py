@@ -27,7 +27,7 @@ import torch
 
 from tta_cli.config import AdaptConfig, dump_config, read_config
 from tta_cli.engine.adapter import Adapter, StepResult
-from tta_cli.engine.build import adapter_for, has_batch_norm, resolve_method
+from tta_cli.engine.build import adapter_for, default_method, resolve_method
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.recovery import HistoryKeeper, Recovery
 from tta_cli.errors import SourceNotFinite, UsageError
@@ -78,7 +78,7 @@ class Session:
         # Absolute, so that resume and export find the bundle from any working directory.
         config = config.model_copy(update={"model": Path(config.model).resolve()})
         bundle = bundle or load_bundle(config.model)
-        method = resolve_method(config.method, config.norm, has_batch_norm(bundle))
+        method = resolve_method(config.method, config.norm, default_method(bundle))
         # The run records the method it ran, whatever "auto" or --norm named.
         config = config.model_copy(update={"method": method.name, "norm": None})
         adapter = adapter_for(bundle, config, resolve_device(config.device))
