@@ -48,7 +48,8 @@ def analysis(path: Path) -> None:
 
 
 def mixed(folder: Path) -> None:
-    runs = sorted(path.parent for path in folder.glob("b*-*/bench.json"))
+    # Without the weighting first.
+    runs = sorted((path.parent for path in folder.glob("b*-*/bench.json")), key=lambda run: "-no-" not in run.name)
     for batch in sorted({run.name.split("-")[0] for run in runs}, reverse=True):
         print(f"### Mixed stream, batch {batch[1:]}\n")
         rows = [["method", "weighting", "mixed error", "alone (reset) error", "interference", "transfer"]]
