@@ -3,19 +3,21 @@
 # edge"): the teacher is `tent` adapted on sample_models/data (1,000 test images under four
 # corruptions at severity 5: one student for their mix), with BatchNorm statistics re-estimated
 # on those images (a tent run predicts with test-batch statistics; exported with the source's,
-# it would not be the model that adapted); students are ResNet-20s distilled with
-# UNI-KD, plain KD, or source labels only, from 500 training images per class; the UNI-KD one is
-# then adapted on the same images (the default method) and exported, and onnxruntime times
-# student against teacher.
-#   docs/bench/distill/run.sh CIFAR10_DIR OUT [EPOCHS]
+# it would not be the model that adapted); students are ResNet-20s distilled with UNI-KD, plain
+# KD, or source labels only, from IMAGES_PER_CLASS training images per class (default 500); the
+# UNI-KD one is then adapted on the same images (the default method) and exported, and
+# onnxruntime times student against teacher.
+#   docs/bench/distill/run.sh CIFAR10_DIR OUT [EPOCHS] [IMAGES_PER_CLASS]
 set -euo pipefail
-data=${1:?CIFAR10_DIR}; out=${2:?OUT}; epochs=${3:-8}
+data=${1:?CIFAR10_DIR}; out=${2:?OUT}; epochs=${3:-8}; per_class=${4:-500}
 target=sample_models/data
 mkdir -p "$out"
 if [[ ! -d $out/source ]]; then
-  for folder in "$data"/train/*/; do
+  train=$(realpath "$data/train")
+  for folder in "$train"/*/; do
     class=$(basename "$folder"); mkdir -p "$out/source/$class"
-    find "$folder" -type f | sort | head -500 | while read -r file; do ln -s "$(realpath "$file")" "$out/source/$class/"; done
+    # shellcheck disable=SC2046  # file names without spaces: CIFAR-10's NNNN.jpg
+    ln -s $(find "$folder" -type f | sort | head -"$per_class") "$out/source/$class/"
   done
 fi
 [[ -d $out/source-run ]] || tta-cli adapt --model sample_models/cifar10-airnet-ce --source "$target" --order shuffled \
