@@ -49,10 +49,11 @@ import torch
 from scipy.stats import chi2
 from sklearn.mixture import GaussianMixture
 
-GATE_QUANTILE = 0.999
 TEMPERATURE = 2.0
 """DWA's temperature (Liu et al., CVPR 2019)."""
 FEATURES = 4
+GATE = float(chi2.ppf(0.999, FEATURES))
+"""A cluster's own Gaussian members lie beyond this squared distance once in a thousand."""
 MIN_SCALE = 1e-3
 """The least spread of a feature in a cluster: a condition of identical images still has a scale."""
 
@@ -104,12 +105,11 @@ class DomainClusters:
             if not learn:
                 return torch.zeros(len(features), dtype=torch.long)
             return self._first(features)
-        gate = float(chi2.ppf(GATE_QUANTILE, FEATURES))
         clusters = torch.empty(len(features), dtype=torch.long)
         for index, feature in enumerate(features):
             distances = self._distances(feature)
             nearest = int(distances.argmin())
-            if learn and distances[nearest] > gate and self.size < self.max_clusters:
+            if learn and distances[nearest] > GATE and self.size < self.max_clusters:
                 nearest = self._start(feature, nearest)
             elif learn:
                 self._follow(nearest, feature)
