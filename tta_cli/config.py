@@ -51,7 +51,18 @@ class GuardConfig(BaseModel):
         description="roll back to the source when the un-updated model's confidence in the adapted predictions, "
         "relative to its confidence in its own, falls below this (0: off)",
     )
-    harm_window: int = Field(512, ge=1, description="recent inputs over which that ratio is measured")
+    harm_window: int = Field(
+        128,
+        ge=1,
+        description="recent inputs scored by the reference over which that ratio is measured (with one batch in "
+        "four scored, they span the last 512 inputs of the stream)",
+    )
+    harm_every: int = Field(
+        4,
+        ge=1,
+        description="the reference scores one batch in this many: its forward without gradient costs up to half a "
+        "gradient step, and one look in four keeps the signal under 0.2 of a Tent step",
+    )
 
 
 class HistoryConfig(BaseModel):

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import CLASSES, MEAN, STD
-from tta_cli.config import AdaptConfig
+from tta_cli.config import AdaptConfig, GuardConfig
 from tta_cli.engine import Adapter, get_method, resolve_device
 from tta_cli.engine.build import adapter_for
 from tta_cli.errors import UsageError
+from tta_cli.harmonize import Amortized, Harmonized, Harmonizer
+from tta_cli.harmonize.base import combine
 from tta_cli.models import load_bundle
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
@@ -114,3 +117,44 @@ def test_method_variants_name_another_harmonizer() -> None:
         get_method("tent:gh")
     with pytest.raises(UsageError, match="Unknown harmonizer"):
         get_method("harmonized:average")
+
+
+def test_an_amortized_harmonizer_weighs_the_losses_between_its_harmonizations(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """Between harmonizations one backward pass of ``Σ w_k·L_k`` takes the step that weighing the
+    per-loss gradients by ``w`` takes; the weights and the count are state, restored exactly."""
+    assert get_method("harmonized+harmonize2").harmonize_every == 2
+    with pytest.raises(UsageError, match="nothing to harmonize"):
+        get_method("tent+harmonize2")
+    batch = first_batch(clean_folder)
+    unguarded = {"guard": GuardConfig(enabled=False)}
+    amortized = make_adapter(bundle_path, "harmonized+harmonize2", tmp_path, **unguarded)
+    exact = make_adapter(bundle_path, "harmonized", tmp_path, **unguarded)
+    assert "cosine" in amortized.step(batch).diagnostics and "cosine" in exact.step(batch).diagnostics
+    weights = torch.tensor([1.7, 0.3])
+    assert isinstance(amortized.harmonizer, Amortized)
+    amortized.harmonizer.weights = weights  # any weights: the identity holds for all of them
+    state = copy.deepcopy(amortized.state_dict())  # the optimizer's moments are updated in place
+    exact.harmonizer = Fixed(weights)
+    second = amortized.step(batch)
+    exact.step(batch)
+    assert "cosine" not in second.diagnostics and second.diagnostics == {}
+    for amortized_param, exact_param in zip(amortized.params, exact.params, strict=True):
+        torch.testing.assert_close(amortized_param, exact_param)
+    after_second = [param.detach().clone() for param in amortized.params]
+    assert "cosine" in amortized.step(batch).diagnostics  # the third step harmonizes again
+    amortized.load_state_dict(state)
+    assert "cosine" not in amortized.step(batch).diagnostics
+    for param, expected in zip(amortized.params, after_second, strict=True):
+        torch.testing.assert_close(param, expected)
+
+
+class Fixed(Harmonizer):
+    """The same weights on every step."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.weights = weights
+
+    def __call__(self, gradients: torch.Tensor) -> Harmonized:
+        return combine(gradients, self.weights.to(gradients))

@@ -204,3 +204,13 @@ def test_a_norm_without_gradient_steps_hands_the_guard_the_source_predictions(
                 assert torch.equal(adapter.state_dict()["buffers"][name], value), name
             assert any(not torch.equal(before[name], value) for name, value in again.state_dict()["buffers"].items())
     assert not make_adapter(bundle_path, "tent", tmp_path).guard.compare_with_source
+
+
+def test_the_reference_scores_one_batch_in_harm_every_and_the_first_after_a_reset() -> None:
+    guard = Guard(GuardConfig(harm_every=3), num_classes=3)
+    assert [guard.harm_due() for _ in range(7)] == [True, False, False, True, False, False, True]
+    guard.harm_due()
+    guard.reset()
+    assert [guard.harm_due() for _ in range(4)] == [True, False, False, True]
+    every = Guard(GuardConfig(harm_every=1), num_classes=3)
+    assert all(every.harm_due() for _ in range(5))

@@ -7,7 +7,8 @@
    class-balanced memory, over the memory the batch was just offered to; with a weighting
    across domains (``tta_cli.engine.domains``) each input weighs as its cluster's share says
 4. one gradient over θ per loss
-5. g = harmonize(gradients)
+5. g = harmonize(gradients) (or, on the steps between an amortized harmonizer's, the gradient
+   of the losses weighted as it last weighed theirs: one backward pass)
 6. θ ← update_rule(θ, g), with a closure that evaluates the same batch again at the current θ,
    from the same normalisation statistics, for rules that need the loss elsewhere (SAM)
 7. guard: finite? collapsing? → skip or roll back
@@ -137,10 +138,15 @@ class Adapter:
             result.events.append(Event(EventKind.NO_UPDATE, f"{losses} selected no sample"))
             return result
         result.losses = {name: loss.item() for name, loss in losses.items()}
-        # 4-5. One gradient per loss, harmonized into one.
-        gradients = self._per_loss_gradients(list(losses.values()))
-        harmonized = self.harmonizer(gradients)
-        result.diagnostics |= self._diagnostics(gradients, harmonized)
+        # 4-5. One gradient per loss, harmonized into one; or, between the harmonizations of an
+        #      amortized harmonizer, the gradient of the losses weighted as the last one weighed.
+        if (weights := self.harmonizer.reuse()) is None:
+            gradients = self._per_loss_gradients(list(losses.values()))
+            harmonized = self.harmonizer(gradients)
+            result.diagnostics |= self._diagnostics(gradients, harmonized)
+        else:
+            weighted = sum(weight * loss for weight, loss in zip(weights.tolist(), losses.values(), strict=True))
+            harmonized = Harmonized(self._per_loss_gradients([weighted])[0], weights)
         result.verdict = self.guard.check_gradient(sum(result.losses.values()), harmonized.gradient)
         if not result.verdict.ok:
             return result
@@ -214,8 +220,9 @@ class Adapter:
     def _reference(self, batch: Batch, before: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The harm signal's reference probabilities on the batch, normalising as the norm says:
         from the statistics the adapted model's forward started from, so that both see this
-        batch once, or (in eval mode) with those that normalised it."""
-        if self.reference is None:
+        batch once, or (in eval mode) with those that normalised it; on the batches the guard
+        has it score (``Guard.harm_due``)."""
+        if self.reference is None or not self.guard.harm_due():
             return None
         statistics = self._statistics() if self.norm.reference_reads_current else before
         with torch.no_grad():

@@ -22,7 +22,7 @@ from tta_cli.engine.methods import (
 from tta_cli.engine.norms import make_norm
 from tta_cli.engine.norms.layers import batch_norm_layers
 from tta_cli.errors import UsageError
-from tta_cli.harmonize import make_harmonizer
+from tta_cli.harmonize import Amortized, Harmonizer, make_harmonizer
 from tta_cli.mgg.rule import rule_for_bundle
 from tta_cli.models import Bundle
 from tta_cli.objectives import OBJECTIVES
@@ -89,7 +89,7 @@ def build_adapter(
         None,
         bundle.spec.feature_layers,
         guard_,
-        make_harmonizer(harmonizer or method.harmonizer),
+        _harmonizer(harmonizer or method.harmonizer, method.harmonize_every),
         reference=reference,
         domains=DomainClusters() if domain_weighting else None,
     )
@@ -110,6 +110,11 @@ def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Ad
         weighted_norm=config.weighted_norm,
         domain_weighting=config.domain_weighting,
     )
+
+
+def _harmonizer(name: str, every: int) -> Harmonizer:
+    harmonizer = make_harmonizer(name)
+    return harmonizer if every == 1 else Amortized(harmonizer, every)
 
 
 def _guard_for(method: Method, config: GuardConfig) -> GuardConfig:

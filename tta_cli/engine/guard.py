@@ -17,9 +17,10 @@
 
       plausibility = Σ p[a] / Σ p[r]          (1 when the two agree everywhere)
 
-  It needs no label and one forward pass without gradient. It tracks error because an update
-  that helps keeps the predictions the reference already gets right (``p[a] = p[r]`` there)
-  and, where it corrects the reference, moves to a class the reference still finds likely
+  It needs no label and one forward pass without gradient, on one batch in ``harm_every``
+  (``harm_due``). It tracks error because an update that helps keeps the predictions the
+  reference already gets right (``p[a] = p[r]`` there) and, where it corrects the reference,
+  moves to a class the reference still finds likely
   (its runner-up), so the ratio stays near 1; updates that drift into wrong classes or
   collapse onto a few move to classes the reference finds unlikely, and the ratio falls
   towards the reference's probability of a random class. (The source model with its own
@@ -76,11 +77,23 @@ class Guard:
         self.candidates: deque[tuple[int, str]] = deque()
         self.plausibility_window: deque[tuple[int, float, float]] = deque()
         self.plausibility_totals: list[float] = [0, 0.0, 0.0]  # inputs, Σ p[a], Σ p[r] over the window
+        self.batches_since_scored: int | None = None
 
     @property
     def watches_harm(self) -> bool:
         """Whether ``observe`` wants the source model's probabilities."""
         return self.config.enabled and self.config.harm_min > 0
+
+    def harm_due(self) -> bool:
+        """Called once per batch: whether the reference scores it for the harm signal. The first
+        batch after a reset, then one in ``harm_every``: the signal is a ratio over a window of
+        inputs, which a sample of the batches estimates at a fraction of the cost."""
+        since = self.batches_since_scored
+        if since is None or since + 1 >= self.config.harm_every:
+            self.batches_since_scored = 0
+            return True
+        self.batches_since_scored = since + 1
+        return False
 
     def plausibility(self) -> float | None:
         """``Σ p[a] / Σ p[s]`` over the window, once the window is full."""

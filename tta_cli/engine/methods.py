@@ -43,6 +43,9 @@ class Method:
     """Run with the guard even where runs default to the method's paper setting (bench)."""
     reset_every: int = 0
     """Return to the source state every N steps (RDumb); 0: never."""
+    harmonize_every: int = 1
+    """Harmonize the per-loss gradients on one step in N and apply the weights found to the
+    losses in between, by one backward pass (``tta_cli.harmonize.amortized``); 1: every step."""
 
     @property
     def updates(self) -> bool:
@@ -175,7 +178,8 @@ def get_method(name: str) -> Method:
       test batches (``tta_cli.engine.norms``);
     - ``+memory`` (or ``+memoryN``): learn from a class-balanced memory of N recent samples;
     - ``+guard``: with the guard on;
-    - ``+resetN``: back to the source state every N steps.
+    - ``+resetN``: back to the source state every N steps;
+    - ``+harmonizeN``: harmonize on one step in N, reusing the weights in between.
 
     For example ``mgtta+robust+memory+guard`` or ``harmonized:gh+tbr``.
     """
@@ -196,6 +200,13 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         return replace(method, batch_statistics=True, norm=modifier)
     if modifier == "guard":
         return replace(method, guard=True)
+    if modifier.startswith("harmonize"):
+        period = modifier.removeprefix("harmonize")
+        if not period.isdigit() or int(period) < 1:
+            raise UsageError(f"Method variant {modifier!r}: write harmonizeN with N ≥ 1 steps.")
+        if len(method.objectives) < 2:
+            raise UsageError(f"Method {method.name!r} has one objective; there is nothing to harmonize.")
+        return replace(method, harmonize_every=int(period))
     if modifier.startswith("reset"):
         period = modifier.removeprefix("reset")
         if not period.isdigit() or int(period) < 1:
@@ -208,7 +219,9 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         if not method.updates:
             raise UsageError(f"Method {method.name!r} makes no update; a memory has nothing to feed.")
         return replace(method, memory=int(capacity))
-    raise UsageError(f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN or guard.")
+    raise UsageError(
+        f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN, harmonizeN or guard."
+    )
 
 
 def _with_harmonizer(method: Method, harmonizer: str) -> Method:

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 from tta_cli.errors import UsageError
+from tta_cli.harmonize.amortized import Amortized
 from tta_cli.harmonize.base import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.harmonize.gh import GH, GHPlusPlus
 from tta_cli.harmonize.library import mgda, pcgrad, upgrad
@@ -29,6 +30,7 @@ __all__ = [
     "GH",
     "HARMONIZERS",
     "SAMGS",
+    "Amortized",
     "GHPlusPlus",
     "Harmonized",
     "Harmonizer",

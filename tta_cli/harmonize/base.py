@@ -26,6 +26,11 @@ class Harmonizer:
     def __call__(self, gradients: torch.Tensor) -> Harmonized:
         raise NotImplementedError
 
+    def reuse(self) -> torch.Tensor | None:
+        """Called once per step before any gradient: weights to apply to this step's losses
+        instead of harmonizing their gradients (``Amortized``), or ``None``: harmonize."""
+        return None
+
     def reset(self) -> None:
         """Forget any state (when the adaptation state is reset or rolled back)."""
 
