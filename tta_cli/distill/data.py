@@ -18,6 +18,7 @@ import torch
 
 from tta_cli.bench.streams import select_images
 from tta_cli.config import AdaptConfig
+from tta_cli.engine.run import open_run_source
 from tta_cli.engine.session import PYTHON_SOURCE
 from tta_cli.errors import UsageError
 from tta_cli.models import ModelSpec
@@ -76,15 +77,7 @@ def target_images(text: str | None, spec: ModelSpec, run: AdaptConfig, position:
             "The run was fed batches from Python, not read from files; give the target images with --target-data."
         )
     try:
-        stream = open_source(
-            run.source,
-            spec.framing,
-            spec.class_names,
-            order=run.order,
-            seed=run.seed,
-            stride=run.stride,
-            max_frames=run.limit,
-        )
+        stream = open_run_source(run, spec)
     except UsageError as error:
         raise UsageError(f"{error} Give the target images with --target-data.") from error
     return read_stream(_finite(stream, run.source), f"The run's source {run.source}", position or None)

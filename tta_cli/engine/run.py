@@ -16,7 +16,7 @@ from tta_cli.engine.adapter import StepResult
 from tta_cli.engine.session import Session
 from tta_cli.engine.stopping import stop_on_signals
 from tta_cli.history import RunSummary
-from tta_cli.models import Bundle, load_bundle
+from tta_cli.models import ModelSpec, load_bundle
 from tta_cli.streams import Batch, Stream, batches, open_source
 
 
@@ -60,7 +60,7 @@ def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None
     """Start a new run in ``config.run``; returns the summary also written to ``summary.json``."""
     bundle = load_bundle(config.model)
     # Opened first, so that a source that cannot be read leaves no run directory behind.
-    stream = _stream(config, bundle)
+    stream = open_run_source(config, bundle.spec)
     return _run(Session.create(config, bundle), stream, on_step)
 
 
@@ -69,15 +69,16 @@ def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunS
     recorded step's input."""
     session = Session.resume(run)
     try:
-        stream = _stream(session.config, session.bundle, start=session.position)
+        stream = open_run_source(session.config, session.bundle.spec, start=session.position)
     except BaseException:
         session.close()
         raise
     return _run(session, stream, on_step)
 
 
-def _stream(config: AdaptConfig, bundle: Bundle, start: int = 0) -> Stream:
-    spec = bundle.spec
+def open_run_source(config: AdaptConfig, spec: ModelSpec, start: int = 0) -> Stream:
+    """The stream a run reads, from stream position ``start``: its source, framed for the model,
+    in the run's order."""
     return open_source(
         config.source,
         spec.framing,
