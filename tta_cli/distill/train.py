@@ -132,10 +132,7 @@ def distill(
     checkpoint = _check_output(config, resume)
     parallel = start_parallel(config.device)
     try:
-        if config.batch_size % parallel.world_size:
-            raise UsageError(
-                f"--batch-size {config.batch_size} must be a multiple of the {parallel.world_size} processes."
-            )
+        parallel.check_batch_size("--batch-size", config.batch_size)
         trainer = _Trainer(config, parallel, checkpoint)
         with (
             ExitStack() as hooks,
