@@ -636,7 +636,8 @@ def train_mgg(
     num_images: Annotated[int, typer.Option(help="Training images under the held-out shifts.")] = 2048,
     eval_images: Annotated[int, typer.Option(help="Other images, under each held-out shift: pick the epoch.")] = 1024,
     epochs: Annotated[int, typer.Option(help="Passes over them.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per inner step.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per inner step (split among torchrun processes).")] = 64,
+    eval_batch_size: Annotated[int, typer.Option(help="Images per step of the held-out passes (split likewise).")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the generator.")] = 1e-3,
     step_size: Annotated[float, typer.Option(help="α of θ ← θ − α·MGG(…), in training and use.")] = 1e-3,
     train_step_size: Annotated[float | None, typer.Option(help="A different α while training.")] = None,
@@ -650,12 +651,19 @@ def train_mgg(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Pre-train the bundle's Meta Gradient Generator on held-out shifts of training images."""
+    from tta_cli.mgg.train import TrainProgress
     from tta_cli.mgg.train import train_mgg as run_training
 
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("train-mgg", total=epochs)
+    )
+    task = bar.add_task("train-mgg", total=epochs)
+
+    def show(progress: TrainProgress) -> None:
+        bar.start()  # on the first process only: the others report no progress
+        bar.update(task, completed=progress.epoch - (progress.phase == "train"))
+
+    try:
         report = run_training(
             model,
             data,
@@ -664,6 +672,7 @@ def train_mgg(
             eval_images=eval_images,
             epochs=epochs,
             batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
             lr=lr,
             step_size=step_size,
             train_step_size=train_step_size,
@@ -673,8 +682,12 @@ def train_mgg(
             device=device,
             harmonizer=harmonizer,
             memory=memory,
-            on_progress=lambda progress: bar.update(task, completed=progress.epoch - (progress.phase == "train")),
+            on_progress=show,
         )
+    finally:
+        bar.stop()
+    if not report.is_main:
+        return
     console.print(
         f"Wrote {report.path}: best epoch {report.best_epoch}, held-out accuracy "
         f"{max(report.held_out_accuracy):.2%} (source {report.source_accuracy:.2%}, norm {report.norm_accuracy:.2%}, "

@@ -10,7 +10,6 @@ from torch import nn
 
 from tta_cli.config import DistillKD
 from tta_cli.distill import RECIPES
-from tta_cli.distill.parallel import AllReducedBatchNorm, _all_reduced
 from tta_cli.distill.unikd import (
     FeatureDiscriminator,
     UniKDHeads,
@@ -23,6 +22,7 @@ from tta_cli.distill.unikd import (
     unikd_losses,
 )
 from tta_cli.models import build_architecture
+from tta_cli.parallel import AllReducedBatchNorm, _all_reduced
 
 
 def test_the_gradient_reversal_flips_and_scales_the_gradient() -> None:

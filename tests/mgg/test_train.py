@@ -16,8 +16,10 @@ from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_met
 from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_surrogate, train_mgg
 from tta_cli.models import load_bundle
 from tta_cli.objectives import Entropy, FeatureAlignment
+from tta_cli.parallel import Parallel
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
+ONE_PROCESS = Parallel(0, 1, torch.device("cpu"))
 TINY = {"num_images": 8, "eval_images": 6, "epochs": 2, "batch_size": 2, "eval_batch_size": 3}
 
 
@@ -132,7 +134,7 @@ def test_the_rule_snapshots_and_restores_through_the_adapter(
 def test_an_unrolled_window_reaches_every_update_in_it(bundle_path: Path, clean_folder: Path) -> None:
     """Two updates in one window: the surrogate's gradient is that of L(θ_2) through both."""
     bundle = load_bundle(bundle_path)
-    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, [Entropy()])
+    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, [Entropy()], ONE_PROCESS)
     batch = next(
         batches(FolderStream(clean_folder, Framing((32, 32)), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD))
     )
@@ -145,7 +147,7 @@ def test_an_unrolled_window_reaches_every_update_in_it(bundle_path: Path, clean_
 
     theta = theta_two()
     _, losses = model.losses(theta, batch)
-    meta_surrogate(theta, FunctionalModel.gradients(losses, theta).sum(dim=0)).backward()
+    meta_surrogate(theta, model.gradients(losses, theta).sum(dim=0)).backward()
     through_theta = [param.grad.clone() for param in generator.parameters()]
     generator.zero_grad()
     direct = torch.autograd.grad(model.losses(theta_two(), batch)[1].sum(), list(generator.parameters()))
@@ -157,7 +159,7 @@ def test_an_unrolled_window_reaches_every_update_in_it(bundle_path: Path, clean_
 def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, clean_folder: Path) -> None:
     bundle = load_bundle(bundle_path)
     objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
-    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, objectives)
+    model = FunctionalModel(bundle.model, bundle.spec.feature_layers, objectives, ONE_PROCESS)
     batch = next(
         batches(FolderStream(clean_folder, Framing((32, 32)), CLASSES, order="shuffled"), 4, Preprocess(MEAN, STD))
     )
@@ -167,7 +169,7 @@ def test_meta_gradient_is_the_gradient_of_the_next_objective(bundle_path: Path, 
     theta = model.source - 1e-2 * generator(features)[0]
 
     _, losses = model.losses(theta, batch)
-    meta_surrogate(theta, FunctionalModel.gradients(losses, theta).sum(dim=0)).backward()
+    meta_surrogate(theta, model.gradients(losses, theta).sum(dim=0)).backward()
     through_theta = [param.grad.clone() for param in generator.parameters()]
 
     generator.zero_grad()

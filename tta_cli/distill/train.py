@@ -13,7 +13,7 @@ a checkpoint (``tta_cli.distill.checkpoint``); ``resume`` continues after the la
 exactly where an uninterrupted run would. The result is an ordinary bundle at ``out``, written
 by ``prepare_bundle`` (source statistics measured on the source images) into a folder that
 takes ``out``'s place in one rename, with ``distill.json`` holding the settings and per-epoch
-curves. Under ``torchrun`` the processes share every batch (``tta_cli.distill.parallel``); the
+curves. Under ``torchrun`` the processes share every batch (``tta_cli.parallel``); the
 first reports progress and writes the files.
 """
 
@@ -39,7 +39,6 @@ from torch import nn
 from tta_cli.config import DistillKD
 from tta_cli.distill.checkpoint import Checkpoint, checkpoint_folder, read_checkpoint, save_checkpoint
 from tta_cli.distill.data import ImageSet, epoch_order, source_images, target_images
-from tta_cli.distill.parallel import Parallel, start_parallel, sync_batch_norm
 from tta_cli.distill.recipes import RECIPES, Recipe, StepOutputs
 from tta_cli.distill.unikd import feature_discriminator_loss, grl_coefficient
 from tta_cli.errors import UsageError
@@ -49,6 +48,7 @@ from tta_cli.files import atomic_folder, write_atomic
 from tta_cli.models import ModelSpec, build_architecture, prepare_bundle
 from tta_cli.models.bundle import DISTILL_FILE, check_input
 from tta_cli.models.features import classifier_head, record_head_input
+from tta_cli.parallel import Parallel, start_parallel, sync_batch_norm
 from tta_cli.streams import UNLABELED, Preprocess
 from tta_cli.training.source_model import augmentation_draws, flip_and_shift
 from tta_cli.version import __version__
@@ -132,10 +132,7 @@ def distill(
     checkpoint = _check_output(config, resume)
     parallel = start_parallel(config.device)
     try:
-        if config.batch_size % parallel.world_size:
-            raise UsageError(
-                f"--batch-size {config.batch_size} must be a multiple of the {parallel.world_size} processes."
-            )
+        parallel.check_batch_size("--batch-size", config.batch_size)
         trainer = _Trainer(config, parallel, checkpoint)
         with (
             ExitStack() as hooks,

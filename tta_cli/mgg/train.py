@@ -26,6 +26,13 @@ cross-entropy and mean test-time objective; the best epoch's weights are kept (h
 ties broken by the lower meta-loss). Norm and Tent (Adam at the deployment step size, entropy)
 run over the same images as baselines.
 
+Under ``torchrun`` every batch is shared among the processes (``tta_cli.parallel``):
+``FunctionalModel`` normalises with the whole batch's BatchNorm statistics and gathers the
+shares' logits and features, so that every process computes the whole batch's losses and, by
+one all-reduce, their gradients over θ. Every process then holds the same gradients, harmonises
+them alike and takes the same steps of θ and of the MGG: N processes train as one does on the
+same batches, to float rounding.
+
 Differences from the public code: the meta-loss (above); batches of 64 at the deployment step
 size (the public code trains at batch 2 with α = 1e-4 and deploys at batch 64 with 1e-3: batch
 statistics of two images and a tenth of the step are another regime); θ restarts from the source
@@ -51,7 +58,6 @@ from torch.func import functional_call
 
 from tta_cli.config import MetaObjectiveName
 from tta_cli.corruptions import HELD_OUT
-from tta_cli.engine.device import resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import Harmonizer, make_harmonizer
@@ -61,6 +67,7 @@ from tta_cli.mgg.rule import DEFAULT_STEP_SIZE, MGGRule, save_generator
 from tta_cli.models import Bundle, load_bundle, record_features
 from tta_cli.models.bundle import MGG_FILE
 from tta_cli.objectives import Entropy, FeatureAlignment, Objective
+from tta_cli.parallel import Parallel, start_parallel, sync_batch_norm
 from tta_cli.streams import Batch, Preprocess
 from tta_cli.version import __version__
 
@@ -92,17 +99,27 @@ class TrainReport:
     tent_accuracy: float
     seconds: float
     metadata: dict[str, Any]
+    world_size: int
+    is_main: bool
+    """Whether this process wrote the file (the first of a ``torchrun`` group, or the only one)."""
 
 
 class FunctionalModel:
     """The bundle's model with θ given as one flat vector, so that θ can stay in the MGG's graph.
 
-    BatchNorm runs on the batch's statistics; everything else is frozen. ``reset`` restores the
-    running statistics (which train-mode BatchNorm moves) so that every pass starts alike.
+    It runs on global batches shared among the processes of ``parallel``: a ``Batch`` here holds
+    this process's share of the images and the labels of the whole batch (``_Trainer._batches``).
+    BatchNorm runs on the whole batch's statistics (``sync_batch_norm``: on a CPU, the
+    all-reduced float64 BatchNorm even for one process, so that one process and several compute
+    alike); everything else is frozen. ``reset`` restores the running statistics (which
+    train-mode BatchNorm moves) so that every pass starts alike.
     """
 
-    def __init__(self, model: nn.Module, feature_layers: Sequence[str], objectives: Sequence[Objective]) -> None:
-        self.model = model
+    def __init__(
+        self, model: nn.Module, feature_layers: Sequence[str], objectives: Sequence[Objective], parallel: Parallel
+    ) -> None:
+        self.parallel = parallel
+        self.model = model = sync_batch_norm(model, parallel)
         named = norm_affine_parameters(model)
         if not named:
             raise UsageError("The model has no normalisation layers with affine parameters for the MGG to adapt.")
@@ -121,30 +138,39 @@ class FunctionalModel:
     def close(self) -> None:
         self._hooks.close()
 
-    def logits(self, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def logits(self, theta: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The whole batch's logits at θ, gathered from the processes' shares."""
         values = theta.split([shape.numel() for shape in self.shapes])
         params = {name: value.view(shape) for name, value, shape in zip(self.names, values, self.shapes, strict=True)}
-        return functional_call(self.model, params, (images,))
+        return self.parallel.gather(functional_call(self.model, params, (batch.images,)), len(batch.labels))
 
     def losses(self, theta: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the ``(K,)`` test-time losses at θ."""
-        logits = self.logits(theta, batch.images)
+        """The whole batch's logits and ``(K,)`` test-time losses at θ, the same on every process."""
+        logits = self.logits(theta, batch)
+        features = {layer: self.parallel.gather(values, len(batch.labels)) for layer, values in self._features.items()}
         losses = []
         for objective in self.objectives:
-            loss = objective(logits, self._features, batch)
+            loss = objective(logits, features, batch)
             if loss is None:
                 # The MGG's input is one loss per objective; a batch without one has no row to fill.
                 raise RuntimeError(f"Objective {objective.name!r} gave no loss, which the MGG cannot train on.")
             losses.append(loss)
         return logits, torch.stack(losses)
 
-    @staticmethod
-    def gradients(losses: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """``(K, D)``: one gradient over θ per loss, by K backward passes. One batched backward
-        (``is_grads_batched``) measured no faster on the sample model on a CPU: 40 against 44 ms
-        at batch 2, 928 against 788 ms at batch 64."""
+    def gradients(self, losses: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``(K, D)``: the gradient over θ of each of the ``(K,)`` losses of ``losses``, by K
+        backward passes, the same on every process. One batched backward (``is_grads_batched``)
+        measured no faster on the sample model on a CPU: 40 against 44 ms at batch 2, 928 against
+        788 ms at batch 64.
+
+        Why the mean over the processes: each of the N processes holds a copy L_p of the whole
+        batch's loss L. Its backward pass, whose all-reduces (BatchNorm's statistics, the gathered
+        logits and features) sum the gradient over the processes, gives ∂T/∂θ_p, where
+        T = Σ_p L_p = N·L and θ_p is the process's copy of θ. The copies are equal, so
+        dL/dθ = (1/N)·Σ_p ∂T/∂θ_p.
+        """
         rows = [torch.autograd.grad(loss, theta, retain_graph=True)[0] for loss in losses]
-        return torch.stack(rows)
+        return self.parallel.sum(torch.stack(rows)) / self.parallel.world_size
 
 
 def train_mgg(
@@ -177,6 +203,10 @@ def train_mgg(
     held-out corruption the checkpoint-selection set (adapted per corruption from the source
     model, batch ``eval_batch_size``, step size ``step_size``). α while training is
     ``train_step_size``, by default ``step_size``. Deterministic for a ``seed`` on a given device.
+
+    Under ``torchrun`` the processes share every batch (both batch sizes must be multiples of
+    their number) and train as one process does on the same batches; the first one reports
+    progress and writes the file.
     """
     started = time.perf_counter()
     check_held_out(held_out, severity)
@@ -186,85 +216,98 @@ def train_mgg(
         raise UsageError(f"Unknown meta-objective {meta_objective!r}; choose one of {', '.join(META_OBJECTIVES)}.")
     train_step_size = step_size if train_step_size is None else train_step_size
     path = _output_path(Path(bundle_path), out)
-    torch.manual_seed(seed)
-    target_device = resolve_device(device)
-    bundle = load_bundle(Path(bundle_path))
-    data = build_held_out(
-        Path(data_folder),
-        bundle.spec.class_names,
-        bundle.spec.framing,
-        held_out,
-        severity,
-        num_images,
-        eval_images,
-        seed,
-    )
-    trainer = _Trainer(
-        bundle,
-        data,
-        target_device,
-        harmonizer,
-        batch_size,
-        eval_batch_size,
-        step_size,
-        train_step_size,
-        meta_objective,
-        unroll,
-    )
-    generator = MetaGradientGenerator(memory=memory).to(target_device)
-    baselines = {
-        "source_accuracy": trainer.source_accuracy(),
-        "norm_accuracy": trainer.norm_accuracy(),
-        "tent_accuracy": trainer.tent_accuracy(),
-    }
-    # cuDNN may otherwise pick non-deterministic kernels for the backward passes; no effect on a CPU.
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
-        history = trainer.fit(generator, torch.optim.Adam(generator.parameters(), lr=lr), epochs, seed, on_progress)
-    trainer.close()
-    generator.load_state_dict(history.best_state)
+    with contextlib.closing(start_parallel(device)) as parallel:
+        parallel.check_batch_size("--batch-size", batch_size)
+        parallel.check_batch_size("--eval-batch-size", eval_batch_size)
+        if not parallel.is_main:
+            on_progress = None
+        torch.manual_seed(seed)
+        bundle = load_bundle(Path(bundle_path))
+        data = build_held_out(
+            Path(data_folder),
+            bundle.spec.class_names,
+            bundle.spec.framing,
+            held_out,
+            severity,
+            num_images,
+            eval_images,
+            seed,
+        )
+        trainer = _Trainer(
+            bundle,
+            data,
+            parallel,
+            harmonizer,
+            batch_size,
+            eval_batch_size,
+            step_size,
+            train_step_size,
+            meta_objective,
+            unroll,
+        )
+        # No DistributedDataParallel: seeded alike, every process starts from the same weights,
+        # and their meta-gradient comes from gradients over θ that are already the whole batch's
+        # and the same on every process (all-reduce hands each the same sum), so every process's
+        # Adam takes the same step.
+        generator = MetaGradientGenerator(memory=memory).to(parallel.device)
+        baselines = {
+            "source_accuracy": trainer.source_accuracy(),
+            "norm_accuracy": trainer.norm_accuracy(),
+            "tent_accuracy": trainer.tent_accuracy(),
+        }
+        # cuDNN may otherwise pick non-deterministic kernels for the backward passes; no effect on a CPU.
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
+            optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
+            history = trainer.fit(generator, optimizer, epochs, seed, on_progress)
+        trainer.close()
+        generator.load_state_dict(history.best_state)
 
-    seconds = time.perf_counter() - started
-    metadata = {
-        "held_out": list(held_out),
-        "severity": severity,
-        "num_images": num_images,
-        "eval_images": eval_images,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "eval_batch_size": eval_batch_size,
-        "lr": lr,
-        "step_size": step_size,
-        "train_step_size": train_step_size,
-        "meta_objective": meta_objective,
-        "unroll": unroll,
-        "seed": seed,
-        "best_epoch": history.best_epoch,
-        "held_out_accuracy": history.accuracy,
-        "held_out_accuracy_per_shift": history.accuracy_per_shift,
-        "held_out_objective": history.objective,
-        "held_out_cross_entropy": history.cross_entropy,
-        **baselines,
-        "bundle": bundle.spec.name,
-        "bundle_weights_sha256": bundle.weights_sha256,
-        "harmonizer": harmonizer,
-        "memory": memory,
-        "parameters": generator.parameter_count(),
-        "device": str(target_device),
-        "seconds": round(seconds, 1),
-        "tta_cli_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    save_generator(generator, path, metadata)
-    return TrainReport(
-        path,
-        history.best_epoch,
-        history.accuracy,
-        baselines["source_accuracy"],
-        baselines["norm_accuracy"],
-        baselines["tent_accuracy"],
-        seconds,
-        metadata,
-    )
+        seconds = time.perf_counter() - started
+        metadata = {
+            "held_out": list(held_out),
+            "severity": severity,
+            "num_images": num_images,
+            "eval_images": eval_images,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size,
+            "lr": lr,
+            "step_size": step_size,
+            "train_step_size": train_step_size,
+            "meta_objective": meta_objective,
+            "unroll": unroll,
+            "seed": seed,
+            "best_epoch": history.best_epoch,
+            "held_out_accuracy": history.accuracy,
+            "held_out_accuracy_per_shift": history.accuracy_per_shift,
+            "held_out_objective": history.objective,
+            "held_out_cross_entropy": history.cross_entropy,
+            **baselines,
+            "bundle": bundle.spec.name,
+            "bundle_weights_sha256": bundle.weights_sha256,
+            "harmonizer": harmonizer,
+            "memory": memory,
+            "parameters": generator.parameter_count(),
+            "device": str(parallel.device),
+            "world_size": parallel.world_size,
+            "seconds": round(seconds, 1),
+            "tta_cli_version": __version__,
+            "torch_version": torch.__version__,
+        }
+        if parallel.is_main:
+            save_generator(generator, path, metadata)
+        return TrainReport(
+            path,
+            history.best_epoch,
+            history.accuracy,
+            baselines["source_accuracy"],
+            baselines["norm_accuracy"],
+            baselines["tent_accuracy"],
+            seconds,
+            metadata,
+            parallel.world_size,
+            parallel.is_main,
+        )
 
 
 @dataclass
@@ -288,7 +331,7 @@ class _Trainer:
         self,
         bundle: Bundle,
         data: HeldOutData,
-        device: torch.device,
+        parallel: Parallel,
         harmonizer: str,
         batch_size: int,
         eval_batch_size: int,
@@ -297,16 +340,17 @@ class _Trainer:
         meta_objective: str,
         unroll: int,
     ) -> None:
-        self.data = data
+        self.data, self.parallel = data, parallel
         self.harmonizer_name = harmonizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.step_size, self.train_step_size = step_size, train_step_size
         self.supervised = meta_objective == "cross-entropy"
         self.unroll = unroll
-        self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, device)
+        self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, parallel.device)
         objectives: list[Objective] = [Entropy(), FeatureAlignment(bundle.source_stats)]
-        self.model = FunctionalModel(bundle.model.to(device), bundle.spec.feature_layers, objectives)
-        self.source = self.model.source.to(device)
+        model = bundle.model.to(parallel.device)
+        self.model = FunctionalModel(model, bundle.spec.feature_layers, objectives, parallel)
+        self.source = self.model.source.to(parallel.device)
 
     def close(self) -> None:
         self.model.close()
@@ -342,11 +386,15 @@ class _Trainer:
         return history
 
     def _batches(self, images: ShiftedImages, size: int, drop_last: bool = False) -> Iterator[Batch]:
+        """Global batches of ``size`` images in order, as ``FunctionalModel`` takes them: this
+        process's share of the images, preprocessed, and the labels of all. A last, shorter batch
+        is shared as evenly as it goes (``Parallel.share_sizes``; a share may be empty)."""
         stop = len(images) - len(images) % size if drop_last else len(images)
         for start in range(0, stop, size):
-            chunk = slice(start, min(start + size, stop))
-            pixels = self.preprocess(images.images[chunk])
-            yield Batch([], pixels, images.labels[chunk].to(pixels.device))
+            labels = images.labels[start : min(start + size, stop)]
+            share = self.parallel.share_slice(len(labels))
+            pixels = self.preprocess(images.images[start + share.start : start + share.stop])
+            yield Batch([], pixels, labels.to(pixels.device))
 
     def _harmonizer(self) -> Harmonizer:
         harmonizer = make_harmonizer(self.harmonizer_name)
@@ -372,7 +420,7 @@ class _Trainer:
             if theta.grad_fn is not None:
                 if self.supervised:
                     loss = F.cross_entropy(logits, batch.labels)
-                    meta_gradient = torch.autograd.grad(loss, theta, retain_graph=True)[0]
+                    meta_gradient = self.model.gradients(loss.unsqueeze(0), theta)[0]
                 else:
                     loss, meta_gradient = losses.sum(), gradients.sum(dim=0)
                 term = meta_surrogate(theta, meta_gradient)
@@ -420,11 +468,10 @@ class _Trainer:
             theta = self.source.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([theta], lr=self.step_size)
             for batch in self._batches(images, self.eval_batch_size):
-                logits = self.model.logits(theta, batch.images)
+                logits = self.model.logits(theta, batch)
                 correct += int((logits.argmax(dim=1) == batch.labels).sum())
                 total += len(batch.labels)
-                optimizer.zero_grad(set_to_none=True)
-                Entropy()(logits, {}, batch).backward()
+                theta.grad = self.model.gradients(Entropy()(logits, {}, batch).unsqueeze(0), theta)[0]
                 optimizer.step()
         return correct / total
 
@@ -447,7 +494,7 @@ class _Trainer:
         for images in self.data.evaluation.values():
             self.model.reset()
             for batch in self._batches(images, self.eval_batch_size):
-                predictions = self.model.logits(self.source, batch.images).argmax(dim=1)
+                predictions = self.model.logits(self.source, batch).argmax(dim=1)
                 correct += int((predictions == batch.labels).sum())
                 total += len(batch.labels)
         return correct / total

@@ -1,11 +1,13 @@
 """Data parallelism under ``torchrun``: one process per device, each with its share of every batch.
 
 ``torchrun --nproc_per_node N`` starts N processes and sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK``; each joins the process group (NCCL on CUDA, gloo on the CPU), trains on its
-``1/N`` of each global batch, and DistributedDataParallel averages the gradients. With BatchNorm
-statistics taken over the global batch (``sync_batch_norm``) and every loss a mean over the
-process's equal share, a step is the step one process takes on the whole batch, to float
-rounding. Without ``WORLD_SIZE`` > 1 everything here is the plain single-process case.
+``LOCAL_RANK``; each joins the process group (NCCL on CUDA, gloo on the CPU) and takes its
+``1/N`` of each global batch. BatchNorm takes its statistics over the global batch
+(``sync_batch_norm``); then either every loss is a mean over the process's equal share and
+DistributedDataParallel averages the gradients (``tta-cli distill``), or the shares' outputs are
+gathered (``Parallel.gather``) so that every process computes the whole batch's losses
+(``tta-cli train-mgg``). Either way a step is the step one process takes on the whole batch, to
+float rounding. Without ``WORLD_SIZE`` > 1 everything here is the plain single-process case.
 """
 
 from __future__ import annotations
@@ -42,9 +44,38 @@ class Parallel:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def share_sizes(self, length: int) -> list[int]:
+        """How many of a global batch's ``length`` items each process takes, in consecutive shares:
+        equal ones when the world size divides ``length``, else the first ``length % world_size``
+        one longer (as ``torch.tensor_split`` cuts).
+
+        >>> Parallel(0, 3, torch.device("cpu")).share_sizes(7)
+        [3, 2, 2]
+        """
+        shortest, longer = divmod(length, self.world_size)
+        return [shortest + (rank < longer) for rank in range(self.world_size)]
+
+    def share_slice(self, length: int) -> slice:
+        """Where this process's share lies in a global batch of ``length`` items."""
+        sizes = self.share_sizes(length)
+        start = sum(sizes[: self.rank])
+        return slice(start, start + sizes[self.rank])
+
     def share(self, global_batch: torch.Tensor) -> torch.Tensor:
-        """This process's consecutive share of a global batch (its length a multiple of the world size)."""
-        return global_batch.view(self.world_size, -1, *global_batch.shape[1:])[self.rank]
+        """This process's consecutive share of a global batch."""
+        return global_batch[self.share_slice(len(global_batch))]
+
+    def check_batch_size(self, option: str, size: int) -> None:
+        """Refuse a batch size that the processes cannot share equally."""
+        if size % self.world_size:
+            raise UsageError(f"{option} {size} must be a multiple of the {self.world_size} processes.")
+
+    def gather(self, share: torch.Tensor, length: int) -> torch.Tensor:
+        """The whole global batch of ``length`` rows from every process's ``share`` of it, in the
+        autograd graph: its gradient on this process's rows is summed over the processes."""
+        if not self.distributed:
+            return share
+        return _GatherShares.apply(share, self.share_sizes(length), self.rank)
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` in DistributedDataParallel when there are several processes."""
@@ -121,6 +152,29 @@ def _all_reduced(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         module.add_module(name, _all_reduced(child))
     return module
+
+
+class _GatherShares(torch.autograd.Function):
+    """All-gather of consecutive shares (padded to the longest, as gloo gathers equal sizes only)
+    whose backward sums the gradient over the processes and keeps this process's rows: every
+    process's loss depends on every process's share. (As for ``_SumOverProcesses``, torch's
+    differentiable ``all_gather`` is deprecated; it also takes equal shares only.)"""
+
+    @staticmethod
+    def forward(ctx: Any, share: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
+        padded = share.new_zeros((max(sizes), *share.shape[1:]))
+        padded[: len(share)] = share
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded)
+        start = sum(sizes[:rank])
+        ctx.rows = slice(start, start + sizes[rank])
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        total = gradient.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.rows], None, None
 
 
 class _SumOverProcesses(torch.autograd.Function):
