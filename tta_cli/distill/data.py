@@ -18,7 +18,7 @@ import torch
 
 from tta_cli.bench.streams import select_images
 from tta_cli.config import AdaptConfig
-from tta_cli.engine.run import open_run_source
+from tta_cli.engine import open_run_source
 from tta_cli.engine.session import PYTHON_SOURCE
 from tta_cli.errors import UsageError
 from tta_cli.models import ModelSpec
