@@ -12,10 +12,13 @@ model=sample_models/cifar10-airnet-ce
   --domain gaussian_noise --domain defocus_blur --domain fog --domain contrast --domain jpeg_compression \
   --method tent --method mgtta --num-examples "$images"
 for batch in $batch_sizes; do
+  # source and norm weigh nothing: the weighted run repeats only the methods it changes.
   for weighting in no-domain-weighting domain-weighting; do
     run=$out/b$batch-$weighting
+    methods=source,norm,tent,mgtta
+    [[ $weighting == domain-weighting ]] && methods=tent,mgtta
     [[ -f $run/bench.json ]] || tta-cli bench --model "$model" --data "$data/test" --out "$run" \
-      --protocols reset,mixed --methods source,norm,tent,mgtta --batch-size "$batch" \
+      --protocols reset,mixed --methods "$methods" --batch-size "$batch" \
       --num-examples "$images" --no-speed --"$weighting"
   done
 done
