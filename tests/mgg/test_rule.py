@@ -65,21 +65,6 @@ def test_memory_is_carried_and_changes_across_steps() -> None:
         assert not torch.equal(first.direction(gradient), forgetful.direction(gradient))
 
 
-def test_the_memory_restarts_after_a_pre_training_episode_of_steps() -> None:
-    """With ``memory_steps = 2``, steps 3 and 5 start from the learned initial memory, as a rule
-    with that step's moments and no memory would."""
-    generator = make_generator()
-    rule = MGGRule(generator, memory_steps=2)
-    with torch.no_grad():
-        for step, gradient in enumerate(gradients(5), start=1):
-            fresh = MGGRule(generator)
-            fresh.load_state_dict(rule.state_dict())
-            fresh.memory = None
-            expected = fresh.direction(gradient)
-            output = rule.direction(gradient)
-            assert torch.equal(output, expected) == (step in (1, 3, 5)), step
-
-
 @pytest.mark.parametrize("memory", [True, False])
 def test_state_round_trip_through_a_snapshot_is_bit_for_bit(memory: bool) -> None:
     generator = make_generator(memory=memory)

@@ -79,7 +79,6 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     assert metadata["train_step_size"] == metadata["step_size"] == 3e-3
     rule = rule_for_bundle(load_bundle(bundle_copy))
     assert rule.generator.uses_memory is False and rule.step_size == 3e-3  # α as pre-trained
-    assert rule.memory_steps == metadata["num_images"] // metadata["batch_size"]  # one episode
     assert rule_for_bundle(load_bundle(bundle_copy), step_size=1e-4).step_size == 1e-4
 
 

@@ -39,12 +39,7 @@ DEFAULT_STEP_SIZE = 1e-3
 class MGGRule:
     """``UpdateRule`` driven by a Meta Gradient Generator; its state is the Adam-style moments,
     the step count and the generator's per-coordinate memory, all restored bit for bit by
-    ``load_state_dict``. The generator's own weights are fixed during adaptation.
-
-    ``memory_steps``: the memory restarts from the generator's learned initial memory after
-    this many steps (``None``: never). Pre-training unrolls episodes of a fixed length from
-    that initial memory, so a memory carried for longer is in a state the generator never
-    learned to read; ``rule_for_bundle`` sets it to the pre-training episode's length."""
+    ``load_state_dict``. The generator's own weights are fixed during adaptation."""
 
     def __init__(
         self,
@@ -53,11 +48,9 @@ class MGGRule:
         beta1: float = 0.9,
         beta2: float = 0.99,
         eps: float = 1e-8,
-        memory_steps: int | None = None,
     ) -> None:
         self.generator = generator
         self.step_size, self.beta1, self.beta2, self.eps = step_size, beta1, beta2, eps
-        self.memory_steps = memory_steps
         self.reset()
 
     def reset(self) -> None:
@@ -94,8 +87,6 @@ class MGGRule:
         how pre-training reaches them); the carried memory is always detached (one-step
         truncation).
         """
-        if self.memory_steps and self.steps % self.memory_steps == 0:
-            self.memory = None  # the learned initial memory, as at the start of an episode
         output, memory = self.generator(self.features(gradient), self.memory)
         self.memory = memory.detach() if memory is not None else None
         return output
@@ -143,18 +134,9 @@ def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float | Non
             f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
         )
     device = next(bundle.model.parameters()).device
-    training = read_metadata(path)
     if step_size is None:
-        step_size = float(training.get("step_size", DEFAULT_STEP_SIZE))
-    episode = _episode_steps(training)
-    return MGGRule(load_generator(path).to(device), step_size=step_size, memory_steps=episode)
-
-
-def _episode_steps(training: dict[str, Any]) -> int | None:
-    """Steps per pre-training episode (one epoch over the training images), where recorded."""
-    if "num_images" not in training or "batch_size" not in training:
-        return None
-    return max(1, int(training["num_images"]) // int(training["batch_size"]))
+        step_size = float(read_metadata(path).get("step_size", DEFAULT_STEP_SIZE))
+    return MGGRule(load_generator(path).to(device), step_size=step_size)
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
