@@ -150,12 +150,16 @@ def test_bad_orders_and_rounds_are_refused_by_the_config(bundle_path: Path, clea
         BenchConfig(model=bundle_path, data=clean_folder, out=tmp_path, rounds=0)
 
 
-def test_two_objectives_record_the_cosine_of_every_step(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
-    result = bench(bundle_path, clean_folder, tmp_path, methods=("tent", "harmonized"), protocols=("continual",))
+def test_two_objectives_record_the_cosine_of_every_step_they_harmonize(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    methods = ("tent", "harmonized+harmonize1", "harmonized")
+    result = bench(bundle_path, clean_folder, tmp_path, methods=methods, protocols=("continual",))
     rows = {row["method"]: row for row in result["results"] if row["corruption"] == "contrast"}
     assert rows["tent"]["cosines"] == []
-    assert len(rows["harmonized"]["cosines"]) == 2  # six images, batches of three
-    assert all(-1 <= value <= 1 for value in rows["harmonized"]["cosines"])
+    assert len(rows["harmonized+harmonize1"]["cosines"]) == 2  # six images, batches of three
+    assert len(rows["harmonized"]["cosines"]) == 1  # one step in two
+    assert all(-1 <= value <= 1 for value in rows["harmonized+harmonize1"]["cosines"])
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0
 
 

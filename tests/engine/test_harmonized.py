@@ -28,7 +28,9 @@ def test_harmonized_runs_record_the_conflict(bundle_path: Path, tmp_path: Path, 
 def test_sam_gs_state_is_snapshotted_and_restored(bundle_path: Path, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=6)
     run = tmp_path / "run"
-    adapt(AdaptConfig(model=bundle_path, source=data, run=run, method="harmonized", harmonizer="sam-gs", batch_size=6))
+    # Harmonizing on every step, so that SAM-GS's own state moves on every step.
+    method = "harmonized+harmonize1"
+    adapt(AdaptConfig(model=bundle_path, source=data, run=run, method=method, harmonizer="sam-gs", batch_size=6))
     store = HistoryStore.open(run)
     state_2 = store.load_snapshot(store.resolve("2").id)["harmonizer"]
     state_3 = store.load_snapshot(store.resolve("3").id)["harmonizer"]
