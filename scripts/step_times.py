@@ -6,10 +6,11 @@ Every method's adapter is built on its own copy of the bundle, and the methods t
 steps in turn (one step each, round after round), so that a machine that slows down in the
 middle slows all of them alike. A step's time is the mean over the rounds, not the median: the
 guard's reference scores one batch in ``harm_every``, and the rounds are a multiple of that. The
-floor is a bare forward, and a forward plus the backward pass to θ, on the same batch. On CUDA
-each method's peak memory during a step, beyond what the adapters hold between steps, is
-recorded too; on a CPU that column says it was not measured. Writes ``steps.json`` and
-``steps.md`` into ``--out``.
+floor is a bare forward, and a forward plus the backward pass to θ, on the same batch. A
+guarded method's guard watches without acting (``WATCHING``), so that no step is skipped or
+undone. On CUDA each method's peak memory during a step, beyond what the adapters hold between
+steps, is recorded too; on a CPU that column says it was not measured. Writes ``steps.json``
+and ``steps.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -26,17 +27,22 @@ import numpy as np
 import torch
 import typer
 
-from tta_cli.bench.protocols import bench_adapter, bench_method
+from tta_cli.bench.protocols import bench_method
 from tta_cli.bench.speed import device_name
 from tta_cli.bench.streams import build_streams
 from tta_cli.config import GuardConfig
-from tta_cli.engine import Adapter
+from tta_cli.engine import Adapter, build_adapter
 from tta_cli.engine.device import resolve_device
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.models import load_bundle
 from tta_cli.streams import UNLABELED, Batch, Preprocess
 
-METHODS = "tent,tent+guard,harmonized,mgtta,mgtta+guard,mgtta+harmonize2,mgtta+harmonize2+guard"
+METHODS = "tent,tent+guard,harmonized+harmonize1,harmonized,mgtta+harmonize1,mgtta,mgtta+guard"
+
+
+WATCHING = GuardConfig(harm_min=1e-9, entropy_ema_min=0.0, majority_max=1.0)
+"""The guard computing its signals, the harm signal included, and never acting on them: every
+step takes its update, so that the time measured is what watching costs, on any stream."""
 
 
 def main(
@@ -86,7 +92,9 @@ def _time_methods(
     adapters: dict[str, Adapter] = {}
     for name in names:
         bundle = load_bundle(model)
-        adapters[name] = bench_adapter(bundle, bench_method(name, bundle), device)
+        method = bench_method(name, bundle)
+        guard = WATCHING.model_copy(update={"enabled": method.guard})
+        adapters[name] = build_adapter(bundle, method, device, guard=guard)
     times: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, int] = {}
     for step in range(warmup + rounds):
