@@ -3,11 +3,11 @@
 Every harmonizer here returns ``w @ G``, a weighting of the K per-loss gradients, and with the
 weights held fixed that is the gradient of the weighted loss ``Σ w_k·L_k``: one backward pass
 instead of K. What a harmonization costs is the K − 1 extra backward passes that give it the
-gradients to compare (on the sample model, each is 0.7 of a forward and the second one makes
-the harmonized step 1.45 × Tent's: docs/bench/speed). Conflicts between the objectives change
-slowly along a stream (the cosine of the two gradients drifts over tens of steps), so weights
-measured one step apply to the next. ``every = 2`` halves the extra cost; ``every = 1`` is the
-plain harmonizer.
+gradients to compare (on the sample models each is 0.7 of a forward pass, and the second one
+makes a harmonized step 1.39-1.46 × Tent's: docs/bench/speed). The objectives' conflict changes
+slowly along a stream (their cosine moves over tens of steps, not from one to the next), so
+weights measured on one step serve the next. ``every = 2`` halves the extra cost; ``every = 1``
+is the plain harmonizer.
 """
 
 from __future__ import annotations
