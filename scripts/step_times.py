@@ -28,12 +28,11 @@ import torch
 import typer
 
 from tta_cli.bench.protocols import bench_method
-from tta_cli.bench.speed import device_name
+from tta_cli.bench.speed import device_name, floor_passes
 from tta_cli.bench.streams import build_streams
 from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, build_adapter
 from tta_cli.engine.device import resolve_device
-from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.models import load_bundle
 from tta_cli.streams import UNLABELED, Batch, Preprocess
 
@@ -116,17 +115,7 @@ def _time_methods(
 
 def _time_floor(model: Path, batch: Batch, device: torch.device, rounds: int, warmup: int) -> list[dict[str, Any]]:
     """A bare forward without gradient, and a forward with the backward pass to θ."""
-    network = load_bundle(model).model.to(device)
-    params = list(norm_affine_parameters(network).values())
-    configure_model(network, batch_statistics=True, params=params)
-
-    def forward() -> None:
-        with torch.no_grad():
-            network(batch.images)
-
-    def forward_backward() -> None:
-        torch.autograd.grad(network(batch.images).mean(), params)
-
+    forward, forward_backward = floor_passes(load_bundle(model).model.to(device), batch.images)
     rows = []
     for name, work in (("forward", forward), ("forward+backward", forward_backward)):
         for _ in range(warmup):

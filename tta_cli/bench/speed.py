@@ -110,20 +110,28 @@ def _floor(
 ) -> tuple[float, float]:
     """Bare forward, and bare forward + backward to θ (norm-layer affine parameters)."""
     model = bundle.model.to(device)
+    forward, forward_backward = floor_passes(model, batch.images)
+    forward_ms = _timed(device, forward, repeats, warmup)
+    floor_ms = _timed(device, forward_backward, repeats, warmup)
+    configure_model(model, batch_statistics=batch_statistics, params=[])
+    return forward_ms, floor_ms
+
+
+def floor_passes(model: torch.nn.Module, images: torch.Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The floor's two passes over ``images``: a bare forward without gradient, and a forward with
+    the backward pass to θ (norm-layer affine parameters, BatchNorm on batch statistics); the
+    model is configured for them."""
     params = list(norm_affine_parameters(model).values())
     configure_model(model, batch_statistics=True, params=params)
 
     def forward() -> None:
         with torch.no_grad():
-            model(batch.images)
+            model(images)
 
     def forward_backward() -> None:
-        torch.autograd.grad(model(batch.images).mean(), params)
+        torch.autograd.grad(model(images).mean(), params)
 
-    forward_ms = _timed(device, forward, repeats, warmup)
-    floor_ms = _timed(device, forward_backward, repeats, warmup)
-    configure_model(model, batch_statistics=batch_statistics, params=[])
-    return forward_ms, floor_ms
+    return forward, forward_backward
 
 
 def end_to_end(
