@@ -700,7 +700,10 @@ def distill(
     run: Annotated[Path, typer.Argument(help="Run directory whose adapted state teaches the student.")],
     student: Annotated[
         str,
-        typer.Option(help="Student architecture: zoo name (resnet20), torchvision:NAME, timm:NAME, module:factory."),
+        typer.Option(
+            help="Student architecture (zoo name such as resnet20, torchvision:NAME, timm:NAME, module:factory) "
+            "or a bundle folder whose trained model the student starts from."
+        ),
     ],
     source_data: Annotated[
         Path, typer.Option(help="Labeled source images, one sub-folder per class of the run's bundle.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,38 @@ def test_unreadable_target_images_are_skipped_and_counted(
     broken = add_broken_files(target)
     report = distill(settings(teacher_run, clean_folder, tmp_path / "out", target_data=target, epochs=1))
     assert report.target_images == 6 and report.skipped_images == len(broken)
+
+
+def test_a_student_starts_from_a_trained_bundle(
+    teacher_run: Path, bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    # A step size far below the weights' scale: the student ends where it started (and not where a
+    # fresh one of seed 1 would: the bundle's random weights are seed 0's).
+    options = {"student": str(bundle_path), "kd": "plain", "epochs": 1, "augment": False, "lr": 1e-12, "seed": 1}
+    distill(settings(teacher_run, clean_folder, tmp_path / "out", **options))
+    record = json.loads((tmp_path / "out" / "distill.json").read_text())
+    assert record["student"]["architecture"] == "tiny_resnet"
+    assert record["student"]["started_from"]["bundle"] == str(bundle_path.resolve())
+    started, ended = load_bundle(bundle_path).model, load_bundle(tmp_path / "out").model
+    assert load_bundle(tmp_path / "out").spec.architecture == "tiny_resnet"
+    for (name, before), after in zip(started.named_parameters(), ended.parameters(), strict=True):
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-9, msg=name)
+
+
+def test_a_student_bundle_must_take_the_teachers_input(
+    teacher_run: Path, bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(bundle_path, other)
+    spec = (other / "model.toml").read_text()
+    (other / "model.toml").write_text(spec.replace("0.25", "0.3"))
+    result = tta(
+        "distill", teacher_run, "--student", other, "--source-data", clean_folder, "--out", tmp_path / "out",
+        "--epochs", "1", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "has std (0.3, 0.3, 0.3) where the teacher has (0.25, 0.25, 0.25)" in result.stderr.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 The teacher is a recorded state of a run (``current`` by default), rebuilt in eval mode with its
 normalisation statistics as ``tta-cli export`` rebuilds it, and frozen. The student is a fresh
-(seeded) model of any architecture ``prepare`` accepts, at the teacher's input size, channels,
-mean and std. Every step takes ``batch_size`` labeled source images and as many target images
+(seeded) model of any architecture ``prepare`` accepts, or a trained bundle's model to start from
+(a student pre-trained on the source needs far fewer epochs), at the teacher's input size,
+channels, mean and std. Every step takes ``batch_size`` labeled source images and as many target images
 (each set visited in a fresh random order every epoch, the smaller one cycled), both flipped and
 shifted alike for teacher and student; the recipe (``RECIPES``: ``unikd``, ``plain``, ``none``)
 gives the losses. Adam, its step size falling from ``lr`` to 0 on a half cosine over the training.
@@ -45,8 +46,9 @@ from tta_cli.errors import UsageError
 from tta_cli.export.rebuild import build_export_model
 from tta_cli.export.run_export import RecordedState, read_recorded_state
 from tta_cli.files import atomic_folder, write_atomic
-from tta_cli.models import ModelSpec, build_architecture, prepare_bundle
-from tta_cli.models.bundle import DISTILL_FILE, check_input
+from tta_cli.models import Bundle, ModelSpec, build_architecture, load_bundle, prepare_bundle
+from tta_cli.models.architectures import is_file_reference
+from tta_cli.models.bundle import DISTILL_FILE, MODEL_FILE, check_input
 from tta_cli.models.features import classifier_head, record_head_input
 from tta_cli.parallel import Parallel, start_parallel, sync_batch_norm
 from tta_cli.streams import UNLABELED, Preprocess
@@ -68,7 +70,7 @@ class DistillConfig(BaseModel):
 
     run: Path = Field(description="run directory whose recorded state is the teacher")
     out: Path = Field(description="student bundle folder to write")
-    student: str = Field(description="student architecture, as 'prepare' names them")
+    student: str = Field(description="student architecture, as 'prepare' names them, or a bundle folder to start from")
     source_data: Path = Field(description="labeled source images, <class>/<image>")
     target_data: str | None = Field(None, description="target images; default those the run read")
     selector: str = Field("current", description="the teacher's state: a step, snapshot id or alias")
@@ -226,7 +228,11 @@ class _Trainer:
                 f"{checkpoint.record['teacher_step']}."
             )
         torch.manual_seed(config.seed)
-        self.student = _new_student(config.student, self.spec)
+        self.start_bundle = _starting_bundle(config.student, self.spec)
+        self.architecture = config.student if self.start_bundle is None else _architecture_of(self.start_bundle)
+        self.student = (
+            _new_student(config.student, self.spec) if self.start_bundle is None else self.start_bundle.model.train()
+        )
         self.source = source_images(config.source_data, self.spec)
         self.target = target_images(config.target_data, self.spec, self.recorded.config, self.recorded.position)
         self.preprocess = Preprocess(self.spec.mean, self.spec.std, self.device)
@@ -437,7 +443,7 @@ class _Trainer:
         return DistillReport(
             out=config.out,
             kd=config.kd,
-            student=config.student,
+            student=self.architecture,
             epochs=config.epochs,
             resumed_after_epoch=self.first_epoch - 1,
             teacher_parameters=_parameters(self.teacher),
@@ -462,7 +468,7 @@ class _Trainer:
         config.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_folder(config.out) as staging:
             prepare_bundle(
-                config.student,
+                self.architecture,
                 weights,
                 config.source_data,
                 staging,
@@ -496,7 +502,13 @@ class _Trainer:
                 "target_accuracy": self.teacher_accuracy,
             },
             "student": {
-                "architecture": self.config.student,
+                "architecture": self.architecture,
+                "started_from": None
+                if self.start_bundle is None
+                else {
+                    "bundle": str(self.start_bundle.path.resolve()),
+                    "weights_sha256": self.start_bundle.weights_sha256,
+                },
                 "parameters": _parameters(self.learner.student),
                 "target_accuracy": accuracy[-1] if accuracy else None,
             },
@@ -533,6 +545,31 @@ def _new_student(architecture: str, spec: ModelSpec) -> nn.Module:
             f"Student architecture {architecture!r} predicts {outputs} classes, the teacher {spec.num_classes}."
         )
     return student.train()
+
+
+def _starting_bundle(student: str, spec: ModelSpec) -> Bundle | None:
+    """The trained bundle that ``student`` names, if it names one, checked to take the teacher's
+    input and predict its classes."""
+    if not (Path(student) / MODEL_FILE).is_file():
+        return None
+    bundle = load_bundle(Path(student))
+    for field in ("class_names", "input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation"):
+        mine, teachers = getattr(bundle.spec, field), getattr(spec, field)
+        if mine != teachers:
+            raise UsageError(
+                f"Student bundle {student} has {field} {mine!r} where the teacher has {teachers!r}; "
+                "a student takes the teacher's input and predicts its classes."
+            )
+    return bundle
+
+
+def _architecture_of(bundle: Bundle) -> str:
+    """The bundle's architecture, a file path in it made absolute as the student's bundle records it."""
+    reference = bundle.spec.architecture
+    if not is_file_reference(reference):
+        return reference
+    path, _, name = reference.rpartition(":")
+    return f"{(bundle.path / path).resolve()}:{name}"
 
 
 def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
