@@ -16,12 +16,18 @@ def main(out: Path) -> None:
         kd: json.loads((out / f"student-{kd}" / "distill.json").read_text()) for kd in ("unikd", "plain", "none")
     }
     teacher = students["unikd"]["teacher"]
+    parameters = students["unikd"]["student"]["parameters"]
     source = json.loads((out / "source-run" / "summary.json").read_text())
     adapted = json.loads((out / "student-run" / "summary.json").read_text())
     print("| model | parameters | accuracy on the target images (%) |\n|---|---|---|")
     print(f"| unadapted teacher (source, online) | {teacher['parameters']:,} | {100 * source['online_accuracy']:.1f} |")
     size, accuracy = f"{teacher['parameters']:,}", 100 * teacher["target_accuracy"]
     print(f"| adapted teacher ({teacher['bn_stats']} statistics) | {size} | {accuracy:.1f} |")
+    started = out / "student-source-run" / "summary.json"
+    if started.is_file():
+        bundle = Path(students["unikd"]["student"]["started_from"]["bundle"]).name
+        accuracy = 100 * json.loads(started.read_text())["online_accuracy"]
+        print(f"| student's start `{bundle}`, unadapted (online) | {parameters:,} | {accuracy:.1f} |")
     for kd, report in students.items():
         accuracy = report["curves"]["target_accuracy"][-1]
         print(f"| student `--kd {kd}` | {report['student']['parameters']:,} | {100 * accuracy:.1f} |")
