@@ -47,6 +47,24 @@ def analysis(path: Path) -> None:
         print(f"A→B probe accuracy (%), `{method}`:\n\n" + table(rows) + "\n")
 
 
+def per_domain(runs: list[Path], batch: str) -> str:
+    """Mixed-stream error / interference (%) per corruption, one column per method and weighting."""
+    columns: dict[str, dict[str, str]] = {}
+    for run in [run for run in runs if run.name.startswith(f"{batch}-")]:
+        result = json.loads((run / "bench.json").read_text())
+        weighted = result["config"]["domain_weighting"]
+        for cell in result["results"]:
+            if cell["protocol"] != "mixed" or (weighted and cell["method"] in ("source", "norm")):
+                continue
+            name = f"{cell['method']} {'on' if weighted else 'off'}"
+            interference = cell["against_alone"]["interference_percent"]
+            columns.setdefault(name, {})[cell["corruption"]] = f"{cell['error_percent']:.1f} / {interference:.1f}"
+    corruptions = list(next(iter(columns.values())))
+    rows = [["corruption", *columns]]
+    rows += [[SHORT.get(c, c), *[column[c] for column in columns.values()]] for c in corruptions]
+    return f"Mixed error / interference (%) per corruption, batch {batch[1:]}:\n\n" + table(rows)
+
+
 def mixed(folder: Path) -> None:
     # Without the weighting first.
     runs = sorted((path.parent for path in folder.glob("b*-*/bench.json")), key=lambda run: "-no-" not in run.name)
@@ -69,6 +87,7 @@ def mixed(folder: Path) -> None:
                     f"{result['mean_error_percent']['reset'][method]:.2f}", f"{means[0]:.2f}", f"{means[1]:.2f}",
                 ])  # fmt: skip
         print(table(rows) + "\n")
+        print(per_domain(runs, batch) + "\n")
         print(f"Per corruption (interference / transfer %), batch {batch[1:]}:\n")
         for run in [run for run in runs if run.name.startswith(f"{batch}-")]:
             section = (run / "bench.md").read_text().split("## Mixed against alone")[1].split("\n## ")[0]
