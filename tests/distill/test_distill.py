@@ -126,9 +126,9 @@ def test_a_student_starts_from_a_trained_bundle(
     record = json.loads((tmp_path / "out" / "distill.json").read_text())
     assert record["student"]["architecture"] == "tiny_resnet"
     assert record["student"]["started_from"]["bundle"] == str(bundle_path.resolve())
-    started, ended = load_bundle(bundle_path).model, load_bundle(tmp_path / "out").model
-    assert load_bundle(tmp_path / "out").spec.architecture == "tiny_resnet"
-    for (name, before), after in zip(started.named_parameters(), ended.parameters(), strict=True):
+    started, ended = load_bundle(bundle_path), load_bundle(tmp_path / "out")
+    assert ended.spec.architecture == "tiny_resnet"
+    for (name, before), after in zip(started.model.named_parameters(), ended.model.parameters(), strict=True):
         torch.testing.assert_close(after, before, rtol=0, atol=1e-9, msg=name)
 
 

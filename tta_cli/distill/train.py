@@ -4,9 +4,9 @@ The teacher is a recorded state of a run (``current`` by default), rebuilt in ev
 normalisation statistics as ``tta-cli export`` rebuilds it, and frozen. The student is a fresh
 (seeded) model of any architecture ``prepare`` accepts, or a trained bundle's model to start from
 (a student pre-trained on the source needs far fewer epochs), at the teacher's input size,
-channels, mean and std. Every step takes ``batch_size`` labeled source images and as many target images
-(each set visited in a fresh random order every epoch, the smaller one cycled), both flipped and
-shifted alike for teacher and student; the recipe (``RECIPES``: ``unikd``, ``plain``, ``none``)
+channels, mean and std. Every step takes ``batch_size`` labeled source images and as many
+target images (each set visited in a fresh random order every epoch, the smaller one cycled),
+both flipped and shifted alike for teacher and student; the recipe (``RECIPES``: ``unikd``, ``plain``, ``none``)
 gives the losses. Adam, its step size falling from ``lr`` to 0 on a half cosine over the training.
 
 After every epoch: the student's accuracy on the target images that sit in class folders, and
