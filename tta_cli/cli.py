@@ -645,8 +645,14 @@ def train_mgg(
         MetaObjectiveName, typer.Option(help="Loss of the next batch the generator learns to lower.")
     ] = "cross-entropy",
     unroll: Annotated[int, typer.Option(help="Steps whose meta-losses reach the generator through θ.")] = 8,
+    passes: Annotated[
+        int, typer.Option(help="Passes over the training images in one episode (θ carried): the episode's length.")
+    ] = 1,
     harmonizer: Annotated[HarmonizerName, typer.Option(help="Harmonizer of the two objectives' gradients.")] = "gh++",
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="TTT-Linear gradient memory.")] = True,
+    anchor: Annotated[
+        bool, typer.Option("--anchor/--no-anchor", help="Learn a pull of θ back towards the source.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed (deterministic on a given device).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -678,10 +684,12 @@ def train_mgg(
             train_step_size=train_step_size,
             meta_objective=meta_objective,
             unroll=unroll,
+            passes=passes,
             seed=seed,
             device=device,
             harmonizer=harmonizer,
             memory=memory,
+            anchored=anchor,
             on_progress=show,
         )
     finally:

@@ -11,7 +11,7 @@ from safetensors.torch import load, save, save_file
 from tests.mgg.test_generator import make_generator
 from tta_cli.errors import UsageError
 from tta_cli.history.state import dumps_skeleton, flatten_state, unflatten_state
-from tta_cli.mgg import MGGRule, load_generator, read_metadata, save_generator
+from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_metadata, save_generator
 
 
 def gradients(count: int, size: int = 50, seed: int = 0) -> list[torch.Tensor]:
@@ -133,3 +133,38 @@ def test_load_generator_refuses_bad_files(tmp_path: Path) -> None:
             load_generator(path)
         message = str(caught.value)
         assert str(path) in message and message.count(".") >= 1 and "\n" not in message
+
+
+def test_an_anchored_rule_takes_back_its_pull_of_the_distance_from_the_source() -> None:
+    generator = MetaGradientGenerator(anchored=True)
+    with torch.no_grad():
+        generator.pull_weight.fill_(0.25)
+    anchor = torch.zeros(50)
+    params = [torch.nn.Parameter(torch.full((20,), 4.0)), torch.nn.Parameter(torch.full((30,), -8.0))]
+    # α = 0 isolates the pull: θ ← θ − ρ·(θ − θ_source).
+    MGGRule(generator, step_size=0.0, anchor=anchor).apply(params, gradients(1)[0])
+    assert torch.equal(params[0].detach(), torch.full((20,), 3.0))
+    assert torch.equal(params[1].detach(), torch.full((30,), -6.0))
+
+
+def test_the_pull_is_learned_through_the_step() -> None:
+    generator = MetaGradientGenerator(anchored=True)
+    theta = torch.randn(50)
+    rule = MGGRule(generator, step_size=1e-2, anchor=torch.zeros(50))
+    rule.step(theta, gradients(1)[0]).square().sum().backward()
+    # Pulling towards 0 shrinks ‖θ‖²: the gradient asks for more pull.
+    assert generator.pull_weight.grad is not None and generator.pull_weight.grad < 0
+
+
+def test_an_anchored_generator_needs_an_anchor_and_keeps_its_pull_in_the_file(tmp_path: Path) -> None:
+    generator = MetaGradientGenerator(anchored=True)
+    with pytest.raises(ValueError, match="anchor"):
+        MGGRule(generator)
+    with torch.no_grad():
+        generator.pull_weight.fill_(0.125)
+    save_generator(generator, tmp_path / "mgg.safetensors", {})
+    loaded = load_generator(tmp_path / "mgg.safetensors")
+    assert loaded.anchored and float(loaded.pull()) == 0.125
+    # Unanchored: no pull, whatever anchor is given.
+    plain = MGGRule(make_generator(), anchor=torch.zeros(3))
+    assert plain.anchor is None and float(plain.generator.pull()) == 0.0

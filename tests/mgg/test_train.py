@@ -11,6 +11,7 @@ from tta_cli.config import GuardConfig
 from tta_cli.engine import Adapter, Method
 from tta_cli.engine.guard import Guard
 from tta_cli.engine.norms import BatchStatistics
+from tta_cli.engine.params import norm_affine_parameters
 from tta_cli.errors import UsageError
 from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_metadata, rule_for_bundle
 from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_surrogate, train_mgg
@@ -61,7 +62,8 @@ def test_the_file_carries_its_training_metadata(trained: list[Path], bundle_path
     assert metadata["seed"] == 3 and metadata["harmonizer"] == "gh++" and metadata["memory"] is True
     assert metadata["best_epoch"] in (1, 2) and len(metadata["held_out_accuracy"]) == 2
     assert metadata["bundle_weights_sha256"] == load_bundle(bundle_path).weights_sha256
-    assert load_generator(trained[0]).parameter_count() == 164
+    assert metadata["anchored"] is True and metadata["pull"] >= 0
+    assert load_generator(trained[0]).parameter_count() == 165  # the paper's 164 and the pull
 
 
 def test_default_output_is_the_bundle_and_the_ablation_trains(
@@ -77,14 +79,33 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     metadata = read_metadata(report.path)
     assert metadata["meta_objective"] == "test-time" and metadata["unroll"] == 2
     assert metadata["train_step_size"] == metadata["step_size"] == 3e-3
-    rule = rule_for_bundle(load_bundle(bundle_copy))
+    loaded = load_bundle(bundle_copy)
+    theta = list(loaded.model.parameters())
+    rule = rule_for_bundle(loaded, theta)
     assert rule.generator.uses_memory is False and rule.step_size == 3e-3  # α as pre-trained
-    assert rule_for_bundle(load_bundle(bundle_copy), step_size=1e-4).step_size == 1e-4
+    assert rule_for_bundle(loaded, theta, step_size=1e-4).step_size == 1e-4
+
+
+def test_an_episode_of_several_passes_carries_theta_through_them(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """Two passes over 8 images at batch 2: one episode of 8 steps, each image seen twice."""
+    progress: list[TrainProgress] = []
+    settings = TINY | {"epochs": 1}
+    report = train_mgg(
+        bundle_path, clean_folder, out=tmp_path / "two.safetensors", passes=2, **settings, on_progress=progress.append
+    )
+    steps = [(p.step, p.steps) for p in progress if p.phase == "train"]
+    assert steps == [(step, 8) for step in range(1, 9)]
+    # Only the episode's first θ is the source's, without an update of the generator behind it:
+    # the second pass (step 5) starts from the θ the first one left.
+    assert [p.meta_loss is not None for p in progress if p.phase == "train"] == [False] + [True] * 7
+    assert read_metadata(report.path)["passes"] == 2
 
 
 def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> None:
     with pytest.raises(UsageError, match="train-mgg"):
-        rule_for_bundle(load_bundle(bundle_path))
+        rule_for_bundle(load_bundle(bundle_path), [])
 
 
 @pytest.mark.parametrize(
@@ -96,6 +117,7 @@ def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> N
         ({"num_images": 100}, "needs"),
         ({"meta_objective": "accuracy"}, "Unknown meta-objective"),
         ({"unroll": 0}, "--unroll"),
+        ({"passes": 0}, "--passes"),
     ],
 )
 def test_bad_requests_are_one_sentence(
@@ -111,7 +133,8 @@ def test_the_rule_snapshots_and_restores_through_the_adapter(
 ) -> None:
     bundle = load_bundle(bundle_path)
     method = Method("mgtta", "test", batch_statistics=True, objectives=("entropy", "alignment"))
-    rule = MGGRule(load_generator(trained[0]), step_size=1e-2)
+    source = torch.cat([param.detach().flatten() for param in norm_affine_parameters(bundle.model).values()])
+    rule = MGGRule(load_generator(trained[0]), step_size=1e-2, anchor=source)
     objectives = [Entropy(), FeatureAlignment(bundle.source_stats)]
     norm = BatchStatistics(bundle.model)
     guard = Guard(GuardConfig(), 3)

@@ -135,7 +135,7 @@ def _update_rule(
         return None
     if method.update == "mgg":
         # α is the one the generator was pre-trained for unless the user gives one.
-        return rule_for_bundle(bundle, method.update_options["generator"], lr)
+        return rule_for_bundle(bundle, params, method.update_options["generator"], lr)
     return make_update_rule(
         method.update, optimizer or method.optimizer, params, lr or method.lr, method.update_options
     )

@@ -129,14 +129,22 @@ class MetaGradientGenerator(nn.Module):
     size, Linear(2→12) → GELU → Linear(12→8) → LayerNorm(8) → Linear(8→1) → tanh
     (36 + 104 + 16 + 8 = 164 parameters); it carries no state.
 
+    ``anchored=True`` adds one learned scalar, the pull ``ρ ≥ 0`` of θ back towards the source
+    that the update rule applies (``MGGRule.step``). It starts at 0, the paper's rule, and
+    pre-training moves it as far as the meta-loss asks.
+
     >>> MetaGradientGenerator().parameter_count(), MetaGradientGenerator(memory=False).parameter_count()
     (164, 164)
+    >>> MetaGradientGenerator(anchored=True).parameter_count(), MetaGradientGenerator(anchored=True).pull().item()
+    (165, 0.0)
     """
 
-    def __init__(self, hidden: int = HIDDEN, memory: bool = True) -> None:
+    def __init__(self, hidden: int = HIDDEN, memory: bool = True, anchored: bool = False) -> None:
         super().__init__()
         self.hidden = hidden
         self.uses_memory = memory
+        self.anchored = anchored
+        self.pull_weight = nn.Parameter(torch.zeros(())) if anchored else None
         self.body: nn.Module
         if memory:
             self.body = GradientMemory(hidden)
@@ -148,6 +156,12 @@ class MetaGradientGenerator(nn.Module):
             )
         self.output_norm = nn.LayerNorm(hidden, eps=LN_EPS)
         self.output = nn.Linear(hidden, 1, bias=False)
+
+    def pull(self) -> torch.Tensor:
+        """``ρ``: the fraction of θ's distance from the source that a step takes back (0 unanchored)."""
+        if self.pull_weight is None:
+            return torch.zeros(())
+        return self.pull_weight.clamp(0.0, 1.0)  # clamp, not relu: a gradient at 0 too, so ρ can leave it
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())

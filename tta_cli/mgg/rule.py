@@ -5,7 +5,11 @@ Per step, with the (harmonised) gradient ``g`` over θ:
 
     m ← β1·m + (1 − β1)·g,   v ← β2·v + (1 − β2)·g²,   m̂ = m/(1 − β1^t),   v̂ = v/(1 − β2^t)
     features = ( g/(sqrt(v̂) + ε),  m̂/(sqrt(v̂) + ε) )
-    θ ← θ − α · MGG(features; memory)
+    θ ← θ − α · MGG(features; memory) − ρ · (θ − θ_source)
+
+where ρ is 0 for the paper's generator and learned in pre-training for an anchored one
+(``MetaGradientGenerator(anchored=True)``): a rule whose steps never look back drifts on a
+long stream, by up to α per step per coordinate.
 
 Differences from the public code: the bias correction uses the step count t (the public code
 uses t + 1), and α defaults to 1e-3, the value of its published run script (``run.sh``; its
@@ -39,7 +43,8 @@ DEFAULT_STEP_SIZE = 1e-3
 class MGGRule:
     """``UpdateRule`` driven by a Meta Gradient Generator; its state is the Adam-style moments,
     the step count and the generator's per-coordinate memory, all restored bit for bit by
-    ``load_state_dict``. The generator's own weights are fixed during adaptation."""
+    ``load_state_dict``. The generator's own weights are fixed during adaptation. ``anchor`` is
+    the source θ as one flat vector, which an anchored generator's pull leads back to."""
 
     def __init__(
         self,
@@ -48,9 +53,13 @@ class MGGRule:
         beta1: float = 0.9,
         beta2: float = 0.99,
         eps: float = 1e-8,
+        anchor: torch.Tensor | None = None,
     ) -> None:
+        if generator.anchored and anchor is None:
+            raise ValueError("An anchored generator's rule needs the source θ as its anchor.")
         self.generator = generator
         self.step_size, self.beta1, self.beta2, self.eps = step_size, beta1, beta2, eps
+        self.anchor = anchor.detach().clone() if anchor is not None and generator.anchored else None
         self.reset()
 
     def reset(self) -> None:
@@ -91,15 +100,23 @@ class MGGRule:
         self.memory = memory.detach() if memory is not None else None
         return output
 
+    def step(self, theta: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """``θ − α·MGG(ĝ, m̂) − ρ·(θ − θ_source)`` for the flat ``theta``; differentiable with
+        respect to the generator's weights (ρ among them) as ``direction`` is."""
+        stepped = theta - self.step_size * self.direction(gradient)
+        if self.anchor is None:
+            return stepped
+        return stepped - self.generator.pull() * (theta - self.anchor)
+
     def apply(
         self, params: list[torch.nn.Parameter], gradient: torch.Tensor, closure: Closure | None = None
     ) -> UpdateOutcome:
-        """θ ← θ − α·MGG(ĝ, m̂); the generator needs no second look at the batch, so ``closure``
-        is not called."""
+        """θ ← θ − α·MGG(ĝ, m̂) − ρ·(θ − θ_source); the generator needs no second look at the
+        batch, so ``closure`` is not called."""
         with torch.no_grad():
-            update = self.step_size * self.direction(gradient)
-            for param, part in zip(params, split_like(update, params), strict=True):
-                param.sub_(part)
+            theta = torch.cat([param.flatten() for param in params])
+            for param, part in zip(params, split_like(self.step(theta, gradient), params), strict=True):
+                param.copy_(part)
         return APPLIED
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,10 +140,13 @@ class MGGRule:
             self.memory = Memory(memory["weight"].to(device).clone(), memory["bias"].to(device).clone())
 
 
-def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float | None = None) -> MGGRule:
-    """The MGG rule of a loaded bundle, with the generator shipped in its ``file`` (by default
-    ``mgg.safetensors``), on the device of the bundle's model. ``step_size`` defaults to the α the
-    generator was pre-trained for (its metadata), else ``DEFAULT_STEP_SIZE``."""
+def rule_for_bundle(
+    bundle: Bundle, params: list[torch.nn.Parameter], file: str = MGG_FILE, step_size: float | None = None
+) -> MGGRule:
+    """The MGG rule of a loaded bundle over ``params`` (θ, at the source's values: the anchor),
+    with the generator shipped in its ``file`` (by default ``mgg.safetensors``), on the device
+    of the bundle's model. ``step_size`` defaults to the α the generator was pre-trained for
+    (its metadata), else ``DEFAULT_STEP_SIZE``."""
     path = bundle.path / file
     if not path.is_file():
         raise UsageError(
@@ -136,7 +156,8 @@ def rule_for_bundle(bundle: Bundle, file: str = MGG_FILE, step_size: float | Non
     device = next(bundle.model.parameters()).device
     if step_size is None:
         step_size = float(read_metadata(path).get("step_size", DEFAULT_STEP_SIZE))
-    return MGGRule(load_generator(path).to(device), step_size=step_size)
+    anchor = torch.cat([param.detach().flatten() for param in params])
+    return MGGRule(load_generator(path).to(device), step_size=step_size, anchor=anchor)
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
@@ -147,6 +168,7 @@ def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[
         "version": FORMAT_VERSION,
         "hidden": str(generator.hidden),
         "memory": json.dumps(generator.uses_memory),
+        "anchored": json.dumps(generator.anchored),
         "training": json.dumps(metadata, sort_keys=True),
     }
     write_atomic(Path(path), save(tensors, metadata=header))
@@ -167,7 +189,11 @@ def load_generator(path: Path) -> MetaGradientGenerator:
     if header.get("version") != FORMAT_VERSION:
         raise UsageError(f"{path} has format version {header.get('version')}; this tta-cli reads {FORMAT_VERSION}.")
     try:
-        generator = MetaGradientGenerator(int(header.get("hidden", HIDDEN)), memory=json.loads(header["memory"]))
+        generator = MetaGradientGenerator(
+            int(header.get("hidden", HIDDEN)),
+            memory=json.loads(header["memory"]),
+            anchored=json.loads(header.get("anchored", "false")),
+        )
     except (KeyError, ValueError) as error:
         raise UsageError(f"{path} has an unreadable generator description; {RECREATE}.") from error
     expected = {name: tuple(value.shape) for name, value in generator.state_dict().items()}

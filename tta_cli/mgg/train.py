@@ -11,7 +11,8 @@ held-out shifted images, batch by batch, exactly as deployment would:
    at the end of each window of ``unroll`` steps (1: one-step truncation, as the public code
    does with backward hooks; the memory is always carried detached);
 3. the harmonised gradient (GH++ by default) goes through the Adam-style moments into the MGG,
-   which proposes θ_{t+1} = θ_t − α·MGG(ĝ, m̂), detached from θ_t but not from the MGG.
+   which proposes θ_{t+1} = θ_t − α·MGG(ĝ, m̂) − ρ·(θ_t − θ_source), ρ the anchored
+   generator's learned pull (``MGGRule.step``).
 
 The meta-loss is by default the cross-entropy of batch t with its labels: the images come from
 the training split, so they have them, and only a supervised meta-loss tells an update that
@@ -36,8 +37,10 @@ same batches, to float rounding.
 Differences from the public code: the meta-loss (above); batches of 64 at the deployment step
 size (the public code trains at batch 2 with α = 1e-4 and deploys at batch 64 with 1e-3: batch
 statistics of two images and a tenth of the step are another regime); θ restarts from the source
-model at every epoch (its θ drifts on across epochs); checkpoints are chosen on held-out shifts
-of training images of the same classes rather than on ImageNet-C's validation corruptions.
+model at every epoch (its θ drifts on across epochs), and an epoch can be several passes over
+the images (``passes``), as long as the streams the generator adapts on; the pull ρ towards the
+source (from 0, learned like the other weights); checkpoints are chosen on held-out shifts of
+training images of the same classes rather than on ImageNet-C's validation corruptions.
 """
 
 from __future__ import annotations
@@ -187,12 +190,14 @@ def train_mgg(
     device: str = "auto",
     harmonizer: str = "gh++",
     memory: bool = True,
+    anchored: bool = True,
     eval_images: int = 1024,
     eval_batch_size: int = 64,
     step_size: float = DEFAULT_STEP_SIZE,
     train_step_size: float | None = None,
     meta_objective: str = "cross-entropy",
     unroll: int = 8,
+    passes: int = 1,
     on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainReport:
     """Pre-train an MGG for the bundle at ``bundle_path`` and write ``mgg.safetensors`` (into the
@@ -202,7 +207,10 @@ def train_mgg(
     under the ``held_out`` corruptions are the training set, ``eval_images`` others under every
     held-out corruption the checkpoint-selection set (adapted per corruption from the source
     model, batch ``eval_batch_size``, step size ``step_size``). α while training is
-    ``train_step_size``, by default ``step_size``. Deterministic for a ``seed`` on a given device.
+    ``train_step_size``, by default ``step_size``. An epoch is one episode of ``passes`` passes
+    over the training images, each in a fresh order of the shifts, θ and the memory carried from
+    one pass to the next: as long an episode as the streams the generator will adapt on.
+    Deterministic for a ``seed`` on a given device.
 
     Under ``torchrun`` the processes share every batch (both batch sizes must be multiples of
     their number) and train as one process does on the same batches; the first one reports
@@ -210,7 +218,7 @@ def train_mgg(
     """
     started = time.perf_counter()
     check_held_out(held_out, severity)
-    _check_sizes(num_images, epochs, batch_size, eval_images, eval_batch_size, unroll)
+    _check_sizes(num_images, epochs, batch_size, eval_images, eval_batch_size, unroll, passes)
     make_harmonizer(harmonizer)  # an unknown name fails before any work
     if meta_objective not in META_OBJECTIVES:
         raise UsageError(f"Unknown meta-objective {meta_objective!r}; choose one of {', '.join(META_OBJECTIVES)}.")
@@ -244,12 +252,13 @@ def train_mgg(
             train_step_size,
             meta_objective,
             unroll,
+            passes,
         )
         # No DistributedDataParallel: seeded alike, every process starts from the same weights,
         # and their meta-gradient comes from gradients over θ that are already the whole batch's
         # and the same on every process (all-reduce hands each the same sum), so every process's
         # Adam takes the same step.
-        generator = MetaGradientGenerator(memory=memory).to(parallel.device)
+        generator = MetaGradientGenerator(memory=memory, anchored=anchored).to(parallel.device)
         baselines = {
             "source_accuracy": trainer.source_accuracy(),
             "norm_accuracy": trainer.norm_accuracy(),
@@ -276,6 +285,7 @@ def train_mgg(
             "train_step_size": train_step_size,
             "meta_objective": meta_objective,
             "unroll": unroll,
+            "passes": passes,
             "seed": seed,
             "best_epoch": history.best_epoch,
             "held_out_accuracy": history.accuracy,
@@ -287,6 +297,8 @@ def train_mgg(
             "bundle_weights_sha256": bundle.weights_sha256,
             "harmonizer": harmonizer,
             "memory": memory,
+            "anchored": anchored,
+            "pull": generator.pull().item(),
             "parameters": generator.parameter_count(),
             "device": str(parallel.device),
             "world_size": parallel.world_size,
@@ -339,13 +351,14 @@ class _Trainer:
         train_step_size: float,
         meta_objective: str,
         unroll: int,
+        passes: int,
     ) -> None:
         self.data, self.parallel = data, parallel
         self.harmonizer_name = harmonizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.step_size, self.train_step_size = step_size, train_step_size
         self.supervised = meta_objective == "cross-entropy"
-        self.unroll = unroll
+        self.unroll, self.passes = unroll, passes
         self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, parallel.device)
         objectives: list[Objective] = [Entropy(), FeatureAlignment(bundle.source_stats)]
         model = bundle.model.to(parallel.device)
@@ -404,16 +417,20 @@ class _Trainer:
     def train_epoch(
         self, generator: MetaGradientGenerator, optimizer: torch.optim.Optimizer, order: random.Random
     ) -> Iterator[tuple[int, int, float | None]]:
-        """One L2O pass over the training images in a fresh order; yields ``(step, steps, meta-loss)``."""
+        """One L2O episode: ``passes`` passes over the training images, each in a fresh order, from
+        the source θ and a fresh memory; yields ``(step, steps, meta-loss)``."""
         self.model.reset()
         generator.train()
-        rule = MGGRule(generator, step_size=self.train_step_size)
+        rule = MGGRule(generator, step_size=self.train_step_size, anchor=self.source)
         harmonizer = self._harmonizer()
-        shuffled = self.data.train.subset(_one_shift_at_a_time(self.data.train.shifts, order))
-        steps = len(shuffled) // self.batch_size
+        shuffled = [
+            self.data.train.subset(_one_shift_at_a_time(self.data.train.shifts, order)) for _ in range(self.passes)
+        ]
+        steps = len(shuffled[0]) // self.batch_size * self.passes
         theta = self.source.clone().requires_grad_(True)
         window: torch.Tensor | None = None
-        for step, batch in enumerate(self._batches(shuffled, self.batch_size, drop_last=True), start=1):
+        episode = (batch for images in shuffled for batch in self._batches(images, self.batch_size, drop_last=True))
+        for step, batch in enumerate(episode, start=1):
             logits, losses = self.model.losses(theta, batch)
             gradients = self.model.gradients(losses, theta)
             meta_loss = None
@@ -431,8 +448,7 @@ class _Trainer:
                     window.backward()
                     optimizer.step()
                     window, theta = None, theta.detach()
-            direction = rule.direction(harmonizer(gradients.detach()).gradient)
-            theta = theta - self.train_step_size * direction
+            theta = rule.step(theta, harmonizer(gradients.detach()).gradient)
             yield step, steps, meta_loss
 
     def evaluate(self, generator: MetaGradientGenerator) -> tuple[dict[str, float], float, float]:
@@ -443,7 +459,7 @@ class _Trainer:
         accuracy, objective, cross_entropy, batch_count = {}, 0.0, 0.0, 0
         for shift, images in self.data.evaluation.items():
             self.model.reset()
-            rule = MGGRule(generator, step_size=self.step_size)
+            rule = MGGRule(generator, step_size=self.step_size, anchor=self.source)
             harmonizer = self._harmonizer()
             theta, correct = self.source.clone(), 0
             for batch in self._batches(images, self.eval_batch_size):
@@ -455,7 +471,7 @@ class _Trainer:
                 batch_count += 1
                 gradients = self.model.gradients(losses, theta)
                 with torch.no_grad():
-                    theta = theta.detach() - self.step_size * rule.direction(harmonizer(gradients).gradient)
+                    theta = rule.step(theta.detach(), harmonizer(gradients).gradient)
             accuracy[shift] = correct / len(images)
         return accuracy, objective / batch_count, cross_entropy / batch_count
 
@@ -537,7 +553,7 @@ def _report(on_progress: Callable[[TrainProgress], None] | None, progress: Train
 
 
 def _check_sizes(
-    num_images: int, epochs: int, batch_size: int, eval_images: int, eval_batch_size: int, unroll: int
+    num_images: int, epochs: int, batch_size: int, eval_images: int, eval_batch_size: int, unroll: int, passes: int
 ) -> None:
     if batch_size < 1 or eval_batch_size < 1:
         raise UsageError("Batch sizes must be at least 1.")
@@ -545,6 +561,8 @@ def _check_sizes(
         raise UsageError(f"Pre-training needs at least two batches: --num-images must be at least {2 * batch_size}.")
     if unroll < 1:
         raise UsageError("--unroll must be at least 1 step.")
+    if passes < 1:
+        raise UsageError("--passes must be at least 1.")
     if epochs < 1 or eval_images < 1:
         raise UsageError("--epochs and the number of evaluation images must be at least 1.")
 
