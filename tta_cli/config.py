@@ -20,7 +20,7 @@ from tta_cli.files import tomllib
 OptimizerName = Literal["adam", "sgd"]
 NormName = Literal["batch", "robust", "tbr", "balanced", "weighted"]
 HarmonizerName = Literal["sum", "gh", "gh++", "sam-gs", "pcgrad", "upgrad", "mgda"]
-MetaObjectiveName = Literal["cross-entropy", "test-time"]
+MetaObjectiveName = Literal["cross-entropy", "cross-entropy+clean", "test-time"]
 """What a Meta Gradient Generator learns to lower on the next batch (``tta_cli.mgg.train``)."""
 StreamOrder = Literal["sorted", "shuffled"]
 DistillKD = Literal["unikd", "plain", "none"]

@@ -103,6 +103,17 @@ def test_an_episode_of_several_passes_carries_theta_through_them(
     assert read_metadata(report.path)["passes"] == 2
 
 
+def test_the_clean_images_term_reaches_the_generator(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    settings = TINY | {"epochs": 1, "seed": 5}
+    plain = train_mgg(bundle_path, clean_folder, out=tmp_path / "plain.safetensors", **settings)
+    kept = train_mgg(
+        bundle_path, clean_folder, out=tmp_path / "kept.safetensors", meta_objective="cross-entropy+clean", **settings
+    )
+    assert read_metadata(kept.path)["meta_objective"] == "cross-entropy+clean"
+    first, second = load_file(str(plain.path)), load_file(str(kept.path))
+    assert any(not torch.equal(first[name], second[name]) for name in first)
+
+
 def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> None:
     with pytest.raises(UsageError, match="train-mgg"):
         rule_for_bundle(load_bundle(bundle_path), [])

@@ -21,18 +21,22 @@ from tta_cli.streams.ordering import seeded_shuffle
 
 @dataclass
 class ShiftedImages:
-    """uint8 ``N×H×W×3`` images with their class indices and the shift applied to each."""
+    """uint8 ``N×H×W×3`` images with their class indices and the shift applied to each, and the
+    same images without it (``clean``)."""
 
     images: np.ndarray
     labels: torch.Tensor
     shifts: list[str]
+    clean: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: Sequence[int]) -> ShiftedImages:
         chosen = list(indices)
-        return ShiftedImages(self.images[chosen], self.labels[chosen], [self.shifts[index] for index in chosen])
+        return ShiftedImages(
+            self.images[chosen], self.labels[chosen], [self.shifts[index] for index in chosen], self.clean[chosen]
+        )
 
 
 @dataclass
@@ -96,7 +100,7 @@ def build_held_out(
                 for index, shift in zip(indices, shifts, strict=True)
             ]
         )
-        return ShiftedImages(images, labels[list(indices)], shifts)
+        return ShiftedImages(images, labels[list(indices)], shifts, clean[list(indices)])
 
     train_range = range(num_images)
     train = shifted(train_range, [held_out[index % len(held_out)] for index in train_range])

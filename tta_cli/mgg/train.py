@@ -16,7 +16,11 @@ held-out shifted images, batch by batch, exactly as deployment would:
 
 The meta-loss is by default the cross-entropy of batch t with its labels: the images come from
 the training split, so they have them, and only a supervised meta-loss tells an update that
-helps from one that merely lowers entropy. ``meta_objective="test-time"`` uses the test-time
+helps from one that merely lowers entropy. ``meta_objective="cross-entropy+clean"`` adds the
+cross-entropy of the same images without their shift, at the same θ_t: an update must help the
+shifted images without spoiling what the source model already did well, so a generator learns
+to keep what it gains on one shift from costing it on the next (θ drifts on a long stream where
+an update is judged on the current shift alone). ``meta_objective="test-time"`` uses the test-time
 objective itself, as the paper does; on a BatchNorm model that teaches the MGG to lower entropy
 faster and nothing about accuracy (docs/bench/mgg has the curves). Deployment never sees a
 label: the MGG's inputs are the test-time gradients either way.
@@ -357,7 +361,8 @@ class _Trainer:
         self.harmonizer_name = harmonizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.step_size, self.train_step_size = step_size, train_step_size
-        self.supervised = meta_objective == "cross-entropy"
+        self.supervised = meta_objective.startswith("cross-entropy")
+        self.keep_clean = meta_objective == "cross-entropy+clean"
         self.unroll, self.passes = unroll, passes
         self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, parallel.device)
         objectives: list[Objective] = [Entropy(), FeatureAlignment(bundle.source_stats)]
@@ -398,15 +403,19 @@ class _Trainer:
             _report(on_progress, TrainProgress(epoch, epochs, 0, 0, "evaluate", None, list(history.accuracy)))
         return history
 
-    def _batches(self, images: ShiftedImages, size: int, drop_last: bool = False) -> Iterator[Batch]:
-        """Global batches of ``size`` images in order, as ``FunctionalModel`` takes them: this
-        process's share of the images, preprocessed, and the labels of all. A last, shorter batch
-        is shared as evenly as it goes (``Parallel.share_sizes``; a share may be empty)."""
+    def _batches(
+        self, images: ShiftedImages, size: int, drop_last: bool = False, clean: bool = False
+    ) -> Iterator[Batch]:
+        """Global batches of ``size`` images in order (``clean``: without their shift), as
+        ``FunctionalModel`` takes them: this process's share of the images, preprocessed, and the
+        labels of all. A last, shorter batch is shared as evenly as it goes
+        (``Parallel.share_sizes``; a share may be empty)."""
         stop = len(images) - len(images) % size if drop_last else len(images)
+        pixels_of = images.clean if clean else images.images
         for start in range(0, stop, size):
             labels = images.labels[start : min(start + size, stop)]
             share = self.parallel.share_slice(len(labels))
-            pixels = self.preprocess(images.images[start + share.start : start + share.stop])
+            pixels = self.preprocess(pixels_of[start + share.start : start + share.stop])
             yield Batch([], pixels, labels.to(pixels.device))
 
     def _harmonizer(self) -> Harmonizer:
@@ -430,13 +439,16 @@ class _Trainer:
         theta = self.source.clone().requires_grad_(True)
         window: torch.Tensor | None = None
         episode = (batch for images in shuffled for batch in self._batches(images, self.batch_size, drop_last=True))
-        for step, batch in enumerate(episode, start=1):
+        clean = (batch for images in shuffled for batch in self._batches(images, self.batch_size, True, clean=True))
+        for step, (batch, clean_batch) in enumerate(zip(episode, clean, strict=True), start=1):
             logits, losses = self.model.losses(theta, batch)
             gradients = self.model.gradients(losses, theta)
             meta_loss = None
             if theta.grad_fn is not None:
                 if self.supervised:
                     loss = F.cross_entropy(logits, batch.labels)
+                    if self.keep_clean:
+                        loss = loss + F.cross_entropy(self.model.logits(theta, clean_batch), clean_batch.labels)
                     meta_gradient = self.model.gradients(loss.unsqueeze(0), theta)[0]
                 else:
                     loss, meta_gradient = losses.sum(), gradients.sum(dim=0)
