@@ -147,12 +147,16 @@ def test_an_anchored_rule_takes_back_its_pull_of_the_distance_from_the_source() 
     assert torch.equal(params[1].detach(), torch.full((30,), -6.0))
 
 
-def test_the_pull_is_learned_through_the_step() -> None:
+@pytest.mark.parametrize("weight", [0.0, -0.01])
+def test_the_pull_is_learned_through_the_step(weight: float) -> None:
     generator = MetaGradientGenerator(anchored=True)
+    with torch.no_grad():
+        generator.pull_weight.fill_(weight)
+    assert generator.pull().item() == 0.0  # clamped: a weight below 0 pulls nothing
     theta = torch.randn(50)
     rule = MGGRule(generator, step_size=1e-2, anchor=torch.zeros(50))
     rule.step(theta, gradients(1)[0]).square().sum().backward()
-    # Pulling towards 0 shrinks ‖θ‖²: the gradient asks for more pull.
+    # Pulling towards 0 shrinks ‖θ‖²: the gradient asks for more pull, from below 0 too.
     assert generator.pull_weight.grad is not None and generator.pull_weight.grad < 0
 
 

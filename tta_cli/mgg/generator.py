@@ -161,7 +161,10 @@ class MetaGradientGenerator(nn.Module):
         """``ρ``: the fraction of θ's distance from the source that a step takes back (0 unanchored)."""
         if self.pull_weight is None:
             return torch.zeros(())
-        return self.pull_weight.clamp(0.0, 1.0)  # clamp, not relu: a gradient at 0 too, so ρ can leave it
+        weight = self.pull_weight
+        # Clamped to [0, 1] forwards, the identity backwards (straight-through): a weight that an
+        # early meta-gradient pushed below 0 still hears the later ones that ask for a pull.
+        return weight + (weight.clamp(0.0, 1.0) - weight).detach()
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
