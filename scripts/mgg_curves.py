@@ -22,8 +22,9 @@ def main(files: Annotated[list[Path], typer.Argument(help="mgg.safetensors files
         print(
             f"meta-objective {meta.get('meta_objective', 'test-time')}, α {meta['step_size']:g} "
             f"(training {meta['train_step_size']:g}), batch {meta['batch_size']}, unroll {meta.get('unroll', 1)}, "
-            f"{meta['num_images']} training images, {meta['eval_images']} evaluation images per shift, "
-            f"generator lr {meta['lr']:g}, memory {meta['memory']}, {meta['seconds'] / 60:.1f} min.\n"
+            f"{meta['num_images']} training images, {meta.get('passes', 1)} pass(es) per episode, "
+            f"{meta['eval_images']} evaluation images per shift, generator lr {meta['lr']:g}, memory {meta['memory']}, "
+            f"pull towards the source {meta.get('pull', 0.0):.3g}, {meta['seconds'] / 60:.1f} min.\n"
         )
         tent = meta.get("tent_accuracy")
         print(
