@@ -361,7 +361,7 @@ class _Trainer:
         self.harmonizer_name = harmonizer
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.step_size, self.train_step_size = step_size, train_step_size
-        self.supervised = meta_objective.startswith("cross-entropy")
+        self.supervised = meta_objective in ("cross-entropy", "cross-entropy+clean")
         self.keep_clean = meta_objective == "cross-entropy+clean"
         self.unroll, self.passes = unroll, passes
         self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, parallel.device)
@@ -439,7 +439,9 @@ class _Trainer:
         theta = self.source.clone().requires_grad_(True)
         window: torch.Tensor | None = None
         episode = (batch for images in shuffled for batch in self._batches(images, self.batch_size, drop_last=True))
-        clean = (batch for images in shuffled for batch in self._batches(images, self.batch_size, True, clean=True))
+        clean = (
+            batch for images in shuffled for batch in self._batches(images, self.batch_size, drop_last=True, clean=True)
+        )
         for step, (batch, clean_batch) in enumerate(zip(episode, clean, strict=True), start=1):
             logits, losses = self.model.losses(theta, batch)
             gradients = self.model.gradients(losses, theta)
