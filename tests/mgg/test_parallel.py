@@ -24,6 +24,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 # processes' shares are equal, then one of them empty.
 SETTINGS = ["--num-images", "16", "--batch-size", "4", "--unroll", "2", "--epochs", "2"]
 SETTINGS += ["--eval-images", "9", "--eval-batch-size", "4", "--seed", "1", "--device", "cpu"]
+SETTINGS += ["--meta-objective", "cross-entropy+clean"]  # the clean images shared too; anchored: the pull too
 CURVES = ("held_out_accuracy", "held_out_objective", "held_out_cross_entropy")
 BASELINES = ("source_accuracy", "norm_accuracy", "tent_accuracy")
 
