@@ -15,26 +15,33 @@ train() {
   [[ -f $file ]] || tta-cli train-mgg --model "$gn" --data "$data/train" --device cpu --step-size 1e-2 --epochs 12 \
     --out "$file" "$@"
 }
-evaluate() {  # NAME: the bench on a copy of the bundle that ships OUT/NAME.safetensors as its generator
-  local bundle=$out/bundle-$1
-  rm -rf "$bundle"; cp -r "$gn" "$bundle"; cp "$out/$1.safetensors" "$bundle/mgg.safetensors"
+evaluate() {  # NAME [METHOD]: the bench on a copy of the bundle that ships OUT/NAME.safetensors as
+  # the generator of METHOD (mgtta, or mgtta-nomem)
+  local bundle=$out/bundle-$1 method=${2:-mgtta} file=mgg.safetensors
+  [[ $method == mgtta-nomem ]] && file=mgg-no-memory.safetensors
+  rm -rf "$bundle"; cp -r "$gn" "$bundle"; cp "$out/$1.safetensors" "$bundle/$file"
   [[ -f $out/bench-$1/bench.json ]] || tta-cli bench --model "$bundle" --data "$data/test" --out "$out/bench-$1" \
-    --num-examples 500 --batch-size 64 --no-speed --methods mgtta
+    --num-examples 500 --batch-size 64 --no-speed --methods "$method"
 }
 # Episodes of one pass (32 steps; the bundle's generator until this experiment), unanchored.
 train passes1 --no-anchor
-# Episodes of four passes (128 steps, as long as the 117 of the continual stream), unanchored.
+# Episodes of four passes (128 steps, as long as the 120 of the continual stream), unanchored.
 train passes4 --passes 4 --no-anchor
 # ... anchored (the pull ρ learned), with the clean images in the meta-loss: the bundle's generator now.
 train passes4-clean --passes 4 --meta-objective cross-entropy+clean
 for name in passes1 passes4 passes4-clean; do evaluate "$name"; done
+# The generator without memory: the former recipe, and the new one.
+train passes1-no-memory --no-anchor --no-memory
+train passes4-clean-no-memory --passes 4 --meta-objective cross-entropy+clean --no-memory
+for name in passes1-no-memory passes4-clean-no-memory; do evaluate "$name" mgtta-nomem; done
 drift() {  # BUNDLE METHOD NAME
   [[ -f $out/drift-$3.json ]] || python scripts/theta_drift.py --model "$1" --data "$data/test" --method "$2" \
     --out "$out/drift-$3.json"
 }
 drift "$out/bundle-passes1" mgtta passes1
-drift "$gn" mgtta-nomem no-memory
+drift "$out/bundle-passes1-no-memory" mgtta-nomem passes1-no-memory
 drift "$out/bundle-passes4-clean" mgtta passes4-clean
+drift "$out/bundle-passes4-clean-no-memory" mgtta-nomem passes4-clean-no-memory
 # A fixed pull on the unanchored four-pass generator: what ρ does when it is not learned.
 for rho in 0.02 0.1; do
   [[ -f $out/passes4-pull$rho.safetensors ]] || python - "$out/passes4.safetensors" "$rho" "$out/passes4-pull$rho.safetensors" <<'EOF'
