@@ -39,6 +39,7 @@ drift() {  # BUNDLE METHOD NAME
     --out "$out/drift-$3.json"
 }
 drift "$out/bundle-passes1" mgtta passes1
+drift "$out/bundle-passes4" mgtta passes4
 drift "$out/bundle-passes1-no-memory" mgtta-nomem passes1-no-memory
 drift "$out/bundle-passes4-clean" mgtta passes4-clean
 drift "$out/bundle-passes4-clean-no-memory" mgtta-nomem passes4-clean-no-memory
