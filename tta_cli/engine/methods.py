@@ -172,8 +172,9 @@ the lowest error and the fewest corruptions worse than the source of tent, EATA 
 NO_BATCH_NORM_LEARNED_METHOD = "mgtta-nomem"
 """What ``auto`` runs for a model without BatchNorm whose bundle has the generator this method
 needs (``mgg-no-memory.safetensors``), guarded: on the suite's GroupNorm bundle its error was the
-lowest of all, SAR's included, in all four streams measured (reset and continual, shuffled and
-class-sorted), with as many or two more corruptions worse than the source as SAR; the generator
+lowest of all, SAR's included, on the suite's continual streams (shuffled and class-sorted) and
+under continual on longer ones, with two more or two fewer corruptions worse than the source
+than SAR; the generator
 with its memory, even with its learned pull back to the source, ends above the source on short
 continual streams (docs/benchmarks.md, "A model without BatchNorm" and "The learned update on
 BatchNorm and GroupNorm bundles")."""
