@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -439,17 +440,24 @@ class _Trainer:
         theta = self.source.clone().requires_grad_(True)
         window: torch.Tensor | None = None
         episode = (batch for images in shuffled for batch in self._batches(images, self.batch_size, drop_last=True))
-        clean = (
-            batch for images in shuffled for batch in self._batches(images, self.batch_size, drop_last=True, clean=True)
+        # The same images without their shift, prepared only where the meta-loss looks at them.
+        clean: Iterator[Batch | None] = (
+            (
+                batch
+                for images in shuffled
+                for batch in self._batches(images, self.batch_size, drop_last=True, clean=True)
+            )
+            if self.keep_clean
+            else itertools.repeat(None)
         )
-        for step, (batch, clean_batch) in enumerate(zip(episode, clean, strict=True), start=1):
+        for step, (batch, clean_batch) in enumerate(zip(episode, clean, strict=False), start=1):  # repeat: endless
             logits, losses = self.model.losses(theta, batch)
             gradients = self.model.gradients(losses, theta)
             meta_loss = None
             if theta.grad_fn is not None:
                 if self.supervised:
                     loss = F.cross_entropy(logits, batch.labels)
-                    if self.keep_clean:
+                    if clean_batch is not None:
                         loss = loss + F.cross_entropy(self.model.logits(theta, clean_batch), clean_batch.labels)
                     meta_gradient = self.model.gradients(loss.unsqueeze(0), theta)[0]
                 else:
