@@ -2,7 +2,10 @@
 layers, the source's in the rest, for k = 0 … all, forward passes only, each corruption from the
 source model (600 images, severity 5), shuffled at batch 200 and sorted by class at batch 64.
 
-    python docs/bench/real-streams/depth.py CIFAR10_DIR   (from the repository root)
+    python docs/bench/real-streams/depth.py CIFAR10_DIR [BUNDLE]   (from the repository root)
+
+BUNDLE defaults to sample_models/cifar10-airnet-ce; the figures in docs/benchmarks.md were measured
+on the former sample, sample_models/cifar10-airnet, no longer shipped.
 
 Prints one line per order and k: the mean error (%) and the error per corruption.
 """
@@ -22,8 +25,8 @@ from tta_cli.models import load_bundle
 from tta_cli.streams import Preprocess
 
 
-def main(data: Path) -> None:
-    bundle = load_bundle(Path("sample_models/cifar10-airnet"))
+def main(data: Path, bundle_dir: Path) -> None:
+    bundle = load_bundle(bundle_dir)
     model = bundle.model.eval()
     layers = [layer for layer in model.modules() if isinstance(layer, _BatchNorm)]
     preprocess = Preprocess(bundle.spec.mean, bundle.spec.std)
@@ -50,4 +53,4 @@ def main(data: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2] if len(sys.argv) > 2 else "sample_models/cifar10-airnet-ce"))

@@ -1,0 +1,74 @@
+"""Mean and spread over seeds of bench runs, and the learned update's ratio to the best hand-made
+method, from OUT/seedS/BUNDLE/bench.json as docs/bench/mgtta/seeds/run.sh writes them.
+
+    python scripts/seed_table.py OUT > OUT/table.md
+
+The spread is the range (largest minus smallest) over the seeds. The best hand-made method is the
+one of Tent, EATA and SAR with the lowest mean error over the seeds; its ratio is shown per seed
+too, and "beyond the spread" when the gap between the two means exceeds both methods' spreads.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+HAND_MADE = ("tent", "eata", "sar")
+LEARNED = ("mgtta", "mgtta-nomem")
+
+
+def load(out: Path) -> dict[str, dict[int, dict]]:
+    """bundle → seed → bench.json."""
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(out.glob("seed*/*/bench.json")):
+        seed = int(path.parent.parent.name.removeprefix("seed"))
+        runs.setdefault(path.parent.name, {})[seed] = json.loads(path.read_text())
+    return runs
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f} ± {max(values) - min(values):.2f}"
+
+
+def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/bench.json.")]) -> None:
+    for bundle, by_seed in load(out).items():
+        seeds = sorted(by_seed)
+        first = by_seed[seeds[0]]
+        protocols = list(first["mean_error_percent"])
+        methods = list(first["mean_error_percent"][protocols[0]])
+        print(f"## {bundle}: seeds {', '.join(map(str, seeds))}\n")
+        print(
+            f"{first['images_per_corruption']} images per corruption, batch {first['config']['batch_size']}, "
+            f"severity {first['config']['severity']}. Mean online error (%) over the 15 corruptions: mean over "
+            "the seeds ± range.\n"
+        )
+        print("| protocol | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods))
+        errors = {
+            protocol: {m: [by_seed[s]["mean_error_percent"][protocol][m] for s in seeds] for m in methods}
+            for protocol in protocols
+        }
+        for protocol in protocols:
+            print(f"| {protocol} | " + " | ".join(summary(errors[protocol][m]) for m in methods) + " |")
+        print("\n| protocol | learned | best of tent/eata/sar | ratio of means | ratio per seed | beyond the spread |")
+        print("|---|---|---|---|---|---|")
+        for protocol in protocols:
+            table = errors[protocol]
+            best = min((m for m in HAND_MADE if m in table), key=lambda m: statistics.fmean(table[m]))
+            for learned in (m for m in LEARNED if m in table):
+                ratios = [ours / theirs for ours, theirs in zip(table[learned], table[best], strict=True)]
+                gap = statistics.fmean(table[best]) - statistics.fmean(table[learned])
+                spread = max(max(v) - min(v) for v in (table[best], table[learned]))
+                print(
+                    f"| {protocol} | {learned} {summary(table[learned])} | {best} {summary(table[best])} | "
+                    f"{statistics.fmean(table[learned]) / statistics.fmean(table[best]):.3f} | "
+                    f"{min(ratios):.3f}-{max(ratios):.3f} | {'yes' if gap > spread else 'no'} |"
+                )
+        print()
+
+
+if __name__ == "__main__":
+    typer.run(main)
