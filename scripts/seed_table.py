@@ -17,29 +17,47 @@ from typing import Annotated
 
 import typer
 
+from tta_cli.engine.methods import METHODS
+
 HAND_MADE = ("tent", "eata", "sar")
 LEARNED = ("mgtta", "mgtta-nomem")
+FIRST = ("source", "norm", *HAND_MADE)
+ORDER = (*FIRST, *(name for name in METHODS if name not in FIRST))
 
 
 def load(out: Path) -> dict[str, dict[int, dict]]:
-    """bundle → seed → bench.json."""
+    """bundle → seed → one bench.json, merged over the runs in OUT/seedS/BUNDLE and its subfolders
+    (one run per method, or one for several); their streams must be the same."""
     runs: dict[str, dict[int, dict]] = {}
-    for path in sorted(out.glob("seed*/*/bench.json")):
-        seed = int(path.parent.parent.name.removeprefix("seed"))
-        runs.setdefault(path.parent.name, {})[seed] = json.loads(path.read_text())
+    for path in sorted(out.glob("seed*/*/**/bench.json")):
+        bundle_dir = next(parent for parent in path.parents if parent.parent.name.startswith("seed"))
+        seed = int(bundle_dir.parent.name.removeprefix("seed"))
+        bench = json.loads(path.read_text())
+        merged = runs.setdefault(bundle_dir.name, {}).setdefault(seed, {**bench, "mean_error_percent": {}})
+        if streams(bench) != streams(merged):
+            raise SystemExit(f"{path} measured other streams than the other runs of its seed and bundle.")
+        for protocol, errors in bench["mean_error_percent"].items():
+            merged["mean_error_percent"].setdefault(protocol, {}).update(errors)
     return runs
+
+
+def streams(bench: dict) -> tuple:
+    """What defines a run's streams: images per corruption, batch size, severity, order, seed, corruptions."""
+    settings = bench["config"]
+    return (bench["images_per_corruption"], *(settings[name] for name in ("batch_size", "severity", "order", "seed")),
+            settings["corruptions"])  # fmt: skip
 
 
 def summary(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {max(values) - min(values):.2f}"
 
 
-def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/bench.json.")]) -> None:
+def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/[METHOD/]bench.json.")]) -> None:
     for bundle, by_seed in load(out).items():
         seeds = sorted(by_seed)
         first = by_seed[seeds[0]]
         protocols = list(first["mean_error_percent"])
-        methods = list(first["mean_error_percent"][protocols[0]])
+        methods = sorted(first["mean_error_percent"][protocols[0]], key=lambda name: ORDER.index(name))
         print(f"## {bundle}: seeds {', '.join(map(str, seeds))}\n")
         print(
             f"{first['images_per_corruption']} images per corruption, batch {first['config']['batch_size']}, "

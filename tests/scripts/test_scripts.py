@@ -49,21 +49,31 @@ def test_bench_history_store_writes_its_report(bundle_path: Path, tmp_path: Path
     assert report["steps"] == 60 and report["repeats"] == 2 and report["snapshots_kept"] > 0
 
 
+def write_bench(folder: Path, errors: dict[str, float], seed: int, images: int = 500) -> None:
+    folder.mkdir(parents=True)
+    config = {"batch_size": 64, "severity": 5, "order": "shuffled", "seed": seed, "corruptions": ["fog"]}
+    bench = {"images_per_corruption": images, "config": config, "methods": {method: {} for method in errors}}
+    (folder / "bench.json").write_text(json.dumps({**bench, "mean_error_percent": {"reset": errors}}))
+
+
 def test_seed_table_gives_means_ranges_and_ratios(tmp_path: Path) -> None:
     errors = {0: {"source": 44.0, "tent": 43.0, "eata": 42.0, "sar": 44.0, "mgtta": 38.0}, 1: {}, 2: {}}
     errors[1] = {**errors[0], "eata": 43.0, "mgtta": 39.0}
     errors[2] = {**errors[0], "eata": 41.0, "mgtta": 37.0}
-    for seed, mean in errors.items():
-        run = tmp_path / f"seed{seed}" / "bundle"
-        run.mkdir(parents=True)
-        bench = {
-            "images_per_corruption": 500,
-            "config": {"batch_size": 64, "severity": 5},
-            "mean_error_percent": {"reset": mean},
-        }
-        (run / "bench.json").write_text(json.dumps(bench))
+    write_bench(tmp_path / "seed0" / "bundle", errors[0], seed=0)
+    for seed in (1, 2):  # one run per method, as a resumed script leaves them
+        for method, error in errors[seed].items():
+            write_bench(tmp_path / f"seed{seed}" / "bundle" / method, {method: error}, seed=seed)
     result = script("seed_table.py", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "| reset | 44.00 ± 0.00 | 43.00 ± 0.00 | 42.00 ± 2.00 | 44.00 ± 0.00 | 38.00 ± 2.00 |" in result.stdout
     # eata is the best hand-made method; 38/42 of the means, per seed 37/41 … 39/43; gap 4 > range 2.
     assert "| reset | mgtta 38.00 ± 2.00 | eata 42.00 ± 2.00 | 0.905 | 0.902-0.907 | yes |" in result.stdout
+
+
+def test_seed_table_refuses_runs_of_other_streams(tmp_path: Path) -> None:
+    write_bench(tmp_path / "seed0" / "bundle" / "tent", {"tent": 43.0}, seed=0)
+    write_bench(tmp_path / "seed0" / "bundle" / "mgtta", {"mgtta": 38.0}, seed=0, images=2000)
+    result = script("seed_table.py", tmp_path)
+    assert result.returncode != 0
+    assert "measured other streams" in result.stderr
