@@ -4,7 +4,7 @@
 # (the images, their order and the corruptions' randomness). By default the streams of
 # docs/bench/mgtta/run.sh: 500 images per corruption at batch 64 on the GroupNorm bundle, 2,000 at
 # batch 200 on the BatchNorm one; IMAGES=10000 BATCH=200 is the full protocol.
-#   [IMAGES=N] [BATCH=B] [SEEDS="0 1 2"] docs/bench/mgtta/seeds/run.sh CIFAR10_DIR OUT [BUNDLE...]
+#   [IMAGES=N] [BATCH=B] [SEEDS="0 1 2"] [METHODS="a b"] docs/bench/mgtta/seeds/run.sh CIFAR10_DIR OUT [BUNDLE...]
 # One bench per bundle, seed and method, in OUT/seedS/BUNDLE/METHOD/, so that a killed script
 # resumes where it stopped (a method measured there already, or in OUT/seedS/BUNDLE/bench.json,
 # is kept); OUT/table.md the means, spreads and ratios (scripts/seed_table.py).
@@ -19,7 +19,7 @@ for bundle in "${bundles[@]}"; do
       methods="source norm tent eata sar harmonized mgtta mgtta-sum mgtta-nomem" ;;
   esac
   for seed in ${SEEDS:-0 1 2}; do
-    for method in $methods; do
+    for method in ${METHODS:-$methods}; do
       run=$out/seed$seed/$bundle
       [[ -f $run/$method/bench.json ]] && continue
       [[ -f $run/bench.json ]] && python -c 'import json, sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1]))["methods"])' \
