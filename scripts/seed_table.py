@@ -57,8 +57,11 @@ def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/[MET
         seeds = sorted(by_seed)
         first = by_seed[seeds[0]]
         protocols = list(first["mean_error_percent"])
-        methods = sorted(first["mean_error_percent"][protocols[0]], key=lambda name: ORDER.index(name))
+        measured = [set(by_seed[seed]["mean_error_percent"][protocols[0]]) for seed in seeds]
+        methods = sorted(set.intersection(*measured), key=ORDER.index)
         print(f"## {bundle}: seeds {', '.join(map(str, seeds))}\n")
+        if partly := set.union(*measured) - set(methods):
+            print(f"Not measured on every seed, left out: {', '.join(sorted(partly, key=ORDER.index))}.\n")
         print(
             f"{first['images_per_corruption']} images per corruption, batch {first['config']['batch_size']}, "
             f"severity {first['config']['severity']}. Mean online error (%) over the 15 corruptions: mean over "
@@ -75,6 +78,8 @@ def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/[MET
         print("|---|---|---|---|---|---|")
         for protocol in protocols:
             table = errors[protocol]
+            if not any(m in table for m in HAND_MADE):
+                continue
             best = min((m for m in HAND_MADE if m in table), key=lambda m: statistics.fmean(table[m]))
             for learned in (m for m in LEARNED if m in table):
                 ratios = [ours / theirs for ours, theirs in zip(table[learned], table[best], strict=True)]

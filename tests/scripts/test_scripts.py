@@ -77,3 +77,12 @@ def test_seed_table_refuses_runs_of_other_streams(tmp_path: Path) -> None:
     result = script("seed_table.py", tmp_path)
     assert result.returncode != 0
     assert "measured other streams" in result.stderr
+
+
+def test_seed_table_leaves_out_a_method_some_seed_lacks(tmp_path: Path) -> None:
+    write_bench(tmp_path / "seed0" / "bundle", {"source": 44.0, "tent": 43.0, "mgtta": 38.0}, seed=0)
+    write_bench(tmp_path / "seed1" / "bundle", {"source": 45.0, "tent": 44.0}, seed=1)
+    result = script("seed_table.py", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "left out: mgtta." in result.stdout
+    assert "| reset | 44.50 ± 1.00 | 43.50 ± 1.00 |" in result.stdout
