@@ -1,11 +1,12 @@
 """Mean and spread over seeds of bench runs, and the learned update's ratio to the best hand-made
-method, from OUT/seedS/BUNDLE/bench.json as docs/bench/mgtta/seeds/run.sh writes them.
+method, from OUT/seedS/BUNDLE/[METHOD/]bench.json as docs/bench/mgtta/seeds/run.sh writes them.
 
     python scripts/seed_table.py OUT > OUT/table.md
 
 The spread is the range (largest minus smallest) over the seeds. The best hand-made method is the
-one of Tent, EATA and SAR with the lowest mean error over the seeds; its ratio is shown per seed
-too, and "beyond the spread" when the gap between the two means exceeds both methods' spreads.
+one of Tent, EATA and SAR with the lowest mean error over the seeds; the learned update's ratio to
+it and their difference in points are shown per seed too (the same images: a paired comparison),
+and "beyond the spread" when the gap between the two means exceeds both methods' spreads.
 """
 
 from __future__ import annotations
@@ -74,21 +75,25 @@ def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/[MET
         }
         for protocol in protocols:
             print(f"| {protocol} | " + " | ".join(summary(errors[protocol][m]) for m in methods) + " |")
-        print("\n| protocol | learned | best of tent/eata/sar | ratio of means | ratio per seed | beyond the spread |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "\n| protocol | learned | best of tent/eata/sar | ratio of means | ratio per seed "
+            "| learned − best per seed | beyond the spread |\n|---|---|---|---|---|---|---|"
+        )
         for protocol in protocols:
             table = errors[protocol]
             if not any(m in table for m in HAND_MADE):
                 continue
             best = min((m for m in HAND_MADE if m in table), key=lambda m: statistics.fmean(table[m]))
             for learned in (m for m in LEARNED if m in table):
-                ratios = [ours / theirs for ours, theirs in zip(table[learned], table[best], strict=True)]
+                pairs = list(zip(table[learned], table[best], strict=True))
+                ratios = [ours / theirs for ours, theirs in pairs]
+                differences = " / ".join(f"{ours - theirs:+.2f}" for ours, theirs in pairs)
                 gap = statistics.fmean(table[best]) - statistics.fmean(table[learned])
                 spread = max(max(v) - min(v) for v in (table[best], table[learned]))
                 print(
                     f"| {protocol} | {learned} {summary(table[learned])} | {best} {summary(table[best])} | "
                     f"{statistics.fmean(table[learned]) / statistics.fmean(table[best]):.3f} | "
-                    f"{min(ratios):.3f}-{max(ratios):.3f} | {'yes' if gap > spread else 'no'} |"
+                    f"{min(ratios):.3f}-{max(ratios):.3f} | {differences} | {'yes' if gap > spread else 'no'} |"
                 )
         print()
 
