@@ -6,10 +6,13 @@ default once more with each mechanism of the "weighted" norm switched off (its a
     python scripts/suite.py tables docs/bench/suite
 
 ``run`` appends one JSON line per bundle, order, shift, method and corruption to
-``OUT/cells.jsonl`` and skips what is there, so a killed run resumes; every stream is continual
-(no reset between corruptions), evaluated online. ``tables`` writes ``OUT/tables.md``: the suite
-table, the cells where the default is worse than the source, the default's share of the best
-method's gain per bundle, and the ablation.
+``OUT/cells.jsonl``: the errors, the history's events and which images were predicted right
+(``correct``: one bit per image in the stream's order, packed, in hex). It skips what is there,
+so a killed run resumes; a line without ``correct`` (written before it was recorded) is run
+again and replaced. Every stream is continual (no reset between corruptions), evaluated online.
+``tables`` writes ``OUT/tables.md``: the suite table, the cells where the default is worse than
+the source (and those worse beyond chance: a one-sided exact sign test on the images the two
+predict differently), the default's share of the best method's gain per bundle, and the ablation.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
+from scipy.stats import binomtest
 
 from tta_cli.bench.protocols import bench_method, run_method
 from tta_cli.bench.streams import build_streams
@@ -56,6 +60,8 @@ SWITCHES = (
 """The weighted norm's mechanisms (``WeightedNormConfig``); ``auto-without-X`` runs the default
 with X off."""
 CELLS = "cells.jsonl"
+SIGNIFICANCE = 0.05
+"""The level of the sign test that calls a cell worse than the source beyond chance."""
 
 app = typer.Typer(add_completion=False)
 
@@ -68,6 +74,7 @@ def run(
     num_examples: Annotated[int, typer.Option(help="Images per corruption.")] = 200,
     orders: Annotated[str, typer.Option(help="Comma-separated names of ORDERS.")] = ",".join(ORDERS),
     shifts: Annotated[str, typer.Option(help="Comma-separated names of SHIFTS.")] = ",".join(SHIFTS),
+    methods: Annotated[str, typer.Option(help="Comma-separated names of METHODS.")] = ",".join(METHODS),
     ablation: Annotated[bool, typer.Option(help="Also run the default with each mechanism off.")] = True,
     seed: int = 0,
     device: str = "cpu",
@@ -75,7 +82,7 @@ def run(
 ) -> None:
     """Run every cell not yet in OUT/cells.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
-    done = {_key(row) for row in _rows(out)}
+    done = {_key(row) for row in _rows(out) if "correct" in row}
     target = resolve_device(device)
     for path in bundle:
         loaded = load_bundle(path)
@@ -88,7 +95,7 @@ def run(
             for order in orders.split(","):
                 kind, batch_size = ORDERS[order]
                 streams = [stream.reordered(kind, seed) for stream in built]
-                for name, weighted_norm in _variants(loaded, ablation):
+                for name, weighted_norm in _variants(loaded, methods.split(","), ablation):
                     cell = {"bundle": loaded.spec.name, "order": order, "shift": shift, "method": name}
                     if _key(cell) in done:
                         continue
@@ -97,17 +104,21 @@ def run(
                     results = run_method(
                         loaded, method, streams, "continual", batch_size, target, weighted_norm=weighted_norm
                     )
-                    with (out / CELLS).open("a") as file:
-                        for result in results:
-                            row = {**cell, "corruption": result.corruption, "images": result.images}
-                            row |= {"errors": result.errors, "events": dict(result.notes)}
-                            file.write(json.dumps(row) + "\n")
+                    rows = [
+                        {**cell, "corruption": result.corruption, "images": result.images, "errors": result.errors}
+                        | {"events": dict(result.notes), "correct": _pack(list(result.correct.values()))}
+                        for result in results
+                    ]
+                    _replace(out, _key(cell), rows)
                     mean = np.mean([result.error_percent for result in results])
                     typer.echo(f"{loaded.spec.name} {order} {shift} {name}: {mean:.2f} % error")
 
 
-def _variants(bundle: Bundle, ablation: bool) -> Iterator[tuple[str, WeightedNormConfig | None]]:
-    for name in METHODS:
+def _variants(bundle: Bundle, methods: list[str], ablation: bool) -> Iterator[tuple[str, WeightedNormConfig | None]]:
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(sorted(unknown))} not in {', '.join(METHODS)}.")
+    for name in methods:
         yield name, None
     if ablation and bench_method("auto", bundle).norm == "weighted":
         for switch in SWITCHES:
@@ -116,6 +127,23 @@ def _variants(bundle: Bundle, ablation: bool) -> Iterator[tuple[str, WeightedNor
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
     return row["bundle"], row["order"], row["shift"], row["method"]
+
+
+def _pack(correct: list[bool]) -> str:
+    return np.packbits(np.array(correct, dtype=bool)).tobytes().hex()
+
+
+def _unpack(packed: str, images: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(packed), dtype=np.uint8), count=images).astype(bool)
+
+
+def _replace(out: Path, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as the cells of ``key``, instead of any written before (atomically)."""
+    kept = [row for row in _rows(out) if _key(row) != key]
+    path = out / CELLS
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(json.dumps(row) + "\n" for row in [*kept, *rows]))
+    partial.replace(path)
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:
@@ -127,13 +155,17 @@ def _rows(out: Path) -> list[dict[str, Any]]:
 def tables(out: Annotated[Path, typer.Argument(help="The folder `run` wrote.")]) -> None:
     """Write OUT/tables.md from OUT/cells.jsonl."""
     rows = _rows(out)
+    if not rows:
+        raise typer.BadParameter(f"{out / CELLS} holds no cells; `run` writes them.")
     error: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
     for row in rows:
         error[_key(row)][row["corruption"]] = 100 * row["errors"] / row["images"]
+    error = dict(error)  # a method a stream did not run is missing, not empty
+    by_cell = {(*_key(row), row["corruption"]): row for row in rows}
     bundles = list(dict.fromkeys(row["bundle"] for row in rows))
     lines = ["# The development suite", "", f"Written by `python scripts/suite.py tables {out}`.", ""]
     lines += _suite_table(error, bundles)
-    lines += _worse_table(error, bundles)
+    lines += _worse_table(error, bundles, by_cell)
     lines += _share_table(error, bundles)
     lines += _ablation_table(error, bundles)
     (out / "tables.md").write_text("\n".join(lines) + "\n")
@@ -147,12 +179,13 @@ def _mean(errors: dict[str, float]) -> float:
 def _cells(error: dict[tuple[str, ...], dict[str, float]], bundle: str) -> Iterator[tuple[str, str]]:
     for order in ORDERS:
         for shift in SHIFTS:
-            if (bundle, order, shift, "auto") in error:
+            if (bundle, order, shift, "source") in error and (bundle, order, shift, "auto") in error:
                 yield order, shift
 
 
 def _best(error: dict[tuple[str, ...], dict[str, float]], bundle: str, order: str, shift: str) -> str:
-    return min(METHODS, key=lambda name: _mean(error[bundle, order, shift, name]))
+    ran = [name for name in METHODS if (bundle, order, shift, name) in error]
+    return min(ran, key=lambda name: _mean(error[bundle, order, shift, name]))
 
 
 def _suite_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
@@ -164,30 +197,50 @@ def _suite_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[s
     ]
     for bundle in bundles:
         for order, shift in _cells(error, bundle):
-            means = " | ".join(f"{_mean(error[bundle, order, shift, name]):.2f}" for name in METHODS)
+            means = " | ".join(
+                f"{_mean(error[key]):.2f}" if (key := (bundle, order, shift, name)) in error else "–"
+                for name in METHODS
+            )
             lines.append(f"| {bundle} | {order} | {shift} | {means} | {_best(error, bundle, order, shift)} |")
     return [*lines, ""]
 
 
-def _worse_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
+def _worse_table(
+    error: dict[tuple[str, ...], dict[str, float]], bundles: list[str], rows: dict[tuple[str, ...], dict[str, Any]]
+) -> list[str]:
     lines = [
         "## Cells (one corruption of one stream) where the default has more errors than the source",
         "",
-        "| bundle | cells | worse | which (error of source → default) |",
-        "|---|---|---|---|",
+        f"Beyond chance: a one-sided exact sign test, at {SIGNIFICANCE}, on the images that one of the two",
+        "predicts right and the other wrong (p in brackets; n/a where a cell has no per-image record).",
+        "",
+        "| bundle | cells | worse | worse beyond chance | which (error of source → default, p) |",
+        "|---|---|---|---|---|",
     ]
     for bundle in bundles:
-        total, worse = 0, []
+        total, worse, significant = 0, [], 0
         for order, shift in _cells(error, bundle):
             source, default = error[bundle, order, shift, "source"], error[bundle, order, shift, "auto"]
             total += len(default)
-            worse += [
-                f"{order} {shift} {name} {source[name]:.1f} → {value:.1f}"
-                for name, value in default.items()
-                if value > source[name]
-            ]
-        lines.append(f"| {bundle} | {total} | {len(worse)} | {'; '.join(worse)} |")
+            for name, value in default.items():
+                if value > source[name]:
+                    p = _sign_test(rows[bundle, order, shift, "source", name], rows[bundle, order, shift, "auto", name])
+                    significant += p is not None and p < SIGNIFICANCE
+                    shown = "n/a" if p is None else f"{p:.2g}"
+                    worse.append(f"{order} {shift} {name} {source[name]:.1f} → {value:.1f} ({shown})")
+        lines.append(f"| {bundle} | {total} | {len(worse)} | {significant} | {'; '.join(worse)} |")
     return [*lines, ""]
+
+
+def _sign_test(source: dict[str, Any], default: dict[str, Any]) -> float | None:
+    """The chance that the default, no worse than the source, loses at least as many of the images
+    they disagree on as it did; None without both per-image records."""
+    if "correct" not in source or "correct" not in default:
+        return None
+    right = _unpack(source["correct"], source["images"])
+    right_default = _unpack(default["correct"], default["images"])
+    lost, won = int((right & ~right_default).sum()), int((~right & right_default).sum())
+    return float(binomtest(lost, lost + won, 0.5, alternative="greater").pvalue) if lost + won else 1.0
 
 
 def _share_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:

@@ -87,3 +87,46 @@ def test_seed_table_leaves_out_a_method_some_seed_lacks(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "left out: mgtta." in result.stdout
     assert "| reset | 44.50 ± 1.00 | 43.50 ± 1.00 |" in result.stdout
+
+
+def suite_cell(method: str, corruption: str, wrong: list[int], images: int = 40) -> dict[str, object]:
+    correct = [index not in wrong for index in range(images)]
+    packed = bytes(
+        sum(bit << (7 - index % 8) for index, bit in enumerate(correct[at : at + 8])) for at in range(0, images, 8)
+    )
+    key = {"bundle": "tiny", "order": "shuffled-b64", "shift": "severity5", "method": method}
+    return key | {"corruption": corruption, "images": images, "errors": len(wrong), "correct": packed.hex()}
+
+
+def test_suite_tables_tell_cells_worse_beyond_chance(tmp_path: Path) -> None:
+    # fog: the default loses 10 images the source has right and wins none (p = 2^-10);
+    # snow: it loses 6 and wins 5 (one image worse, no evidence).
+    cells = [suite_cell(method, "fog", []) for method in ("source", "norm", "tent", "sar")]
+    cells += [suite_cell("auto", "fog", list(range(10)))]
+    cells += [suite_cell(method, "snow", list(range(5))) for method in ("source", "norm", "tent", "sar")]
+    cells += [suite_cell("auto", "snow", list(range(5, 11)))]
+    (tmp_path / "cells.jsonl").write_text("".join(json.dumps(cell) + "\n" for cell in cells))
+    result = script("suite.py", "tables", tmp_path)
+    assert result.returncode == 0, result.stderr
+    worse = next(line for line in result.stdout.splitlines() if line.startswith("| tiny | 2 |"))
+    assert worse.startswith("| tiny | 2 | 2 | 1 |")
+    assert "fog 0.0 → 25.0 (0.00098)" in worse and "snow 12.5 → 15.0 (0.5)" in worse
+
+
+def test_suite_run_records_each_image_and_replaces_rows_without(bundle_path: Path, tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "test", per_class=2)
+    out = tmp_path / "suite"
+    out.mkdir()
+    stale = {"bundle": "tiny", "order": "shuffled-b64", "shift": "severity1", "method": "source"}
+    (out / "cells.jsonl").write_text(json.dumps(stale | {"corruption": "fog", "images": 6, "errors": 6}) + "\n")
+    options = ["--orders", "shuffled-b64", "--shifts", "severity1", "--methods", "source,auto", "--no-ablation"]
+    result = script("suite.py", "run", "--bundle", bundle_path, "--data", data, "--out", out, *options)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+    assert sorted({row["method"] for row in rows}) == ["auto", "source"]
+    assert len(rows) == 2 * 15 and all(row["images"] == 6 and len(row["correct"]) == 2 for row in rows)
+    # The row without a per-image record was run again, not kept beside the new one.
+    assert sum(row["method"] == "source" and row["corruption"] == "fog" for row in rows) == 1
+    tables = script("suite.py", "tables", out)
+    assert tables.returncode == 0, tables.stderr
+    assert "| tiny | shuffled-b64 | severity1 | " in tables.stdout and " | – | – | – | " in tables.stdout
