@@ -24,7 +24,9 @@ def main(files: Annotated[list[Path], typer.Argument(help="mgg.safetensors files
             f"(training {meta['train_step_size']:g}), batch {meta['batch_size']}, unroll {meta.get('unroll', 1)}, "
             f"{meta['num_images']} training images, {meta.get('passes', 1)} pass(es) per episode, "
             f"{meta['eval_images']} evaluation images per shift, generator lr {meta['lr']:g}, memory {meta['memory']}, "
-            f"pull towards the source {meta.get('pull', 0.0):.3g}, {meta['seconds'] / 60:.1f} min.\n"
+            f"pull towards the source {meta.get('pull', 0.0):.3g}"
+            f"{f', step scale {scale:.3g} (learned)' if (scale := meta.get('scale')) and meta.get('scaled') else ''}, "
+            f"{meta['seconds'] / 60:.1f} min.\n"
         )
         tent = meta.get("tent_accuracy")
         print(

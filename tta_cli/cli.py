@@ -653,6 +653,9 @@ def train_mgg(
     anchor: Annotated[
         bool, typer.Option("--anchor/--no-anchor", help="Learn a pull of θ back towards the source.")
     ] = True,
+    scale: Annotated[
+        bool, typer.Option("--scale/--no-scale", help="Learn a factor of every step (α·e^s), from 1.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed (deterministic on a given device).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -690,6 +693,7 @@ def train_mgg(
             harmonizer=harmonizer,
             memory=memory,
             anchored=anchor,
+            scaled=scale,
             on_progress=show,
         )
     finally:

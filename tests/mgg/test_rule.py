@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,21 @@ def test_an_anchored_generator_needs_an_anchor_and_keeps_its_pull_in_the_file(tm
     # Unanchored: no pull, whatever anchor is given.
     plain = MGGRule(make_generator(), anchor=torch.zeros(3))
     assert plain.anchor is None and float(plain.generator.pull()) == 0.0
+
+
+def test_a_scaled_generator_multiplies_every_step_and_keeps_its_scale_in_the_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = MetaGradientGenerator()
+    scaled = MetaGradientGenerator(scaled=True)
+    scaled.load_state_dict(plain.state_dict() | {"scale_weight": torch.tensor(math.log(3.0))})
+    features = torch.randn(40, 2)
+    assert torch.allclose(scaled(features)[0], 3 * plain(features)[0])
+    # The step's size is learned through the step, as the pull is.
+    rule = MGGRule(scaled, step_size=1e-2)
+    rule.step(torch.randn(50), gradients(1)[0]).square().sum().backward()
+    assert scaled.scale_weight is not None and scaled.scale_weight.grad is not None
+    save_generator(scaled, tmp_path / "mgg.safetensors", {})
+    loaded = load_generator(tmp_path / "mgg.safetensors")
+    assert loaded.scaled and math.isclose(float(loaded.scale()), 3.0, rel_tol=1e-6)
+    save_generator(plain, tmp_path / "plain.safetensors", {})
+    assert not load_generator(tmp_path / "plain.safetensors").scaled

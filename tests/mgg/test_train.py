@@ -114,6 +114,14 @@ def test_the_clean_images_term_reaches_the_generator(bundle_path: Path, clean_fo
     assert any(not torch.equal(first[name], second[name]) for name in first)
 
 
+def test_a_scaled_generator_learns_its_step_size(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:
+    report = train_mgg(bundle_path, clean_folder, out=tmp_path / "scaled.safetensors", scaled=True, **TINY)
+    metadata = read_metadata(report.path)
+    generator = load_generator(report.path)
+    assert metadata["scaled"] is True and metadata["scale"] == pytest.approx(generator.scale().item())
+    assert generator.scale().item() != 1.0 and generator.parameter_count() == 166
+
+
 def test_a_bundle_without_generator_says_how_to_make_one(bundle_path: Path) -> None:
     with pytest.raises(UsageError, match="train-mgg"):
         rule_for_bundle(load_bundle(bundle_path), [])

@@ -133,18 +133,27 @@ class MetaGradientGenerator(nn.Module):
     that the update rule applies (``MGGRule.step``). It starts at 0, the paper's rule, and
     pre-training moves it as far as the meta-loss asks.
 
+    ``scaled=True`` adds another, ``s``: every output is multiplied by ``e^s``, so that the bound
+    on a step, ``α·e^s`` per coordinate, is the meta-loss's choice too and not α's alone. It
+    starts at 0 (a factor of 1).
+
     >>> MetaGradientGenerator().parameter_count(), MetaGradientGenerator(memory=False).parameter_count()
     (164, 164)
+
     >>> MetaGradientGenerator(anchored=True).parameter_count(), MetaGradientGenerator(anchored=True).pull().item()
     (165, 0.0)
+    >>> MetaGradientGenerator(scaled=True).parameter_count(), MetaGradientGenerator(scaled=True).scale().item()
+    (165, 1.0)
     """
 
-    def __init__(self, hidden: int = HIDDEN, memory: bool = True, anchored: bool = False) -> None:
+    def __init__(self, hidden: int = HIDDEN, memory: bool = True, anchored: bool = False, scaled: bool = False) -> None:
         super().__init__()
         self.hidden = hidden
         self.uses_memory = memory
         self.anchored = anchored
         self.pull_weight = nn.Parameter(torch.zeros(())) if anchored else None
+        self.scaled = scaled
+        self.scale_weight = nn.Parameter(torch.zeros(())) if scaled else None
         self.body: nn.Module
         if memory:
             self.body = GradientMemory(hidden)
@@ -166,6 +175,10 @@ class MetaGradientGenerator(nn.Module):
         # early meta-gradient pushed below 0 still hears the later ones that ask for a pull.
         return weight + (weight.clamp(0.0, 1.0) - weight).detach()
 
+    def scale(self) -> torch.Tensor:
+        """``e^s``: the factor of every output (1 unscaled)."""
+        return torch.ones(()) if self.scale_weight is None else self.scale_weight.exp()
+
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
 
@@ -185,4 +198,7 @@ class MetaGradientGenerator(nn.Module):
             hidden, memory = self.body(features, memory)
         else:
             hidden = self.body(features)
-        return torch.tanh(self.output(self.output_norm(hidden))).squeeze(-1), memory
+        direction = torch.tanh(self.output(self.output_norm(hidden))).squeeze(-1)
+        if self.scale_weight is not None:
+            direction = self.scale_weight.exp() * direction
+        return direction, memory

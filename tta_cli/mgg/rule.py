@@ -169,6 +169,7 @@ def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[
         "hidden": str(generator.hidden),
         "memory": json.dumps(generator.uses_memory),
         "anchored": json.dumps(generator.anchored),
+        "scaled": json.dumps(generator.scaled),
         "training": json.dumps(metadata, sort_keys=True),
     }
     write_atomic(Path(path), save(tensors, metadata=header))
@@ -193,6 +194,7 @@ def load_generator(path: Path) -> MetaGradientGenerator:
             int(header.get("hidden", HIDDEN)),
             memory=json.loads(header["memory"]),
             anchored=json.loads(header.get("anchored", "false")),
+            scaled=json.loads(header.get("scaled", "false")),
         )
     except (KeyError, ValueError) as error:
         raise UsageError(f"{path} has an unreadable generator description; {RECREATE}.") from error

@@ -43,7 +43,8 @@ size (the public code trains at batch 2 with α = 1e-4 and deploys at batch 64 w
 statistics of two images and a tenth of the step are another regime); θ restarts from the source
 model at every epoch (its θ drifts on across epochs), and an epoch can be several passes over
 the images (``passes``), as long as the streams the generator adapts on; the pull ρ towards the
-source (from 0, learned like the other weights); checkpoints are chosen on held-out shifts of
+source (from 0, learned like the other weights) and, with ``scaled``, a learned factor ``e^s`` of
+every step (``s`` at ``SCALE_LR_FACTOR`` times the generator's rate); checkpoints are chosen on held-out shifts of
 training images of the same classes rather than on ImageNet-C's validation corruptions.
 """
 
@@ -80,6 +81,10 @@ from tta_cli.streams import Batch, Preprocess
 from tta_cli.version import __version__
 
 META_OBJECTIVES: tuple[str, ...] = get_args(MetaObjectiveName)
+
+
+SCALE_LR_FACTOR = 10.0
+"""How much faster than the generator's other weights the log of the step's scale learns."""
 
 
 @dataclass
@@ -196,6 +201,7 @@ def train_mgg(
     harmonizer: str = "gh++",
     memory: bool = True,
     anchored: bool = True,
+    scaled: bool = False,
     eval_images: int = 1024,
     eval_batch_size: int = 64,
     step_size: float = DEFAULT_STEP_SIZE,
@@ -263,7 +269,7 @@ def train_mgg(
         # and their meta-gradient comes from gradients over θ that are already the whole batch's
         # and the same on every process (all-reduce hands each the same sum), so every process's
         # Adam takes the same step.
-        generator = MetaGradientGenerator(memory=memory, anchored=anchored).to(parallel.device)
+        generator = MetaGradientGenerator(memory=memory, anchored=anchored, scaled=scaled).to(parallel.device)
         baselines = {
             "source_accuracy": trainer.source_accuracy(),
             "norm_accuracy": trainer.norm_accuracy(),
@@ -271,7 +277,7 @@ def train_mgg(
         }
         # cuDNN may otherwise pick non-deterministic kernels for the backward passes; no effect on a CPU.
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
-            optimizer = torch.optim.Adam(generator.parameters(), lr=lr)
+            optimizer = torch.optim.Adam(_parameter_groups(generator, lr))
             history = trainer.fit(generator, optimizer, epochs, seed, on_progress)
         trainer.close()
         generator.load_state_dict(history.best_state)
@@ -304,6 +310,8 @@ def train_mgg(
             "memory": memory,
             "anchored": anchored,
             "pull": generator.pull().item(),
+            "scaled": scaled,
+            "scale": generator.scale().item(),
             "parameters": generator.parameter_count(),
             "device": str(parallel.device),
             "world_size": parallel.world_size,
@@ -572,6 +580,16 @@ def _one_shift_at_a_time(shifts: Sequence[str], order: random.Random) -> list[in
 def _report(on_progress: Callable[[TrainProgress], None] | None, progress: TrainProgress) -> None:
     if on_progress is not None:
         on_progress(progress)
+
+
+def _parameter_groups(generator: MetaGradientGenerator, lr: float) -> list[dict[str, Any]]:
+    """Every weight at ``lr``, the log of the step's scale at ``SCALE_LR_FACTOR · lr``: Adam
+    moves a weight by about its rate per meta-step, and a pre-training of some 200 meta-steps at
+    1e-3 could change the step's size by a fifth at most; at ten times the rate, up to e² either way."""
+    scale = generator.scale_weight
+    others = [parameter for parameter in generator.parameters() if parameter is not scale]
+    groups: list[dict[str, Any]] = [{"params": others, "lr": lr}]
+    return groups if scale is None else [*groups, {"params": [scale], "lr": SCALE_LR_FACTOR * lr}]
 
 
 def _check_sizes(
