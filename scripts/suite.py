@@ -5,7 +5,7 @@ default once more with each mechanism of the "weighted" norm switched off (its a
     python scripts/suite.py run --bundle B1 --bundle B2 --data CIFAR10/test --out docs/bench/suite
     python scripts/suite.py tables docs/bench/suite
 
-``run`` appends one JSON line per bundle, order, shift, method and corruption to
+``run`` writes one JSON line per bundle, order, shift, method and corruption to
 ``OUT/cells.jsonl``: the errors, the history's events and which images were predicted right
 (``correct``: one bit per image in the stream's order, packed, in hex). It skips what is there,
 so a killed run resumes; a line without ``correct`` (written before it was recorded) is run
@@ -81,6 +81,9 @@ def run(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of corrupted streams.")] = None,
 ) -> None:
     """Run every cell not yet in OUT/cells.jsonl."""
+    unknown = set(methods.split(",")) - set(METHODS)
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(sorted(unknown))} not in {', '.join(METHODS)}.")
     out.mkdir(parents=True, exist_ok=True)
     done = {_key(row) for row in _rows(out) if "correct" in row}
     target = resolve_device(device)
@@ -115,9 +118,6 @@ def run(
 
 
 def _variants(bundle: Bundle, methods: list[str], ablation: bool) -> Iterator[tuple[str, WeightedNormConfig | None]]:
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise typer.BadParameter(f"{', '.join(sorted(unknown))} not in {', '.join(METHODS)}.")
     for name in methods:
         yield name, None
     if ablation and bench_method("auto", bundle).norm == "weighted":
@@ -212,23 +212,25 @@ def _worse_table(
         "## Cells (one corruption of one stream) where the default has more errors than the source",
         "",
         f"Beyond chance: a one-sided exact sign test, at {SIGNIFICANCE}, on the images that one of the two",
-        "predicts right and the other wrong (p in brackets; n/a where a cell has no per-image record).",
+        "predicts right and the other wrong. Each cell: error (%) of the source → the default, and p (n/a",
+        "where a cell has no per-image record).",
         "",
-        "| bundle | cells | worse | worse beyond chance | which (error of source → default, p) |",
-        "|---|---|---|---|---|",
+        "| bundle | cells | worse | of them with per-image records | beyond chance | which (source → default, p) |",
+        "|---|---|---|---|---|---|",
     ]
     for bundle in bundles:
-        total, worse, significant = 0, [], 0
+        total, worse, tested, significant = 0, [], 0, 0
         for order, shift in _cells(error, bundle):
             source, default = error[bundle, order, shift, "source"], error[bundle, order, shift, "auto"]
             total += len(default)
             for name, value in default.items():
                 if value > source[name]:
                     p = _sign_test(rows[bundle, order, shift, "source", name], rows[bundle, order, shift, "auto", name])
+                    tested += p is not None
                     significant += p is not None and p < SIGNIFICANCE
                     shown = "n/a" if p is None else f"{p:.2g}"
                     worse.append(f"{order} {shift} {name} {source[name]:.1f} → {value:.1f} ({shown})")
-        lines.append(f"| {bundle} | {total} | {len(worse)} | {significant} | {'; '.join(worse)} |")
+        lines.append(f"| {bundle} | {total} | {len(worse)} | {tested} | {significant} | {'; '.join(worse)} |")
     return [*lines, ""]
 
 

@@ -109,7 +109,7 @@ def test_suite_tables_tell_cells_worse_beyond_chance(tmp_path: Path) -> None:
     result = script("suite.py", "tables", tmp_path)
     assert result.returncode == 0, result.stderr
     worse = next(line for line in result.stdout.splitlines() if line.startswith("| tiny | 2 |"))
-    assert worse.startswith("| tiny | 2 | 2 | 1 |")
+    assert worse.startswith("| tiny | 2 | 2 | 2 | 1 |")
     assert "fog 0.0 → 25.0 (0.00098)" in worse and "snow 12.5 → 15.0 (0.5)" in worse
 
 
