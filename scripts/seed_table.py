@@ -28,7 +28,8 @@ ORDER = (*FIRST, *(name for name in METHODS if name not in FIRST))
 
 def load(out: Path) -> dict[str, dict[int, dict]]:
     """bundle → seed → one bench.json, merged over the runs in OUT/seedS/BUNDLE and its subfolders
-    (one run per method, or one for several); their streams must be the same."""
+    (one run per method, or one for several); their streams must be the same. A method's own
+    subfolder comes after the bundle folder's run, so its figures replace that run's."""
     runs: dict[str, dict[int, dict]] = {}
     for path in sorted(out.glob("seed*/*/**/bench.json")):
         bundle_dir = next(parent for parent in path.parents if parent.parent.name.startswith("seed"))

@@ -89,6 +89,14 @@ def test_seed_table_leaves_out_a_method_some_seed_lacks(tmp_path: Path) -> None:
     assert "| reset | 44.50 ± 1.00 | 43.50 ± 1.00 |" in result.stdout
 
 
+def test_seed_table_takes_a_methods_own_run_over_the_bundles(tmp_path: Path) -> None:
+    write_bench(tmp_path / "seed0" / "bundle", {"source": 44.0, "mgtta": 40.0}, seed=0)
+    write_bench(tmp_path / "seed0" / "bundle" / "mgtta", {"mgtta": 38.0}, seed=0)
+    result = script("seed_table.py", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| reset | 44.00 ± 0.00 | 38.00 ± 0.00 |" in result.stdout
+
+
 def suite_cell(method: str, corruption: str, wrong: list[int], images: int = 40) -> dict[str, object]:
     correct = [index not in wrong for index in range(images)]
     packed = bytes(
