@@ -55,7 +55,9 @@ def main(data: Path) -> None:
                 results = run_method(bundle, bench_method(name, bundle), streams, protocol, 64, torch.device("cpu"))
                 errors[protocol] = np.mean([result.error_percent for result in results])
             near = float((torch.cat(outputs) > 0.9).float().mean())
-            print(f"| {name} | {alpha:g} | {errors['reset']:.2f} | {errors['continual']:.2f} | {near:.2f} |", flush=True)
+            print(
+                f"| {name} | {alpha:g} | {errors['reset']:.2f} | {errors['continual']:.2f} | {near:.2f} |", flush=True
+            )
 
 
 if __name__ == "__main__":
