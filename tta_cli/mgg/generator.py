@@ -199,6 +199,4 @@ class MetaGradientGenerator(nn.Module):
         else:
             hidden = self.body(features)
         direction = torch.tanh(self.output(self.output_norm(hidden))).squeeze(-1)
-        if self.scale_weight is not None:
-            direction = self.scale_weight.exp() * direction
-        return direction, memory
+        return (self.scale() * direction if self.scaled else direction), memory

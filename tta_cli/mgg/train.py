@@ -44,8 +44,9 @@ statistics of two images and a tenth of the step are another regime); θ restart
 model at every epoch (its θ drifts on across epochs), and an epoch can be several passes over
 the images (``passes``), as long as the streams the generator adapts on; the pull ρ towards the
 source (from 0, learned like the other weights) and, with ``scaled``, a learned factor ``e^s`` of
-every step (``s`` at ``SCALE_LR_FACTOR`` times the generator's rate); checkpoints are chosen on held-out shifts of
-training images of the same classes rather than on ImageNet-C's validation corruptions.
+every step (``s`` at ``SCALE_LR_FACTOR`` times the generator's rate); checkpoints are chosen on
+held-out shifts of training images of the same classes rather than on ImageNet-C's validation
+corruptions.
 """
 
 from __future__ import annotations
@@ -585,7 +586,8 @@ def _report(on_progress: Callable[[TrainProgress], None] | None, progress: Train
 def _parameter_groups(generator: MetaGradientGenerator, lr: float) -> list[dict[str, Any]]:
     """Every weight at ``lr``, the log of the step's scale at ``SCALE_LR_FACTOR · lr``: Adam
     moves a weight by about its rate per meta-step, and a pre-training of some 200 meta-steps at
-    1e-3 could change the step's size by a fifth at most; at ten times the rate, up to e² either way."""
+    1e-3 could change the step's size by a fifth at most; at ten times the rate, by up to e²
+    either way."""
     scale = generator.scale_weight
     others = [parameter for parameter in generator.parameters() if parameter is not scale]
     groups: list[dict[str, Any]] = [{"params": others, "lr": lr}]
