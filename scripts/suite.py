@@ -81,7 +81,8 @@ def run(
     cache_dir: Annotated[Path | None, typer.Option(help="Cache of corrupted streams.")] = None,
 ) -> None:
     """Run every cell not yet in OUT/cells.jsonl."""
-    unknown = set(methods.split(",")) - set(METHODS)
+    chosen = methods.split(",")
+    unknown = set(chosen) - set(METHODS)
     if unknown:
         raise typer.BadParameter(f"{', '.join(sorted(unknown))} not in {', '.join(METHODS)}.")
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def run(
             for order in orders.split(","):
                 kind, batch_size = ORDERS[order]
                 streams = [stream.reordered(kind, seed) for stream in built]
-                for name, weighted_norm in _variants(loaded, methods.split(","), ablation):
+                for name, weighted_norm in _variants(loaded, chosen, ablation):
                     cell = {"bundle": loaded.spec.name, "order": order, "shift": shift, "method": name}
                     if _key(cell) in done:
                         continue
