@@ -106,10 +106,13 @@ class WeightedNormConfig(BaseModel):
     )
     confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
     confidence_near_source: bool = Field(
-        True, description="and only for a batch whose first-layer statistics lie near the source's"
+        True, description="and only for a batch whose images look typical of the source's (the bundle's typicality)"
     )
     near_source: float = Field(
-        0.5, gt=0, description="how near: 0.5 is the divergence of a shift of the mean by one source std"
+        0.5,
+        gt=0,
+        description="a jump's distance, and the return's for a bundle without typicality: 0.5 is the divergence "
+        "of a shift of the mean by one source std",
     )
     deferral: bool = Field(True, description="on a mild shift the source's statistics predict, without steps")
     agreement: float = Field(0.9, ge=0, le=1, description="share of unchanged predictions above which a shift is mild")

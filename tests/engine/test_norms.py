@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 from tests.bench.test_sar import entropy_method
 from tests.conftest import CLASSES, MEAN, STD, write_image_folder
 from tests.engine.test_adapter import first_batch, make_adapter
+from tests.models.test_typicality import source_like
 from tta_cli.bench.protocols import bench_adapter
 from tta_cli.config import WeightedNormConfig, load_config
 from tta_cli.engine.build import resolve_method
@@ -22,6 +24,7 @@ from tta_cli.engine.norms.weighted import MORE_CONFIDENT
 from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
+from tta_cli.models.typicality import measure_typicality
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
 # One channel, four values: batch mean 2, biased variance (9 + 1 + 1 + 9) / 4 = 5.
@@ -420,6 +423,35 @@ def test_a_confident_source_far_from_its_own_statistics_is_no_reason_to_return()
         feed(model, weights, shift + torch.randn(64, 8, 4, 4, generator=generator))
         assert (weights.source_divergence <= 0.5) is (shift < 1)
         prediction = weights.second_look(lambda: confident, uncertain)
+        assert (weights.returns == 1) is returns and prediction.learn is not returns
+
+
+def looked(model: nn.Module, batch: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """A second look that runs ``model`` on ``batch`` and predicts ``logits``."""
+    model(batch)
+    return logits
+
+
+def test_a_collapse_is_told_from_one_scene_by_how_typical_its_images_are() -> None:
+    """Source images vary in brightness (std 2 per channel) around 0. One scene lies far from
+    the pooled statistics (divergence 2 at the first layer) but each of its images is typical;
+    strong noise lies near them (0.25) but none of its images is. With the bundle's typicality
+    the confidence return follows the images, not the batch's statistics."""
+    confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
+    uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 4)
+    generator = torch.Generator().manual_seed(0)
+    source = six_layer_model().eval()
+    source[0].running_var.fill_(5.0)
+    typicality = measure_typicality(source, (source_like(100, generator) for _ in range(8)))
+    scene = source_like(1, generator).expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 8, 4, 4, generator=generator)
+    noisy = source_like(64, generator, noise=3.0)
+    cases = ((scene, True, True), (noisy, True, False), (scene, False, False), (noisy, False, True))
+    for batch, measured, returns in cases:
+        model = copy.deepcopy(source)
+        weights = WeightedNorm(model, typicality=typicality if measured else None)
+        feed(model, weights, batch)
+        assert (weights.source_divergence > 0.5) is (batch is scene)
+        prediction = weights.second_look(functools.partial(looked, model, batch, confident), uncertain)
         assert (weights.returns == 1) is returns and prediction.learn is not returns
 
 

@@ -76,7 +76,8 @@ def build_adapter(
     guard_ = Guard(guard_config, bundle.spec.num_classes, compare_with_source=not method.updates)
     # The harm signal's reference: a copy of the source model, before the norm configures it.
     reference = copy.deepcopy(model).requires_grad_(False) if guard_.watches_harm and method.updates else None
-    norm = make_norm(method.norm if method.batch_statistics else None, model, bundle.spec.num_classes, weighted_norm)
+    norm_name = method.norm if method.batch_statistics else None
+    norm = make_norm(norm_name, model, bundle.spec.num_classes, weighted_norm, bundle.typicality)
     if reference is not None:
         norm.attach_reference(reference)
     built = (OBJECTIVES[name](bundle, **method.objective_options.get(name, {})) for name in method.objectives)

@@ -22,6 +22,7 @@ from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
 from tta_cli.models.architectures import build_architecture
+from tta_cli.models.typicality import Typicality
 from tta_cli.streams.framing import Framing
 
 MODEL_FILE = "model.toml"
@@ -84,6 +85,9 @@ class Bundle:
     model: nn.Module
     source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]]
     weights_sha256: str
+    typicality: Typicality | None = None
+    """How typical of the source's images a batch looks to the shallow BatchNorm layers, where
+    ``prepare`` measured it (``tta_cli.models.typicality``)."""
     fisher: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     """EATA's Fisher diagonal and source value per adapted parameter, when measured on clean
     source images for this session (``tta_cli.objectives.measure_fisher``); not stored in the folder."""
@@ -123,7 +127,8 @@ def load_bundle(path: Path) -> Bundle:
         if f"{layer}.mean" not in stats or f"{layer}.std" not in stats:
             raise UsageError(f"{path / SOURCE_STATS_FILE} has no statistics for feature layer {layer!r}.")
         source_stats[layer] = (stats[f"{layer}.mean"], stats[f"{layer}.std"])
-    return Bundle(path, spec, model, source_stats, file_sha256(weights_file))
+    typicality = Typicality.from_tensors(stats)
+    return Bundle(path, spec, model, source_stats, file_sha256(weights_file), typicality)
 
 
 def file_sha256(path: Path) -> str:

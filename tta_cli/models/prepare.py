@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tta_cli.models.bundle import (
 from tta_cli.models.checkpoints import load_state_dict
 from tta_cli.models.features import default_feature_layers, record_features
 from tta_cli.models.pretrained import pretrained_preprocessing
+from tta_cli.models.typicality import measure_typicality
 from tta_cli.streams import Batch, FolderStream, Framing, Preprocess, batches
 
 FRAMING_DEFAULTS = {
@@ -63,7 +64,8 @@ def prepare_bundle(
     bilinear resize to 32×32; ``mean`` and ``std`` of any other architecture must be given. The
     source statistics are the mean and standard deviation of each feature layer's pooled output
     over up to ``num_images`` clean images (spread over the whole folder), framed as the bundle
-    says, with the model in eval mode.
+    says, with the model in eval mode, and how typical of them an image looks to the shallow
+    BatchNorm layers (``tta_cli.models.typicality``).
     """
     source_data = Path(source_data)
     if not source_data.is_dir():
@@ -97,8 +99,14 @@ def prepare_bundle(
     if not layers:
         raise UsageError("Could not find feature layers; name them with --feature-layers.")
 
-    stream = FolderStream(source_data, framing, class_names, order="shuffled", seed=0, limit=num_images)
-    stats = measure_source_stats(model, layers, batches(stream, batch_size, Preprocess(mean, std)))
+    def source_batches() -> Iterator[Batch]:
+        stream = FolderStream(source_data, framing, class_names, order="shuffled", seed=0, limit=num_images)
+        return batches(stream, batch_size, Preprocess(mean, std))
+
+    stats = measure_source_stats(model, layers, source_batches())
+    typicality = measure_typicality(model, (batch.images for batch in source_batches()))
+    if typicality is not None:
+        stats |= typicality.tensors()
     spec = ModelSpec(
         name=name or out.name,
         architecture=architecture,

@@ -19,6 +19,7 @@ from tta_cli.engine.norms.layers import configure_layers, robust_forward
 from tta_cli.engine.norms.simple import BatchStatistics, RenormalisedNorm, RobustNorm, SourceNorm, tbr_forward
 from tta_cli.engine.norms.weighted import WeightedNorm
 from tta_cli.errors import UsageError
+from tta_cli.models.typicality import Typicality
 
 NORMS: dict[str, type[Norm]] = {
     norm.name: norm for norm in (BatchStatistics, RobustNorm, RenormalisedNorm, BalancedNorm, WeightedNorm)
@@ -29,13 +30,18 @@ SMOOTHED = tuple(name for name, norm in NORMS.items() if norm.smoothed)
 
 
 def make_norm(
-    name: str | None, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig | None = None
+    name: str | None,
+    model: nn.Module,
+    num_classes: int,
+    weighted_norm: WeightedNormConfig | None = None,
+    typicality: Typicality | None = None,
 ) -> Norm:
-    """The normalisation ``name`` over ``model``'s layers; ``None``: eval mode, the source's statistics."""
+    """The normalisation ``name`` over ``model``'s layers; ``None``: eval mode, the source's
+    statistics. ``typicality`` is the bundle's, where ``prepare`` measured it."""
     if name is not None and name not in NORMS:
         raise UsageError(f"Unknown normalisation {name!r}; choose one of {', '.join(NORMS)}.")
     norm = NORMS[name] if name is not None else SourceNorm
-    return norm.create(model, num_classes, weighted_norm or WeightedNormConfig())
+    return norm.create(model, num_classes, weighted_norm or WeightedNormConfig(), typicality)
 
 
 def use_norm(model: nn.Module, name: str | None) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from tta_cli.config import WeightedNormConfig
 from tta_cli.engine.norms.base import Norm, Prediction
 from tta_cli.engine.norms.layers import batch_norm_layers, robust_forward, set_rate
+from tta_cli.models.typicality import Typicality
 
 RATES = (0.05, 0.5)
 """The slowest and the fastest rate."""
@@ -57,7 +58,9 @@ class BalancedNorm(Norm):
         """The layers whose rate it sets: the model's and the guard's reference's."""
 
     @classmethod
-    def create(cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig) -> BalancedNorm:
+    def create(
+        cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig, typicality: Typicality | None
+    ) -> BalancedNorm:
         return cls(model, num_classes)
 
     def attach_reference(self, reference: nn.Module) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from tta_cli.config import WeightedNormConfig
 from tta_cli.engine.norms.layers import LayerForward, batch_norm_layers, configure_layers
 from tta_cli.events import Event
+from tta_cli.models.typicality import Typicality
 
 
 @dataclass
@@ -60,7 +61,9 @@ class Norm:
         configure_layers(model, type(self).layer_forward, self.train, self.name)
 
     @classmethod
-    def create(cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig) -> Norm:
+    def create(
+        cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig, typicality: Typicality | None
+    ) -> Norm:
         """The norm over ``model``, from what any norm may need to know."""
         return cls(model)
 

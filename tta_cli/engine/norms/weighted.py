@@ -42,13 +42,16 @@ turned back towards the source, and every estimate restarts from the source's.
 the statistics in use make the predictions less confident than the source's by more than
 ``confidence_ratio`` in mean entropy, the source's predict and every estimate restarts. A
 stream of one class (a camera on one scene) is a run of independent draws, so the design
-effect does not flag it, and its statistics normalise the class away. Such a stream is a part
-of the source's domain, so its statistics at the first layer lie within the source's own
-variation; a shift that makes the source collapse onto one class, confidently (strong sensor
-noise, very low light), does not. So the return needs the batch within ``near_source`` of the
-source's first-layer statistics (switch ``confidence_near_source``): the symmetric divergence
-below of a shift of the mean by one source standard deviation is 0.5. Confident is not
-correct: a collapsed source is confident.
+effect does not flag it, and its statistics normalise the class away. But a shift that makes
+the source collapse onto one class, confidently (strong sensor noise, very low light), looks
+the same in the predictions: confident is not correct. What tells them apart is each image: an
+image of one scene is one of the source's kind, an image under strong noise is like none of
+them. So the return needs the batch's median image typical of the source's at the shallow
+half of the layers, as the second look normalises them (switch ``confidence_near_source``;
+``tta_cli.models.typicality``: the limit leaves 99 % of the source's own images typical, measured
+by ``prepare`` on the model's clean images). A bundle prepared without it falls back on the
+batch's first-layer statistics within ``near_source`` of the source's, a constant chosen on
+the airnets that does not hold on a pre-activation ResNet (docs/benchmarks.md, "What the suite says").
 
 **deferral.** The same second look measures how much the estimates change: the share of the
 batch's predictions they leave as the source's make them and the ratio of mean entropies, both
@@ -93,6 +96,7 @@ from tta_cli.engine.norms.layers import (
 )
 from tta_cli.errors import UsageError
 from tta_cli.events import Event, EventKind
+from tta_cli.models.typicality import Typicality, image_moments
 from tta_cli.objectives.entropy import entropy
 
 FITS_SOURCE = "the batch fits them better"
@@ -105,7 +109,9 @@ class WeightedNorm(Norm):
     revisit_restores = False
     reference_reads_current = True
 
-    def __init__(self, model: nn.Module, settings: WeightedNormConfig | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, settings: WeightedNormConfig | None = None, typicality: Typicality | None = None
+    ) -> None:
         super().__init__(model)
         if not self.layers:
             raise UsageError('The model has no BatchNorm layer, so "weighted" has nothing to normalise.')
@@ -133,11 +139,25 @@ class WeightedNorm(Norm):
         """Whether the last batch was predicted with the source's statistics on a mild shift."""
         self.source_divergence = 0.0
         """How far the last batch's first-layer statistics lay from the source's."""
-        self._hook = self.layers[0].register_forward_pre_hook(self._observe)
+        self.typicality = typicality
+        self.moments: list[torch.Tensor] = []
+        """The last batch's image moments at the shallow half as the source normalises it (in the
+        second look: the deeper of these layers see what the layers before them normalised)."""
+        self.recording = False
+        self._hooks = [self.layers[0].register_forward_pre_hook(self._observe)]
+        if typicality is not None and settings.return_on_confidence and settings.confidence_near_source:
+            if len(typicality.loc) != self.shallow:
+                raise UsageError(
+                    f"The bundle's typicality covers {len(typicality.loc)} BatchNorm layers, the model's shallow half "
+                    f"has {self.shallow}; re-create the bundle with 'tta-cli prepare'."
+                )
+            self._hooks += [layer.register_forward_pre_hook(self._record) for layer in self.layers[: self.shallow]]
 
     @classmethod
-    def create(cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig) -> WeightedNorm:
-        return cls(model, weighted_norm)
+    def create(
+        cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig, typicality: Typicality | None
+    ) -> WeightedNorm:
+        return cls(model, weighted_norm, typicality)
 
     @property
     def gate(self) -> float:
@@ -178,6 +198,19 @@ class WeightedNorm(Norm):
     def _observe(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         if self.watching:
             self.observe(inputs[0])
+
+    def _record(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if self.recording:
+            self.moments.append(image_moments(inputs[0]))
+
+    @property
+    def looks_like_source(self) -> bool:
+        """Whether the last batch predicted looks like the source's images at the shallow layers:
+        its median image within the bundle's typicality limit, or for a bundle prepared without
+        one, its first-layer statistics within ``near_source`` of the source's."""
+        if self.typicality is not None and self.moments:
+            return self.typicality.typical(self.moments)
+        return self.source_divergence <= self.settings.near_source
 
     def observe(self, x: torch.Tensor) -> float:
         """Jump to ``x``'s statistics if they lie far from both the estimate's and the source's,
@@ -222,9 +255,14 @@ class WeightedNorm(Norm):
             used = [(mean.clone(), var.clone()) for mean, var in map(running_stats, self.layers)]
             for estimate in self.estimates:
                 store(estimate.layer, *estimate.source, count=False)
-            source_logits = look_again().detach()
+            self.moments.clear()
+            self.recording = True
+            try:
+                source_logits = look_again().detach()
+            finally:
+                self.recording = False
             used_entropy, source_entropy = float(entropy(logits).mean()), float(entropy(source_logits).mean())
-            near = not settings.confidence_near_source or self.source_divergence <= settings.near_source
+            near = not settings.confidence_near_source or self.looks_like_source
             less_confident = (
                 settings.return_on_confidence and near and used_entropy > settings.confidence_ratio * source_entropy
             )
@@ -318,7 +356,8 @@ class WeightedNorm(Norm):
 
     def close(self) -> None:
         """Give the layers back their plain smoothed forward."""
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         for layer in self.layers:
             if "forward" in layer.__dict__:
                 layer.forward = MethodType(robust_forward, layer)  # type: ignore[method-assign]

@@ -1,0 +1,65 @@
+"""How typical of the source's images a batch looks to the shallow BatchNorm layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tta_cli.models.typicality import MIN_IMAGES, QUANTILE, Typicality, measure_typicality, recorded_moments
+
+
+def source_like(count: int, generator: torch.Generator, noise: float = 1.0) -> torch.Tensor:
+    """Images whose brightness per channel varies from image to image (std 2) around 0, with
+    ``noise`` at every position: the source's images at ``noise`` 1."""
+    brightness = 2 * torch.randn(count, 8, 1, 1, generator=generator)
+    return brightness + noise * torch.randn(count, 8, 4, 4, generator=generator)
+
+
+def model() -> nn.Module:
+    return nn.Sequential(nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.BatchNorm2d(8)).eval()
+
+
+def measured(generator: torch.Generator, network: nn.Module | None = None) -> Typicality:
+    typicality = measure_typicality(network or model(), (source_like(100, generator) for _ in range(8)))
+    assert typicality is not None
+    return typicality
+
+
+def test_the_limit_leaves_the_quantile_of_the_source_images_typical() -> None:
+    generator = torch.Generator().manual_seed(0)
+    network = model()
+    typicality = measure_typicality(network, (source_like(100, generator) for _ in range(20)))
+    assert typicality is not None and len(typicality.loc) == 2, "the shallow half of three layers is two"
+    fresh = source_like(4000, generator)
+    with torch.no_grad(), recorded_moments([network[0], network[2]]) as moments:
+        network(fresh)
+    within = float((typicality.scores(moments) <= typicality.limit).float().mean())
+    assert abs(within - QUANTILE) < 0.01
+
+
+def test_one_scene_is_typical_and_strong_noise_is_not() -> None:
+    generator = torch.Generator().manual_seed(1)
+    network = model()
+    typicality = measured(generator, network)
+    scene = source_like(1, generator).expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 8, 4, 4, generator=generator)
+    for batch, typical in ((scene, True), (source_like(64, generator, noise=3.0), False)):
+        with torch.no_grad(), recorded_moments([network[0], network[2]]) as moments:
+            network(batch)
+        assert typicality.typical(moments) is typical
+
+
+def test_typicality_survives_its_file_and_is_absent_where_not_measured() -> None:
+    typicality = measured(torch.Generator().manual_seed(2))
+    again = Typicality.from_tensors(typicality.tensors())
+    assert again is not None and again.limit == typicality.limit
+    for saved, loaded in zip(typicality.loc + typicality.scale, again.loc + again.scale, strict=True):
+        assert torch.equal(saved, loaded)
+    assert Typicality.from_tensors({"block1.mean": torch.zeros(3)}) is None
+
+
+def test_no_typicality_without_batchnorm_over_images_or_without_enough_images() -> None:
+    generator = torch.Generator().manual_seed(3)
+    assert measure_typicality(nn.Sequential(nn.Conv2d(8, 8, 1)), [source_like(300, generator)]) is None
+    flat = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(128)).eval()
+    assert measure_typicality(flat, [source_like(300, generator)]) is None
+    assert measure_typicality(model(), [source_like(MIN_IMAGES - 1, generator)]) is None
