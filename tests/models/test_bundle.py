@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 import tomli_w
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from tests.conftest import CLASSES, MEAN, STD
+from tests.conftest import CLASSES, MEAN, STD, write_image_folder
 from tta_cli.errors import UsageError
 from tta_cli.models import ModelSpec, build_architecture, load_bundle, prepare_bundle
 from tta_cli.models.bundle import read_spec
 from tta_cli.models.checkpoints import load_state_dict
+from tta_cli.models.typicality import MIN_IMAGES, shallow_layers
 from tta_cli.models.zoo import ZOO
 from tta_cli.streams import Framing
 
@@ -146,3 +147,21 @@ def test_a_framing_model_toml_cannot_follow_is_one_sentence(tmp_path: Path, line
     tmp_path.joinpath("model.toml").write_text(f"{line}\n{text}")
     with pytest.raises(UsageError, match=message):
         read_spec(tmp_path)
+
+
+def test_prepare_measures_typicality_from_enough_clean_images(tmp_path: Path) -> None:
+    few = load_bundle(prepare_bundle_from(write_image_folder(tmp_path / "few"), tmp_path / "few-bundle"))
+    assert few.typicality is None, "a few images cannot place a 99th percentile"
+    folder = write_image_folder(tmp_path / "many", per_class=-(-MIN_IMAGES // len(CLASSES)))
+    bundle = load_bundle(prepare_bundle_from(folder, tmp_path / "bundle"))
+    assert bundle.typicality is not None
+    assert len(bundle.typicality.loc) == len(shallow_layers(bundle.model))
+    assert 0 < bundle.typicality.limit < float("inf")
+
+
+def prepare_bundle_from(folder: Path, out: Path) -> Path:
+    torch.manual_seed(0)
+    weights = out.parent / f"{out.name}.safetensors"
+    save_file(build_architecture("tiny_resnet", len(CLASSES)).state_dict(), str(weights))
+    prepare_bundle("tiny_resnet", weights, folder, out, mean=MEAN, std=STD, batch_size=50)
+    return out

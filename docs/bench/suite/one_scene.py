@@ -41,6 +41,12 @@ def stream(name: str, paths: list[Path], label: int, framing, frames: int = 1) -
     return ShiftedStream(name, 0, paths[0].parent, ids, images, np.full(len(images), label))
 
 
+def class_paths(data: Path, class_names: list[str]) -> list[list[Path]]:
+    """Each class's test images, in file order."""
+    labeled = labeled_images(data, class_names, "*/*")
+    return [sorted(path for path, label in labeled if label == index) for index in range(len(class_names))]
+
+
 def accuracy(bundle, name: str, streams: list[ShiftedStream]) -> np.ndarray:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     results = run_method(bundle, bench_method(name, bundle), streams, "reset", BATCH, torch.device("cpu"))
@@ -53,10 +59,7 @@ def main(data: Path, bundles: list[Path]) -> None:
     for path in bundles:
         bundle = load_bundle(path)
         spec = bundle.spec
-        by_class = [
-            sorted(p for p, label in labeled_images(data, spec.class_names, "*/*") if label == index)
-            for index in range(spec.num_classes)
-        ]
+        by_class = class_paths(data, spec.class_names)
         rng = np.random.default_rng(0)
         classes = [
             stream(spec.class_names[index], paths[:CLASS_IMAGES], index, spec.framing)
