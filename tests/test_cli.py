@@ -130,6 +130,7 @@ def test_prepare_takes_the_framing_and_needs_mean_and_std_of_a_zoo_model(tmp_pat
     accepted = tta(*args, "--out", tmp_path / "bundle", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", *framing)
     assert accepted.returncode == 0, accepted.stderr
     assert "input 24×28 by center crop 0.75 (bicubic)" in " ".join(accepted.stderr.split())
+    assert "No typicality measured: it needs 200 readable clean images" in " ".join(accepted.stderr.split())
     text = (tmp_path / "bundle" / "model.toml").read_text()
     assert "crop_pct = 0.75" in text and 'crop_mode = "center"' in text and 'interpolation = "bicubic"' in text
 

@@ -279,7 +279,8 @@ def prepare(
     trust_pickle: Annotated[bool, typer.Option(help="Allow loading a pickle checkpoint (it can run code).")] = False,
 ) -> None:
     """Make a model bundle: weights, preprocessing and clean-source feature statistics."""
-    from tta_cli.models import prepare_bundle
+    from tta_cli.models import load_bundle, prepare_bundle
+    from tta_cli.models.typicality import MIN_IMAGES, shallow_layers
 
     spec = prepare_bundle(
         arch,
@@ -303,6 +304,13 @@ def prepare(
         f"{spec.crop_mode} crop {spec.crop_pct:g} ({spec.interpolation}), mean {spec.mean}, std {spec.std}, "
         f"features {spec.feature_layers})."
     )
+    bundle = load_bundle(out)
+    if bundle.typicality is None and shallow_layers(bundle.model):
+        console.print(
+            f"[yellow]No typicality measured: it needs {MIN_IMAGES} readable clean images; with fewer, the default "
+            "tells a camera on one scene from a collapsed source by the batch's statistics, which fails on some "
+            "networks (docs/bundles.md).[/yellow]"
+        )
 
 
 @app.command()
