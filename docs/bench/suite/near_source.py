@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta_cli.bench.orders import video_frames
 from tta_cli.bench.streams import build_streams
 from tta_cli.corruptions import BEYOND, CORRUPTIONS
-from tta_cli.engine.norms.layers import gaussian_divergence, reduced_dims
+from tta_cli.engine.norms.layers import gaussian_divergence, reduced_dims, running_stats
 from tta_cli.models import Bundle, load_bundle
 from tta_cli.models.typicality import recorded_moments, shallow_layers
 from tta_cli.streams.batching import Preprocess
@@ -44,7 +44,7 @@ def measure(bundle: Bundle, x: torch.Tensor) -> list[float]:
 
     def hook(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
         var, mean = torch.var_mean(inputs[0], dim=reduced_dims(inputs[0]), unbiased=False)
-        found.append(gaussian_divergence(mean, var, layer.running_mean, layer.running_var))
+        found.append(gaussian_divergence(mean, var, *running_stats(layer)))
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     with torch.no_grad(), recorded_moments(shallow_layers(model)) as moments:
