@@ -6,7 +6,7 @@ each image. An image of one scene is one draw of the source's images; its own st
 the shallow layers (per channel, the mean and log variance over its positions) lie where the
 source's images' lie. An image under strong sensor noise or in very low light lies where none
 of them does. A batch's statistics cannot say this: one scene repeated is far from the pooled
-source statistics on every model (its first layer's divergence reaches 1.4-2.0 on the sample
+source statistics on every model (its first layer's divergence reaches 1.8-4.5 on the sample
 models, where a collapse under extreme noise gives 0.37 on one of them;
 docs/benchmarks.md, "What the suite says").
 
@@ -14,8 +14,9 @@ docs/benchmarks.md, "What the suite says").
 "weighted" norm splits them), each statistic's mean and standard deviation over half of its
 clean images, and the ``QUANTILE`` of the other half's scores: the limit. An image's score is
 the mean squared standardised statistic, about 1 for a typical image; a batch is typical when
-the median of its images' scores is within the limit. So a single scene counts as atypical for
-1 % of the source's images, on any model, and no constant speaks of one model's scale.
+the median of its images' scores is within the limit. So a scene drawn as the source's images
+were counts as atypical with a chance of 1 %, on any model, and no constant speaks of one
+model's scale.
 """
 
 from __future__ import annotations
