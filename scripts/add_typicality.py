@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save
 from tta_cli.files import write_atomic
 from tta_cli.models import load_bundle
 from tta_cli.models.bundle import SOURCE_STATS_FILE
+from tta_cli.models.prepare import source_batches
 from tta_cli.models.typicality import PREFIX, measure_typicality
-from tta_cli.streams import FolderStream, Preprocess, batches
 
 
 def main(
@@ -28,15 +28,13 @@ def main(
 ) -> None:
     loaded = load_bundle(bundle)
     spec = loaded.spec
-    stream = FolderStream(data, spec.framing, spec.class_names, order="shuffled", seed=0, limit=num_images)
-    typicality = measure_typicality(
-        loaded.model, (batch.images for batch in batches(stream, batch_size, Preprocess(spec.mean, spec.std)))
-    )
+    clean = source_batches(data, spec.framing, spec.class_names, spec.mean, spec.std, num_images, batch_size)
+    typicality = measure_typicality(loaded.model, (batch.images for batch in clean))
     if typicality is None:
         typer.echo(f"{bundle}'s model has no BatchNorm layer over images, or fewer than 200 images came.", err=True)
         raise typer.Exit(2)
-    stats = {key: value for key, value in load_file(str(bundle / SOURCE_STATS_FILE)).items()}
-    stats = {key: value for key, value in stats.items() if not key.startswith(f"{PREFIX}.")} | typicality.tensors()
+    stored = load_file(str(bundle / SOURCE_STATS_FILE))
+    stats = {key: value for key, value in stored.items() if not key.startswith(f"{PREFIX}.")} | typicality.tensors()
     write_atomic(bundle / SOURCE_STATS_FILE, save(stats))
     typer.echo(f"{bundle}: typicality over {len(typicality.loc)} layers, limit {typicality.limit:.3f}")
 

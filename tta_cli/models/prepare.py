@@ -99,12 +99,11 @@ def prepare_bundle(
     if not layers:
         raise UsageError("Could not find feature layers; name them with --feature-layers.")
 
-    def source_batches() -> Iterator[Batch]:
-        stream = FolderStream(source_data, framing, class_names, order="shuffled", seed=0, limit=num_images)
-        return batches(stream, batch_size, Preprocess(mean, std))
+    def clean() -> Iterator[Batch]:
+        return source_batches(source_data, framing, class_names, mean, std, num_images, batch_size)
 
-    stats = measure_source_stats(model, layers, source_batches())
-    typicality = measure_typicality(model, (batch.images for batch in source_batches()))
+    stats = measure_source_stats(model, layers, clean())
+    typicality = measure_typicality(model, (batch.images for batch in clean()))
     if typicality is not None:
         stats |= typicality.tensors()
     spec = ModelSpec(
@@ -152,6 +151,21 @@ def choose_preprocessing(
 
 
 @torch.no_grad()
+def source_batches(
+    source_data: Path,
+    framing: Framing,
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_images: int,
+    batch_size: int,
+) -> Iterator[Batch]:
+    """The clean images ``prepare`` measures on: up to ``num_images`` of ``source_data``,
+    shuffled with seed 0 (spread over the whole folder), framed and normalised as the bundle says."""
+    stream = FolderStream(source_data, framing, class_names, order="shuffled", seed=0, limit=num_images)
+    return batches(stream, batch_size, Preprocess(mean, std))
+
+
 def measure_source_stats(
     model: torch.nn.Module, layers: Sequence[str], source_batches: Iterable[Batch]
 ) -> dict[str, torch.Tensor]:

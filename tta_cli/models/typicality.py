@@ -76,15 +76,13 @@ class Typicality:
 
     def scores(self, moments: list[torch.Tensor]) -> torch.Tensor:
         """Each image's mean squared standardised moment over the layers (one ``N×2C`` each)."""
-        squares = [((m - loc.to(m)) / scale.to(m)).square().mean(dim=1) for m, loc, scale in self._zip(moments)]
+        layers = zip(moments, self.loc, self.scale, strict=True)
+        squares = [((m - loc.to(m)) / scale.to(m)).square().mean(dim=1) for m, loc, scale in layers]
         return torch.stack(squares).mean(dim=0)
 
     def typical(self, moments: list[torch.Tensor]) -> bool:
         """Whether the median image of a batch is within the limit."""
         return float(self.scores(moments).median()) <= self.limit
-
-    def _zip(self, moments: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return zip(moments, self.loc, self.scale, strict=True)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """As ``source_stats.safetensors`` stores it."""

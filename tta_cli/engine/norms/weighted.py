@@ -96,7 +96,7 @@ from tta_cli.engine.norms.layers import (
 )
 from tta_cli.errors import UsageError
 from tta_cli.events import Event, EventKind
-from tta_cli.models.typicality import Typicality, image_moments
+from tta_cli.models.typicality import Typicality, image_moments, shallow_layers
 from tta_cli.objectives.entropy import entropy
 
 FITS_SOURCE = "the batch fits them better"
@@ -116,7 +116,7 @@ class WeightedNorm(Norm):
         if not self.layers:
             raise UsageError('The model has no BatchNorm layer, so "weighted" has nothing to normalise.')
         self.settings = settings = settings or WeightedNormConfig()
-        self.shallow = math.ceil(len(self.layers) / 2)
+        self.shallow = len(shallow_layers(model))
         self.ratios: deque[float] = deque(maxlen=settings.window)
         self.estimates = [
             _Estimate(self, layer, source) for layer, source in zip(self.layers, self.source_statistics, strict=True)
