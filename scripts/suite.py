@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,7 @@ from tta_cli.bench.streams import build_streams
 from tta_cli.config import WeightedNormConfig
 from tta_cli.corruptions import BEYOND, CORRUPTIONS
 from tta_cli.engine import resolve_device
+from tta_cli.engine.methods import Method
 from tta_cli.models import Bundle, load_bundle
 
 ORDERS = {
@@ -59,6 +61,9 @@ SWITCHES = (
 )
 """The weighted norm's mechanisms (``WeightedNormConfig``); ``auto-without-X`` runs the default
 with X off."""
+RETURN = "return"
+"""``auto-without-return``: the default of a bundle without BatchNorm without θ's return to the
+source (``tta_cli.engine.returns``)."""
 CELLS = "cells.jsonl"
 SIGNIFICANCE = 0.05
 """The level of the sign test that calls a cell worse than the source beyond chance."""
@@ -99,12 +104,11 @@ def run(
             for order in orders.split(","):
                 kind, batch_size = ORDERS[order]
                 streams = [stream.reordered(kind, seed) for stream in built]
-                for name, weighted_norm in _variants(loaded, chosen, ablation):
+                for name, method, weighted_norm in _variants(loaded, chosen, ablation):
                     cell = {"bundle": loaded.spec.name, "order": order, "shift": shift, "method": name}
                     if _key(cell) in done:
                         continue
                     torch.manual_seed(seed)
-                    method = bench_method(name.partition("-without-")[0], loaded)
                     results = run_method(
                         loaded, method, streams, "continual", batch_size, target, weighted_norm=weighted_norm
                     )
@@ -118,12 +122,18 @@ def run(
                     typer.echo(f"{loaded.spec.name} {order} {shift} {name}: {mean:.2f} % error")
 
 
-def _variants(bundle: Bundle, methods: list[str], ablation: bool) -> Iterator[tuple[str, WeightedNormConfig | None]]:
+def _variants(
+    bundle: Bundle, methods: list[str], ablation: bool
+) -> Iterator[tuple[str, Method, WeightedNormConfig | None]]:
+    """Each method by name, then the default with each of its mechanisms off."""
     for name in methods:
-        yield name, None
-    if ablation and bench_method("auto", bundle).norm == "weighted":
+        yield name, bench_method(name, bundle), None
+    default = bench_method("auto", bundle)
+    if ablation and default.norm == "weighted":
         for switch in SWITCHES:
-            yield f"auto-without-{switch}", WeightedNormConfig(**{switch: False})
+            yield f"auto-without-{switch}", default, WeightedNormConfig(**{switch: False})
+    if ablation and default.return_to_source:
+        yield f"auto-without-{RETURN}", replace(default, return_to_source=False), None
 
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -269,7 +279,7 @@ def _share_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[s
 
 def _ablation_table(error: dict[tuple[str, ...], dict[str, float]], bundles: list[str]) -> list[str]:
     lines = [
-        "## Ablation: the default with one mechanism of the weighted norm off",
+        "## Ablation: the default with one mechanism off (of the weighted norm, or θ's return)",
         "",
         "Mean error over the streams (order and shift) every variant ran, and the cells (one",
         "corruption of one stream) worse than the source.",
@@ -277,8 +287,9 @@ def _ablation_table(error: dict[tuple[str, ...], dict[str, float]], bundles: lis
         "| bundle | variant | streams | mean error | cells worse than source |",
         "|---|---|---|---|---|",
     ]
-    variants = ("auto", *(f"auto-without-{switch}" for switch in SWITCHES))
     for bundle in bundles:
+        ran = {key[3] for key in error if key[0] == bundle}
+        variants = ["auto", *(name for switch in (*SWITCHES, RETURN) if (name := f"auto-without-{switch}") in ran)]
         # The cells every variant ran, so that the rows compare like with like.
         cells = [cell for cell in _cells(error, bundle) if all((bundle, *cell, name) in error for name in variants)]
         if not cells:

@@ -309,7 +309,8 @@ def prepare(
         console.print(
             f"[yellow]No typicality measured: it needs {MIN_IMAGES} readable clean images; with fewer, the default "
             "tells a camera on one scene from a collapsed source by the batch's statistics, which fails on some "
-            "networks (docs/bundles.md).[/yellow]"
+            "networks, and without BatchNorm θ does not return to the source when the images do "
+            "(docs/bundles.md).[/yellow]"
         )
 
 

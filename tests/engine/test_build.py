@@ -61,7 +61,7 @@ def test_auto_takes_the_learned_update_on_a_model_without_batch_norm_that_has_it
     with_generator = tmp_path / "with-generator"
     shutil.copytree(group_norm_bundle, with_generator)
     save_generator(MetaGradientGenerator(memory=False), with_generator / "mgg-no-memory.safetensors", {})
-    assert default_method(load_bundle(with_generator)) == NO_BATCH_NORM_LEARNED_METHOD == "mgtta-nomem"
+    assert default_method(load_bundle(with_generator)) == NO_BATCH_NORM_LEARNED_METHOD == "mgtta-nomem+return"
     config = AdaptConfig(model=with_generator, source=tmp_path, run=tmp_path / "run")
     adapter = adapter_for(load_bundle(with_generator), config, torch.device("cpu"))
-    assert adapter.method.name == "mgtta-nomem" and adapter.guard.config.enabled
+    assert adapter.method.name == "mgtta-nomem+return" and adapter.guard.config.enabled

@@ -33,6 +33,7 @@ from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
 from tta_cli.engine.norms import Norm, Prediction
 from tta_cli.engine.params import norm_affine_parameters, norm_buffers
+from tta_cli.engine.returns import SourceReturn
 from tta_cli.events import Event, EventKind
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
 from tta_cli.models.features import record_features
@@ -80,12 +81,14 @@ class Adapter:
         harmonizer: Harmonizer | None = None,
         reference: nn.Module | None = None,
         domains: DomainClusters | None = None,
+        source_return: SourceReturn | None = None,
     ) -> None:
         """``norm`` has configured ``model`` (and ``reference``) already; ``reference`` is the
-        guard's for its harm signal; ``domains`` weighs inputs by cluster (``tta_cli.engine.build``
-        makes all of them)."""
+        guard's for its harm signal; ``domains`` weighs inputs by cluster; ``source_return`` sends
+        the state back to the source's when the images turn back towards it
+        (``tta_cli.engine.build`` makes all of them)."""
         self.model, self.method, self.norm, self.objectives = model, method, norm, objectives
-        self.domains = domains
+        self.domains, self.source_return = domains, source_return
         self.update_rule, self.guard, self.harmonizer = update_rule, guard, harmonizer or Sum()
         self.named_params = norm_affine_parameters(model) if method.updates else {}
         self.params = list(self.named_params.values())
@@ -110,7 +113,7 @@ class Adapter:
 
     def step(self, batch: Batch) -> StepResult:
         self.step_count += 1
-        events = self._reset_if_due()
+        events = self._reset_if_due() + self._return_if_fits(batch)
         # 1. Predict, as the normalisation says; the statistics the forward starts from are kept
         #    for the reference and for a second look at the batch.
         before = self._statistics() if self.method.updates else {}
@@ -187,6 +190,15 @@ class Adapter:
             return []
         self.load_state_dict(self.source_state)
         return [Event(EventKind.RESET, f"every {period} steps")]
+
+    def _return_if_fits(self, batch: Batch) -> list[Event]:
+        """Back to the state before the first step when the batch's images fit the source's
+        better than those seen since the last return (``tta_cli.engine.returns``)."""
+        if self.source_return is None or not self.source_return.due(batch.images):
+            return []
+        assert self.source_state is not None  # kept by ``_reset_if_due`` at the first step
+        self.load_state_dict(self.source_state)
+        return [Event(EventKind.RESET, "the images fit the source's better than those seen since the last return")]
 
     def _watch(self, result: StepResult, prediction: Prediction, batch: Batch, before: dict[str, torch.Tensor]) -> None:
         """The guard's verdict on the predictions, with the reference's view of the batch (harm)

@@ -21,6 +21,7 @@ from tta_cli.engine.methods import (
 )
 from tta_cli.engine.norms import make_norm
 from tta_cli.engine.norms.layers import batch_norm_layers
+from tta_cli.engine.returns import SourceReturn
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import Amortized, Harmonizer, make_harmonizer
 from tta_cli.mgg.rule import rule_for_bundle
@@ -93,6 +94,8 @@ def build_adapter(
         _harmonizer(harmonizer or method.harmonizer, method.harmonize_every),
         reference=reference,
         domains=DomainClusters() if domain_weighting else None,
+        # Without the bundle's typicality (prepared before it was measured) θ does not return.
+        source_return=SourceReturn(model, bundle.typicality) if method.return_to_source and bundle.typicality else None,
     )
     adapter.update_rule = _update_rule(bundle, method, adapter.params, optimizer, lr)
     return adapter

@@ -43,6 +43,9 @@ class Method:
     """Run with the guard even where runs default to the method's paper setting (bench)."""
     reset_every: int = 0
     """Return to the source state every N steps (RDumb); 0: never."""
+    return_to_source: bool = False
+    """Return to the source state when a batch's images fit the source's better than those seen
+    since the last return (``tta_cli.engine.returns``; needs the bundle's typicality)."""
     harmonize_every: int = 1
     """Harmonize the per-loss gradients on one step in N and apply the weights found to the
     losses in between, by one backward pass (``tta_cli.harmonize.amortized``); 1: every step.
@@ -169,14 +172,17 @@ generator for the learned update: SAR, the method published for such models (rel
 a sharpness-aware step, recovery from collapse), guarded. On the suite's GroupNorm bundle it had
 the lowest error and the fewest corruptions worse than the source of tent, EATA and SAR
 (docs/benchmarks.md, "A model without BatchNorm")."""
-NO_BATCH_NORM_LEARNED_METHOD = "mgtta-nomem"
+NO_BATCH_NORM_LEARNED_METHOD = "mgtta-nomem+return"
 """What ``auto`` runs for a model without BatchNorm whose bundle has the generator this method
 needs (``mgg-no-memory.safetensors``), guarded: on the suite's GroupNorm bundle its error was the
 lowest of all, SAR's included, on the suite's continual streams (shuffled and class-sorted) and
 under continual on longer ones, with two more or two fewer corruptions worse than the source
 than SAR; the generator with its memory, even with its learned pull back to the source, ends
 above the source on short continual streams (docs/benchmarks.md, "A model without BatchNorm"
-and "The learned update on BatchNorm and GroupNorm bundles")."""
+and "The learned update on BatchNorm and GroupNorm bundles"). θ returns to the source when the
+images turn back towards the source's (``tta_cli.engine.returns``): without that, what θ learned
+on the noises cost mild corruptions after them errors (docs/benchmarks.md, "The development
+suite")."""
 
 
 def get_method(name: str) -> Method:
@@ -188,6 +194,7 @@ def get_method(name: str) -> Method:
     - ``+memory`` (or ``+memoryN``): learn from a class-balanced memory of N recent samples;
     - ``+guard``: with the guard on;
     - ``+resetN``: back to the source state every N steps;
+    - ``+return``: back to the source state when the images turn back towards the source's;
     - ``+harmonizeN``: harmonize on one step in N, reusing the weights in between.
 
     For example ``mgtta+robust+memory+guard`` or ``harmonized:gh+tbr``.
@@ -209,6 +216,10 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         return replace(method, batch_statistics=True, norm=modifier)
     if modifier == "guard":
         return replace(method, guard=True)
+    if modifier == "return":
+        if not method.updates:
+            raise UsageError(f"Method {method.name!r} makes no update; there is no θ to return to the source.")
+        return replace(method, return_to_source=True)
     if modifier.startswith("harmonize"):
         period = modifier.removeprefix("harmonize")
         if not period.isdigit() or int(period) < 1:
@@ -229,7 +240,8 @@ def _with_modifier(method: Method, modifier: str) -> Method:
             raise UsageError(f"Method {method.name!r} makes no update; a memory has nothing to feed.")
         return replace(method, memory=int(capacity))
     raise UsageError(
-        f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN, harmonizeN or guard."
+        f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN, harmonizeN, return "
+        "or guard."
     )
 
 

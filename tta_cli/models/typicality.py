@@ -1,4 +1,4 @@
-"""How typical of the source's images a test image looks to the model's shallow BatchNorm layers.
+"""How typical of the source's images a test image looks to the model's shallow normalisation layers.
 
 A camera on one scene and a shift that makes the source collapse onto one class look alike in
 the predictions: one class, confidently. What tells them apart is the low-level statistics of
@@ -11,8 +11,9 @@ models, where a collapse under extreme noise gives 0.37 on one of them;
 docs/benchmarks.md, "What the suite says").
 
 ``prepare`` measures, over the shallow half of the BatchNorm layers (in module order, as the
-"weighted" norm splits them), each statistic's mean and standard deviation over half of its
-clean images, and the ``QUANTILE`` of the other half's scores: the limit. An image's score is
+"weighted" norm splits them; of the GroupNorm layers in a model without BatchNorm), each
+statistic's mean and standard deviation over half of its clean images, and the ``QUANTILE`` of
+the other half's scores: the limit. An image's score is
 the mean squared standardised statistic, about 1 for a typical image; a batch is typical when
 the median of its images' scores is within the limit. So a scene drawn as the source's images
 were counts as atypical with a chance of 1 %, on any model, and no constant speaks of one
@@ -37,9 +38,11 @@ MIN_IMAGES = 200
 PREFIX = "typicality"
 
 
-def shallow_layers(model: nn.Module) -> list[_BatchNorm]:
-    """The shallow half of the BatchNorm layers, in module order (the first of them for one or two)."""
-    layers = [layer for layer in model.modules() if isinstance(layer, _BatchNorm)]
+def shallow_layers(model: nn.Module) -> list[nn.Module]:
+    """The shallow half of the BatchNorm layers, in module order (the first of them for one or
+    two); of the GroupNorm layers for a model without BatchNorm."""
+    layers: list[nn.Module] = [layer for layer in model.modules() if isinstance(layer, _BatchNorm)]
+    layers = layers or [layer for layer in model.modules() if isinstance(layer, nn.GroupNorm)]
     return layers[: math.ceil(len(layers) / 2)]
 
 
@@ -104,7 +107,7 @@ class Typicality:
 
 def measure_typicality(model: nn.Module, images: Iterable[torch.Tensor]) -> Typicality | None:
     """The source's typicality from clean batches (the model in eval mode); ``None`` when the
-    model has no BatchNorm layer over images, or fewer than ``MIN_IMAGES`` images came."""
+    model has no BatchNorm or GroupNorm layer over images, or fewer than ``MIN_IMAGES`` images came."""
     layers = shallow_layers(model)
     if not layers:
         return None
