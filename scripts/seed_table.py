@@ -6,7 +6,8 @@ method, from OUT/seedS/BUNDLE/[METHOD/]bench.json as docs/bench/mgtta/seeds/run.
 The spread is the range (largest minus smallest) over the seeds. The best hand-made method is the
 one of Tent, EATA and SAR with the lowest mean error over the seeds; the learned update's ratio to
 it and their difference in points are shown per seed too (the same images: a paired comparison),
-and "beyond the spread" when the gap between the two means exceeds both methods' spreads.
+and "beyond the spread" when the gap between the two means exceeds both methods' spreads. Last,
+for methods with two objectives, the share of their harmonizing steps whose gradients conflict.
 """
 
 from __future__ import annotations
@@ -35,11 +36,18 @@ def load(out: Path) -> dict[str, dict[int, dict]]:
         bundle_dir = next(parent for parent in path.parents if parent.parent.name.startswith("seed"))
         seed = int(bundle_dir.parent.name.removeprefix("seed"))
         bench = json.loads(path.read_text())
-        merged = runs.setdefault(bundle_dir.name, {}).setdefault(seed, {**bench, "mean_error_percent": {}})
+        merged = runs.setdefault(bundle_dir.name, {}).setdefault(
+            seed, {**bench, "mean_error_percent": {}, "cosines": {}}
+        )
         if streams(bench) != streams(merged):
             raise SystemExit(f"{path} measured other streams than the other runs of its seed and bundle.")
         for protocol, errors in bench["mean_error_percent"].items():
             merged["mean_error_percent"].setdefault(protocol, {}).update(errors)
+        for method in {cell["method"] for cell in bench["results"]}:
+            for protocol in bench["mean_error_percent"]:
+                cells = [c for c in bench["results"] if (c["method"], c["protocol"]) == (method, protocol)]
+                if recorded := [value for cell in cells for value in cell.get("cosines") or []]:
+                    merged["cosines"][protocol, method] = recorded
     return runs
 
 
@@ -96,7 +104,29 @@ def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/[MET
                     f"{statistics.fmean(table[learned]) / statistics.fmean(table[best]):.3f} | "
                     f"{min(ratios):.3f}-{max(ratios):.3f} | {differences} | {'yes' if gap > spread else 'no'} |"
                 )
+        conflicts(by_seed, seeds, protocols, methods)
         print()
+
+
+def conflicts(by_seed: dict[int, dict], seeds: list[int], protocols: list[str], methods: list[str]) -> None:
+    """The share of the steps that harmonized whose two gradients conflict (cosine below 0), per
+    protocol and method with two objectives: per seed, and over all of them."""
+    rows = []
+    for protocol in protocols:
+        for method in methods:
+            recorded = [by_seed[seed]["cosines"].get((protocol, method), []) for seed in seeds]
+            if all(recorded):
+                shares = " / ".join(f"{sum(c < 0 for c in values) / len(values):.0%}" for values in recorded)
+                pooled = [value for values in recorded for value in values]
+                share = sum(c < 0 for c in pooled) / len(pooled)
+                rows.append(f"| {protocol} | {method} | {len(pooled)} | {share:.0%} | {shares} |")
+    if rows:
+        print(
+            "\nSteps whose two objectives' gradients conflict (cosine < 0; entropy and alignment, EATA's "
+            "entropy and Fisher term), of the steps that harmonized:\n"
+        )
+        print("| protocol | method | steps | in conflict | per seed |\n|---|---|---|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":
