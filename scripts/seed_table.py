@@ -43,9 +43,10 @@ def load(out: Path) -> dict[str, dict[int, dict]]:
             raise SystemExit(f"{path} measured other streams than the other runs of its seed and bundle.")
         for protocol, errors in bench["mean_error_percent"].items():
             merged["mean_error_percent"].setdefault(protocol, {}).update(errors)
-        for method in {cell["method"] for cell in bench["results"]}:
+        results = bench.get("results", [])
+        for method in {cell["method"] for cell in results}:
             for protocol in bench["mean_error_percent"]:
-                cells = [c for c in bench["results"] if (c["method"], c["protocol"]) == (method, protocol)]
+                cells = [c for c in results if (c["method"], c["protocol"]) == (method, protocol)]
                 if recorded := [value for cell in cells for value in cell.get("cosines") or []]:
                     merged["cosines"][protocol, method] = recorded
     return runs

@@ -49,11 +49,15 @@ def test_bench_history_store_writes_its_report(bundle_path: Path, tmp_path: Path
     assert report["steps"] == 60 and report["repeats"] == 2 and report["snapshots_kept"] > 0
 
 
-def write_bench(folder: Path, errors: dict[str, float], seed: int, images: int = 500) -> None:
+def write_bench(
+    folder: Path, errors: dict[str, float], seed: int, images: int = 500, cosines: dict[str, list[float]] | None = None
+) -> None:
     folder.mkdir(parents=True)
     config = {"batch_size": 64, "severity": 5, "order": "shuffled", "seed": seed, "corruptions": ["fog"]}
     bench = {"images_per_corruption": images, "config": config, "methods": {method: {} for method in errors}}
-    (folder / "bench.json").write_text(json.dumps({**bench, "mean_error_percent": {"reset": errors}}))
+    results = [{"method": m, "protocol": "reset", "cosines": values} for m, values in (cosines or {}).items()]
+    bench |= {"mean_error_percent": {"reset": errors}, "results": results}
+    (folder / "bench.json").write_text(json.dumps(bench))
 
 
 def test_seed_table_gives_means_ranges_and_ratios(tmp_path: Path) -> None:
@@ -70,6 +74,16 @@ def test_seed_table_gives_means_ranges_and_ratios(tmp_path: Path) -> None:
     # eata is the best hand-made method; 38/42 of the means, per seed 37/41 … 39/43; gap 4 > range 2.
     expected = "| reset | mgtta 38.00 ± 2.00 | eata 42.00 ± 2.00 | 0.905 | 0.902-0.907 | -4.00 / -4.00 / -4.00 | yes |"
     assert expected in result.stdout
+
+
+def test_seed_table_counts_the_steps_whose_gradients_conflict(tmp_path: Path) -> None:
+    errors = {"tent": 43.0, "mgtta": 38.0}
+    write_bench(tmp_path / "seed0" / "bundle", errors, 0, cosines={"mgtta": [0.5, -0.1, 0.2, -0.3]})
+    write_bench(tmp_path / "seed1" / "bundle", errors, 1, cosines={"mgtta": [-0.5, 0.1]})
+    result = script("seed_table.py", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| reset | mgtta | 6 | 50% | 50% / 50% |" in result.stdout, "3 of the 6 steps, 2 of 4 and 1 of 2"
+    assert "| reset | tent |" not in result.stdout, "one objective: nothing to conflict"
 
 
 def test_seed_table_refuses_runs_of_other_streams(tmp_path: Path) -> None:
