@@ -33,6 +33,9 @@ class _Reached(Exception):
 
 
 class SourceReturn:
+    """Watches a model's first normalisation layer for batches that fit the source's images
+    better than those seen since the last return."""
+
     def __init__(self, model: nn.Module, typicality: Typicality) -> None:
         self.model = model
         self.layer = shallow_layers(model)[0]
@@ -64,9 +67,8 @@ class SourceReturn:
         """Whether the batch fits the source's images better than those seen since the last
         return; it then starts the record of those seen afresh."""
         moments = self.moments(images)
-        returns = self.seen is not None and self._distance(moments, self.loc) < self._distance(
-            moments, self.seen / self.count
-        )
+        seen = None if self.seen is None else self.seen / self.count
+        returns = seen is not None and self._distance(moments, self.loc) < self._distance(moments, seen)
         if returns or self.seen is None:
             self.seen, self.count = moments.clone(), 1
         else:
