@@ -57,6 +57,7 @@ SWITCHES = (
     "return_on_fit",
     "return_on_confidence",
     "confidence_near_source",
+    "return_on_one_class",
     "deferral",
 )
 """The weighted norm's mechanisms (``WeightedNormConfig``); ``auto-without-X`` runs the default

@@ -105,6 +105,14 @@ class WeightedNormConfig(BaseModel):
         True, description="restart from the source's when they predict the batch more confidently"
     )
     confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
+    return_on_one_class: bool = Field(
+        True,
+        description="restart from the source's when they predict most of a batch of typical images as one class, "
+        "more confidently",
+    )
+    one_class: float = Field(
+        0.5, gt=0, le=1, description="that share of the batch, and at least twice a class's share in an even spread"
+    )
     confidence_near_source: bool = Field(
         True, description="and only for a batch whose images look typical of the source's (the bundle's typicality)"
     )

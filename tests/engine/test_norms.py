@@ -20,7 +20,7 @@ from tta_cli.bench.protocols import bench_adapter
 from tta_cli.config import WeightedNormConfig, load_config
 from tta_cli.engine.build import resolve_method
 from tta_cli.engine.norms import NORMS, Prediction, WeightedNorm, use_norm
-from tta_cli.engine.norms.weighted import MORE_CONFIDENT
+from tta_cli.engine.norms.weighted import MORE_CONFIDENT, ONE_CLASS
 from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
@@ -555,3 +555,30 @@ def test_the_second_look_leaves_the_features_of_the_first_for_the_objectives(
         result = adapter.step(first_batch(clean_folder))
     assert set(result.losses) == {"entropy", "alignment"}
     assert not torch.equal(torch.cat([param.detach().flatten() for param in adapter.params]), before)
+
+
+def test_a_typical_batch_the_source_sees_as_one_class_returns_when_the_estimates_lose_confidence() -> None:
+    """A network whose estimates spread a batch of one clean class over the classes and lose
+    less confidence than ``confidence_ratio`` (ResNet-20 on birds): the source's predictions of
+    typical images, most of them one class, say the stream shows one class. Not for atypical
+    images (a collapse), nor where the estimates are the more confident (they correct a shift
+    that the source answers with one class), nor where one class is no more than twice an even
+    share of the batch."""
+    generator = torch.Generator().manual_seed(0)
+    source = six_layer_model().eval()
+    source[0].running_var.fill_(5.0)
+    typicality = measure_typicality(source, (source_like(100, generator) for _ in range(8)))
+    scene = source_like(1, generator).expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 8, 4, 4, generator=generator)
+    noisy = source_like(64, generator, noise=3.0)
+    one_class = torch.tensor([[4.0, 0.0, 0.0]] * 3 + [[0.0, 4.0, 0.0]])
+    spread = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    less_sure, surer = 3.8 * spread, 6.0 * spread  # entropy 1.17 and 0.2 times the source's
+    cases = ((scene, 3, less_sure, True), (noisy, 3, less_sure, False), (scene, 3, surer, False))
+    for batch, classes, estimates, returns in (*cases, (scene, 2, less_sure, False)):
+        model = copy.deepcopy(source)
+        weights = WeightedNorm(model, typicality=typicality, num_classes=classes)
+        feed(model, weights, batch)
+        prediction = weights.second_look(functools.partial(looked, model, batch, one_class), estimates)
+        assert (weights.returns == 1) is returns
+        assert torch.equal(prediction.logits, one_class if returns else estimates)
+        assert weights.returned == (ONE_CLASS if returns else "")

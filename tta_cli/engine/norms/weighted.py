@@ -53,6 +53,17 @@ by ``prepare`` on the model's clean images). A bundle prepared without it falls 
 batch's first-layer statistics within ``near_source`` of the source's, a constant chosen on
 the airnets that does not hold on a pre-activation ResNet (docs/benchmarks.md, "What the suite says").
 
+**return_on_one_class.** The same second look, for a batch whose median image is typical of the
+source's (the bundle's typicality; never without it): when the source's statistics predict more
+than ``one_class`` of the batch as one class (for few classes, more than twice a class's share
+in an even spread) and the statistics in use make the predictions less confident at all, the
+stream shows one class and the estimates are normalising it away; the source's predict and every
+estimate restarts. On a network whose estimates lose less confidence than ``confidence_ratio``
+on such a batch the confidence return misses it (a pre-activation ResNet-20 took clean birds from
+67 % right to 14-19 %; docs/benchmarks.md, "What the suite says"). A shift that the source
+answers with one class and the estimates correct leaves the estimates the more confident (shot
+noise on the sample airnet), and a collapse under a strong shift is not typical.
+
 **deferral.** The same second look measures how much the estimates change: the share of the
 batch's predictions they leave as the source's make them and the ratio of mean entropies, both
 averaged over batches (momentum ``smoothing``, restarting with the estimates). While more than
@@ -101,6 +112,7 @@ from tta_cli.objectives.entropy import entropy
 
 FITS_SOURCE = "the batch fits them better"
 MORE_CONFIDENT = "predictions with them are more confident"
+ONE_CLASS = "they predict most of the batch as one class, more confidently"
 
 
 class WeightedNorm(Norm):
@@ -110,12 +122,19 @@ class WeightedNorm(Norm):
     reference_reads_current = True
 
     def __init__(
-        self, model: nn.Module, settings: WeightedNormConfig | None = None, typicality: Typicality | None = None
+        self,
+        model: nn.Module,
+        settings: WeightedNormConfig | None = None,
+        typicality: Typicality | None = None,
+        num_classes: int = 0,
     ) -> None:
         super().__init__(model)
         if not self.layers:
             raise UsageError('The model has no BatchNorm layer, so "weighted" has nothing to normalise.')
         self.settings = settings = settings or WeightedNormConfig()
+        self.one_class = max(settings.one_class, 2 / num_classes) if num_classes else 1.0
+        """The share of a batch the source's statistics must predict as one class for
+        ``return_on_one_class``: ``one_class``, and for few classes twice an even share."""
         self.shallow = len(shallow_layers(model))
         self.ratios: deque[float] = deque(maxlen=settings.window)
         self.estimates = [
@@ -145,7 +164,8 @@ class WeightedNorm(Norm):
         second look: the deeper of these layers see what the layers before them normalised)."""
         self.recording = False
         self._hooks = [self.layers[0].register_forward_pre_hook(self._observe)]
-        if typicality is not None and settings.return_on_confidence and settings.confidence_near_source:
+        confidence_needs = settings.return_on_confidence and settings.confidence_near_source
+        if typicality is not None and (confidence_needs or settings.return_on_one_class):
             if len(typicality.loc) != self.shallow:
                 raise UsageError(
                     f"The bundle's typicality covers {len(typicality.loc)} BatchNorm layers, the model's shallow half "
@@ -157,7 +177,7 @@ class WeightedNorm(Norm):
     def create(
         cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig, typicality: Typicality | None
     ) -> WeightedNorm:
-        return cls(model, weighted_norm, typicality)
+        return cls(model, weighted_norm, typicality, num_classes)
 
     @property
     def gate(self) -> float:
@@ -249,7 +269,7 @@ class WeightedNorm(Norm):
         """Predict with ``logits`` (the statistics in use) or with the source's statistics
         (``look_again`` runs the model on the batch once more), which the layers then hold."""
         settings = self.settings
-        if not (settings.return_on_confidence or settings.deferral):
+        if not (settings.return_on_confidence or settings.return_on_one_class or settings.deferral):
             return Prediction(logits)
         with torch.no_grad():
             used = [(mean.clone(), var.clone()) for mean, var in map(running_stats, self.layers)]
@@ -266,10 +286,13 @@ class WeightedNorm(Norm):
             less_confident = (
                 settings.return_on_confidence and near and used_entropy > settings.confidence_ratio * source_entropy
             )
-            if less_confident:
+            one_class = (
+                settings.return_on_one_class and used_entropy > source_entropy and self._one_class(source_logits)
+            )
+            if less_confident or one_class:
                 # The averages restart with the estimates, from the next batch they predict;
                 # whether a deferral goes on is for that batch to say.
-                self._return(MORE_CONFIDENT)
+                self._return(MORE_CONFIDENT if less_confident else ONE_CLASS)
                 self.agreement = self.log_ratio = None
             elif settings.deferral:
                 if math.isfinite(used_entropy) and math.isfinite(source_entropy):
@@ -277,7 +300,7 @@ class WeightedNorm(Norm):
                     tiny = torch.finfo(torch.float32).tiny
                     self._follow(agreement, math.log((used_entropy + tiny) / (source_entropy + tiny)))
                 self.deferring = self.mild
-            if less_confident:
+            if less_confident or one_class:
                 why_not = "the source's statistics predicted the batch"
                 return Prediction(source_logits, learn=False, why_not=why_not, source_logits=source_logits)
             if self.deferring:
@@ -285,6 +308,14 @@ class WeightedNorm(Norm):
             for estimate, (mean, var) in zip(self.estimates, used, strict=True):
                 store(estimate.layer, mean, var, count=False)
             return Prediction(logits, source_logits=source_logits)
+
+    def _one_class(self, source_logits: torch.Tensor) -> bool:
+        """Whether the source's statistics predict more than ``self.one_class`` of a batch of
+        images typical of the source's as one class."""
+        if self.typicality is None or not self.moments or not self.typicality.typical(self.moments):
+            return False
+        counts = torch.bincount(source_logits.argmax(dim=1))
+        return float(counts.max()) / len(source_logits) > self.one_class
 
     def _follow(self, agreement: float, log_ratio: float) -> None:
         """Move the second look's averages; they restart with the estimates."""
