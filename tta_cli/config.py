@@ -105,14 +105,6 @@ class WeightedNormConfig(BaseModel):
         True, description="restart from the source's when they predict the batch more confidently"
     )
     confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
-    return_on_one_class: bool = Field(
-        True,
-        description="restart from the source's when they predict most of a batch of typical images as one class, "
-        "more confidently",
-    )
-    one_class: float = Field(
-        0.5, gt=0, le=1, description="that share of the batch, and at least twice a class's share in an even spread"
-    )
     confidence_near_source: bool = Field(
         True, description="and only for a batch whose images look typical of the source's (the bundle's typicality)"
     )
@@ -121,6 +113,14 @@ class WeightedNormConfig(BaseModel):
         gt=0,
         description="a jump's distance, and the return's for a bundle without typicality: 0.5 is the divergence "
         "of a shift of the mean by one source std",
+    )
+    return_on_one_class: bool = Field(
+        True,
+        description="restart from the source's when they predict most of a batch of typical images as one class "
+        "and more confidently than the statistics in use",
+    )
+    one_class: float = Field(
+        0.5, gt=0, le=1, description="that share of the batch, and at least twice a class's share in an even spread"
     )
     deferral: bool = Field(True, description="on a mild shift the source's statistics predict, without steps")
     agreement: float = Field(0.9, ge=0, le=1, description="share of unchanged predictions above which a shift is mild")
