@@ -228,7 +228,8 @@ def methods() -> None:
         "Variants: NAME:HARMONIZER (two objectives), +batch / +robust / +tbr / +balanced / +weighted "
         "(BatchNorm on test batches), "
         "+memory[N] (learn from a class-balanced memory), +resetN (back to the source every N steps), "
-        "+guard (the benchmark runs it guarded), e.g. mgtta+weighted+memory."
+        "+return (back to the source when the images turn back towards its own), +harmonizeN (harmonize on one "
+        "step in N), +guard (the benchmark runs it guarded), e.g. mgtta+weighted+memory."
     )
 
 
