@@ -24,7 +24,7 @@ from tta_cli.engine.norms.weighted import MORE_CONFIDENT, ONE_CLASS
 from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
-from tta_cli.models.typicality import measure_typicality
+from tta_cli.models.typicality import Typicality, measure_typicality
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches
 
 # One channel, four values: batch mean 2, biased variance (9 + 1 + 1 + 9) / 4 = 5.
@@ -432,6 +432,17 @@ def looked(model: nn.Module, batch: torch.Tensor, logits: torch.Tensor) -> torch
     return logits
 
 
+def scene_and_noise() -> tuple[nn.Module, Typicality | None, torch.Tensor, torch.Tensor]:
+    """A source model with its typicality, a batch of one scene (typical images, far from the
+    pooled statistics) and one under strong noise (atypical images, near them)."""
+    generator = torch.Generator().manual_seed(0)
+    source = six_layer_model().eval()
+    source[0].running_var.fill_(5.0)
+    typicality = measure_typicality(source, (source_like(100, generator) for _ in range(8)))
+    scene = source_like(1, generator).expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 8, 4, 4, generator=generator)
+    return source, typicality, scene, source_like(64, generator, noise=3.0)
+
+
 def test_a_collapse_is_told_from_one_scene_by_how_typical_its_images_are() -> None:
     """Source images vary in brightness (std 2 per channel) around 0. One scene lies far from
     the pooled statistics (divergence 2 at the first layer) but each of its images is typical;
@@ -439,12 +450,7 @@ def test_a_collapse_is_told_from_one_scene_by_how_typical_its_images_are() -> No
     the confidence return follows the images, not the batch's statistics."""
     confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
     uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 4)
-    generator = torch.Generator().manual_seed(0)
-    source = six_layer_model().eval()
-    source[0].running_var.fill_(5.0)
-    typicality = measure_typicality(source, (source_like(100, generator) for _ in range(8)))
-    scene = source_like(1, generator).expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 8, 4, 4, generator=generator)
-    noisy = source_like(64, generator, noise=3.0)
+    source, typicality, scene, noisy = scene_and_noise()
     cases = ((scene, True, True), (noisy, True, False), (scene, False, False), (noisy, False, True))
     for batch, measured, returns in cases:
         model = copy.deepcopy(source)
@@ -564,12 +570,7 @@ def test_a_typical_batch_the_source_sees_as_one_class_returns_when_the_estimates
     images (a collapse), nor where the estimates are the more confident (they correct a shift
     that the source answers with one class), nor where one class is no more than twice an even
     share of the batch."""
-    generator = torch.Generator().manual_seed(0)
-    source = six_layer_model().eval()
-    source[0].running_var.fill_(5.0)
-    typicality = measure_typicality(source, (source_like(100, generator) for _ in range(8)))
-    scene = source_like(1, generator).expand(64, -1, -1, -1) + 0.1 * torch.randn(64, 8, 4, 4, generator=generator)
-    noisy = source_like(64, generator, noise=3.0)
+    source, typicality, scene, noisy = scene_and_noise()
     one_class = torch.tensor([[4.0, 0.0, 0.0]] * 3 + [[0.0, 4.0, 0.0]])
     spread = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     less_sure, surer = 3.8 * spread, 6.0 * spread  # entropy 1.17 and 0.2 times the source's
