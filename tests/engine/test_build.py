@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from torch import nn
 
-from tests.conftest import MEAN, STD
 from tta_cli.config import AdaptConfig
-from tta_cli.engine.build import adapter_for, default_method, has_batch_norm, resolve_method
-from tta_cli.engine.methods import DEFAULT_METHOD, NO_BATCH_NORM_LEARNED_METHOD, NO_BATCH_NORM_METHOD
-from tta_cli.models import load_bundle, prepare_bundle
-
-
-def group_norm_net(num_classes: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3),
-        nn.GroupNorm(2, 8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, num_classes),
-    )
-
-
-@pytest.fixture(scope="module")
-def group_norm_bundle(tmp_path_factory: pytest.TempPathFactory, clean_folder: Path) -> Path:
-    root = tmp_path_factory.mktemp("gn")
-    torch.manual_seed(0)
-    save_file(group_norm_net(3).state_dict(), str(root / "weights.safetensors"))
-    out = root / "bundle"
-    reference = "tests.engine.test_build:group_norm_net"
-    prepare_bundle(reference, root / "weights.safetensors", clean_folder, out, MEAN, STD, num_images=12)
-    return out
+from tta_cli.engine.build import adapter_for, build_adapter, default_method, has_batch_norm, resolve_method
+from tta_cli.engine.methods import DEFAULT_METHOD, NO_BATCH_NORM_LEARNED_METHOD, NO_BATCH_NORM_METHOD, get_method
+from tta_cli.errors import UsageError
+from tta_cli.models import load_bundle
+from tta_cli.models.typicality import Typicality
 
 
 def test_auto_on_a_model_without_batch_norm_steps_on_its_norm_parameters(
@@ -61,7 +39,15 @@ def test_auto_takes_the_learned_update_on_a_model_without_batch_norm_that_has_it
     with_generator = tmp_path / "with-generator"
     shutil.copytree(group_norm_bundle, with_generator)
     save_generator(MetaGradientGenerator(memory=False), with_generator / "mgg-no-memory.safetensors", {})
-    assert default_method(load_bundle(with_generator)) == NO_BATCH_NORM_LEARNED_METHOD == "mgtta-nomem+return"
+    bundle = load_bundle(with_generator)
+    typicality = Typicality([torch.zeros(16)], [torch.ones(16)], 1.0)
+    assert (
+        default_method(replace(bundle, typicality=typicality)) == NO_BATCH_NORM_LEARNED_METHOD == "mgtta-nomem+return"
+    )
+    # Prepared on too few images to measure the typicality that θ's return needs: without it.
+    assert bundle.typicality is None and default_method(bundle) == "mgtta-nomem"
     config = AdaptConfig(model=with_generator, source=tmp_path, run=tmp_path / "run")
-    adapter = adapter_for(load_bundle(with_generator), config, torch.device("cpu"))
-    assert adapter.method.name == "mgtta-nomem+return" and adapter.guard.config.enabled
+    adapter = adapter_for(bundle, config, torch.device("cpu"))
+    assert adapter.method.name == "mgtta-nomem" and adapter.guard.config.enabled
+    with pytest.raises(UsageError, match=r"typicality .* 'tta-cli prepare'"):
+        build_adapter(bundle, get_method("mgtta-nomem+return"), torch.device("cpu"))

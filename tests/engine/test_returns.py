@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from tests.engine.test_build import group_norm_bundle, group_norm_net  # noqa: F401 (a fixture)
+from tests.models.factories import group_norm_net
 from tta_cli.engine.build import build_adapter
 from tta_cli.engine.methods import get_method
 from tta_cli.engine.returns import SourceReturn
 from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
-from tta_cli.models.typicality import Typicality, measure_typicality, shallow_layers
+from tta_cli.models.typicality import Typicality, measure_typicality
 from tta_cli.streams import UNLABELED, Batch
 
 
@@ -37,10 +37,16 @@ def measured(model: nn.Module, generator: torch.Generator) -> Typicality:
     return typicality
 
 
-def test_the_typicality_of_a_model_without_batch_norm_is_measured_at_its_group_norm_layers() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8))
-    assert shallow_layers(model) == [model[1]]
-    assert len(measured(model, torch.Generator().manual_seed(0)).loc) == 1
+def due(watch: SourceReturn, images: torch.Tensor) -> bool:
+    """What the adapter asks before a batch: does it return? The batch joins the record."""
+    moments = watch.moments(images)
+    if moments is None:
+        return False
+    returns = watch.fits_source(moments)
+    if returns:
+        watch.load_state_dict({})
+    watch.record(moments)
+    return returns
 
 
 def test_a_stream_that_stays_shifted_never_returns_and_one_back_at_the_source_does() -> None:
@@ -48,12 +54,42 @@ def test_a_stream_that_stays_shifted_never_returns_and_one_back_at_the_source_do
     generator = torch.Generator().manual_seed(1)
     model = group_norm_net(3)
     watch = SourceReturn(model, measured(model, generator))
-    assert not any(watch.due(noisy_images(16, generator)) for _ in range(10))
-    assert watch.due(source_images(16, generator)), "the first clean batch after the noise"
+    assert not any(due(watch, noisy_images(16, generator)) for _ in range(10))
+    assert due(watch, source_images(16, generator)), "the first clean batch after the noise"
     assert watch.count == 1, "the record starts afresh from that batch"
 
 
-def test_the_batch_that_returns_is_predicted_by_the_source_state(group_norm_bundle: Path) -> None:  # noqa: F811
+def test_at_the_source_chance_alone_decides_about_half_of_the_batches() -> None:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(3)
+    model = group_norm_net(3)
+    watch = SourceReturn(model, measured(model, generator))
+    returns = sum(due(watch, source_images(16, generator)) for _ in range(200))
+    assert 60 < returns < 140, "the few batches behind the record's mean would push it to three in four"
+
+
+def test_a_batch_without_finite_moments_leaves_the_record_as_it_was() -> None:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(4)
+    model = group_norm_net(3)
+    watch = SourceReturn(model, measured(model, generator))
+    for _ in range(5):
+        due(watch, noisy_images(16, generator))
+    broken = noisy_images(16, generator)
+    broken[0, 0, 0, 0] = float("nan")
+    before = watch.state_dict()
+    assert not due(watch, broken) and not due(watch, broken[:0])
+    assert watch.count == before["count"] and torch.equal(watch.seen, before["seen"])
+    assert due(watch, source_images(16, generator)), "a NaN must not stop every later return"
+
+
+def test_a_model_whose_theta_changes_the_watched_input_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LayerNorm([8, 6, 6]), nn.GroupNorm(2, 8), nn.Flatten())
+    with pytest.raises(UsageError, match="LayerNorm before it"):
+        SourceReturn(model, Typicality([torch.zeros(16)], [torch.ones(16)], 1.0))
+
+
+def test_the_batch_that_returns_is_predicted_by_the_source_state(group_norm_bundle: Path) -> None:
     generator = torch.Generator().manual_seed(2)
     loaded = load_bundle(group_norm_bundle)
     bundle = replace(loaded, typicality=measured(loaded.model, generator))
@@ -71,11 +107,17 @@ def test_the_batch_that_returns_is_predicted_by_the_source_state(group_norm_bund
     for _ in range(5):
         _, events = step(noisy_images(16, generator))
         assert EventKind.RESET not in events
+    before = adapter.state_dict()
+    assert before["source_return"]["count"] == 5, "the record of what θ saw is part of its state"
     clean = source_images(16, generator)
     probabilities, events = step(clean)
     assert events == [EventKind.RESET]
     with torch.no_grad():
         assert torch.allclose(probabilities, source(clean).softmax(dim=1), atol=1e-6)
+    assert adapter.state_dict()["source_return"]["count"] == 1, "afresh from the batch that returned"
+    # A rollback to the state before the return brings back θ and what it had seen.
+    adapter.load_state_dict(before)
+    assert adapter.source_return is not None and adapter.source_return.count == 5
     adapter.close()
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tta_cli.models.typicality import MIN_IMAGES, QUANTILE, Typicality, measure_typicality, recorded_moments
+from tta_cli.models.typicality import (
+    MIN_IMAGES,
+    QUANTILE,
+    Typicality,
+    measure_typicality,
+    recorded_moments,
+    shallow_layers,
+)
 
 
 def source_like(count: int, generator: torch.Generator, noise: float = 1.0) -> torch.Tensor:
@@ -63,3 +70,19 @@ def test_no_typicality_without_batchnorm_over_images_or_without_enough_images() 
     flat = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(128)).eval()
     assert measure_typicality(flat, [source_like(300, generator)]) is None
     assert measure_typicality(model(), [source_like(MIN_IMAGES - 1, generator)]) is None
+
+
+def test_the_typicality_of_a_model_without_batch_norm_is_measured_at_its_group_norm_layers() -> None:
+    network = nn.Sequential(nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8))
+    assert shallow_layers(network) == [network[1]]
+    assert len(measured(torch.Generator().manual_seed(5), network.eval()).loc) == 1
+
+
+def test_a_statistic_that_never_varies_adds_nothing_to_a_score() -> None:
+    network = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)).eval()
+    with torch.no_grad():
+        network[0].weight[0].zero_()
+        network[0].bias[0] = 0.5
+    typicality = measured(torch.Generator().manual_seed(6), network)
+    assert float(typicality.scale[0][0]) == 0 and float(typicality.weights(0)[0]) == 0
+    assert typicality.limit < 10, "a dead channel does not make every score infinite"

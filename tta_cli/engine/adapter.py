@@ -1,5 +1,7 @@
 """One adaptation step: predict, then (for methods that update) move θ.
 
+0. back to the state before the first step, when RDumb's period says so or the batch's images
+   fit the source's better than those θ has seen (``tta_cli.engine.returns``)
 1. logits, features = model(x), normalised as the method's ``Norm`` says
 2. predictions are taken here, before the update; the guard watches them (and, for its harm
    signal, the un-updated model's view of the same inputs)
@@ -193,12 +195,19 @@ class Adapter:
 
     def _return_if_fits(self, batch: Batch) -> list[Event]:
         """Back to the state before the first step when the batch's images fit the source's
-        better than those seen since the last return (``tta_cli.engine.returns``)."""
-        if self.source_return is None or not self.source_return.due(batch.images):
+        better than those seen since the last return (``tta_cli.engine.returns``); the batch
+        joins the record of those seen either way (a batch without finite moments does not)."""
+        if self.source_return is None or (moments := self.source_return.moments(batch.images)) is None:
             return []
-        assert self.source_state is not None  # kept by ``_reset_if_due`` at the first step
-        self.load_state_dict(self.source_state)
-        return [Event(EventKind.RESET, "the images fit the source's better than those seen since the last return")]
+        events = []
+        if self.source_return.fits_source(moments):
+            assert self.source_state is not None  # kept by ``_reset_if_due`` at the first step
+            self.load_state_dict(self.source_state)
+            events.append(
+                Event(EventKind.RESET, "the images fit the source's better than those seen since the last return")
+            )
+        self.source_return.record(moments)
+        return events
 
     def _watch(self, result: StepResult, prediction: Prediction, batch: Batch, before: dict[str, torch.Tensor]) -> None:
         """The guard's verdict on the predictions, with the reference's view of the batch (harm)
@@ -318,7 +327,8 @@ class Adapter:
         """Everything that adapts: θ, normalisation running statistics and the norm's own state,
         the update rule's and the harmonizer's state, and what objectives carry between batches.
         (The memory is a cache of inputs, not state: ``tta_cli.engine.memory``.) With a weighting
-        across domains, its clusters too."""
+        across domains, its clusters too; with θ's return, its record of the images seen since
+        the last one (``tta_cli.engine.returns``)."""
         state = {
             "params": {name: param.detach().clone() for name, param in self.named_params.items()},
             "buffers": self._statistics(),
@@ -329,6 +339,8 @@ class Adapter:
         }
         if self.domains is not None:
             state["domains"] = self.domains.state_dict()
+        if self.source_return is not None:
+            state["source_return"] = self.source_return.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -349,6 +361,8 @@ class Adapter:
             objective.load_state_dict(objectives.get(objective.name, {}))
         if self.domains is not None:
             self.domains.load_state_dict(state.get("domains", {}))
+        if self.source_return is not None:
+            self.source_return.load_state_dict(state.get("source_return", {}))
 
     def close(self) -> None:
         self._hooks.close()

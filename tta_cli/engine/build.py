@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 
 from tta_cli.config import AdaptConfig, GuardConfig, WeightedNormConfig
 from tta_cli.engine.adapter import Adapter
@@ -41,11 +42,14 @@ def resolve_method(name: str, norm: str | None = None, default: str = DEFAULT_ME
 def default_method(bundle: Bundle) -> str:
     """What ``auto`` runs on the bundle, chosen by measurement: ``DEFAULT_METHOD`` on a model with
     BatchNorm; without, ``NO_BATCH_NORM_LEARNED_METHOD`` where the bundle has the generator it
-    needs, else ``NO_BATCH_NORM_METHOD``."""
+    needs (without θ's return where it has no typicality), else ``NO_BATCH_NORM_METHOD``."""
     if has_batch_norm(bundle):
         return DEFAULT_METHOD
-    generator = get_method(NO_BATCH_NORM_LEARNED_METHOD).update_options["generator"]
-    return NO_BATCH_NORM_LEARNED_METHOD if (bundle.path / generator).is_file() else NO_BATCH_NORM_METHOD
+    learned = get_method(NO_BATCH_NORM_LEARNED_METHOD)
+    if not (bundle.path / learned.update_options["generator"]).is_file():
+        return NO_BATCH_NORM_METHOD
+    # A bundle prepared before the typicality was measured cannot tell when to return θ.
+    return learned.name if bundle.typicality is not None else learned.name.removesuffix("+return")
 
 
 def has_batch_norm(bundle: Bundle) -> bool:
@@ -94,11 +98,21 @@ def build_adapter(
         _harmonizer(harmonizer or method.harmonizer, method.harmonize_every),
         reference=reference,
         domains=DomainClusters() if domain_weighting else None,
-        # Without the bundle's typicality (prepared before it was measured) θ does not return.
-        source_return=SourceReturn(model, bundle.typicality) if method.return_to_source and bundle.typicality else None,
+        source_return=_source_return(bundle, method, model),
     )
     adapter.update_rule = _update_rule(bundle, method, adapter.params, optimizer, lr)
     return adapter
+
+
+def _source_return(bundle: Bundle, method: Method, model: nn.Module) -> SourceReturn | None:
+    if not method.return_to_source:
+        return None
+    if bundle.typicality is None:
+        raise UsageError(
+            f"Method {method.name!r} returns θ to the source by the typicality of the source's images, which "
+            f"the bundle at {bundle.path} does not hold; re-create it with 'tta-cli prepare'."
+        )
+    return SourceReturn(model, bundle.typicality)
 
 
 def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Adapter:

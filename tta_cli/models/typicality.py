@@ -77,10 +77,19 @@ class Typicality:
     scale: list[torch.Tensor]
     limit: float
 
+    def weights(self, layer: int) -> torch.Tensor:
+        """What standardises the moments at one of the layers: one over their spread, and 0 for a
+        statistic that does not vary over clean images (a dead channel), which says nothing,
+        rather than a tiny spread that would make every score infinite."""
+        scale = self.scale[layer]
+        return torch.where(scale > 0, 1 / scale.clamp_min(torch.finfo(scale.dtype).tiny), 0)
+
     def scores(self, moments: list[torch.Tensor]) -> torch.Tensor:
         """Each image's mean squared standardised moment over the layers (one ``N×2C`` each)."""
-        layers = zip(moments, self.loc, self.scale, strict=True)
-        squares = [((m - loc.to(m)) / scale.to(m)).square().mean(dim=1) for m, loc, scale in layers]
+        squares = [
+            ((m - self.loc[layer].to(m)) * self.weights(layer).to(m)).square().mean(dim=1)
+            for layer, m in enumerate(moments)
+        ]
         return torch.stack(squares).mean(dim=0)
 
     def typical(self, moments: list[torch.Tensor]) -> bool:
@@ -99,7 +108,7 @@ class Typicality:
         """What ``tensors`` wrote; ``None`` for a bundle prepared without it."""
         if f"{PREFIX}.limit" not in stored:
             return None
-        count = sum(1 for key in stored if key.startswith(PREFIX) and key.endswith(".loc"))
+        count = sum(1 for key in stored if key.startswith(f"{PREFIX}.") and key.endswith(".loc"))
         loc = [stored[f"{PREFIX}.{index}.loc"] for index in range(count)]
         scale = [stored[f"{PREFIX}.{index}.scale"] for index in range(count)]
         return cls(loc, scale, float(stored[f"{PREFIX}.limit"]))
@@ -126,7 +135,10 @@ def measure_typicality(model: nn.Module, images: Iterable[torch.Tensor]) -> Typi
     # Seen and held-out halves alternate, so that both cover the whole folder.
     fitted = [layer[0::2] for layer in moments]
     loc = [layer.mean(dim=0) for layer in fitted]
-    scale = [layer.std(dim=0).clamp_min(torch.finfo(torch.float32).tiny) for layer in fitted]
+    # A statistic that does not vary over clean images (a dead channel) gets scale 0: see ``weights``.
+    eps = torch.finfo(torch.float32).eps
+    spreads = [(layer.std(dim=0), centre) for layer, centre in zip(fitted, loc, strict=True)]
+    scale = [torch.where(spread > eps * centre.abs(), spread, 0) for spread, centre in spreads]
     typicality = Typicality([value.float() for value in loc], [value.float() for value in scale], math.inf)
     held_out = typicality.scores([layer[1::2].float() for layer in moments])
     typicality.limit = float(torch.quantile(held_out, QUANTILE))

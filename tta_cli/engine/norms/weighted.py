@@ -294,6 +294,8 @@ class WeightedNorm(Norm):
                 # whether a deferral goes on is for that batch to say.
                 self._return(MORE_CONFIDENT if less_confident else ONE_CLASS)
                 self.agreement = self.log_ratio = None
+                # The return says who predicts; a deferral after it is a new one.
+                self.deferring = self.deferral_noted = False
             elif settings.deferral:
                 if math.isfinite(used_entropy) and math.isfinite(source_entropy):
                     agreement = float((logits.argmax(dim=1) == source_logits.argmax(dim=1)).float().mean())
@@ -428,9 +430,10 @@ class _Estimate:
             return F.batch_norm(x, *running_stats(layer), layer.weight, layer.bias, False, 0.0, layer.eps)
         batch_var, batch_mean = torch.var_mean(x, dim=reduced_dims(x), unbiased=False)
         rate = rate_of(layer)
-        # The batch's share keeps its gradient, as in robust BN.
-        mean = (1 - rate) * self.mean + rate * batch_mean
-        var = (1 - rate) * self.var + rate * batch_var
+        # The batch's share keeps its gradient, as in robust BN; at rate 1 (a jump) the estimate
+        # is the batch's alone, even after one that left it non-finite.
+        mean = batch_mean if rate == 1 else (1 - rate) * self.mean + rate * batch_mean
+        var = batch_var if rate == 1 else (1 - rate) * self.var + rate * batch_var
         self.mean, self.var = mean.detach(), var.detach()
         weight = self._weight(x, rate)
         source_mean, source_var = self.source
