@@ -59,13 +59,13 @@ def test_a_stream_that_stays_shifted_never_returns_and_one_back_at_the_source_do
     assert watch.count == 1, "the record starts afresh from that batch"
 
 
-def test_at_the_source_chance_alone_decides_about_half_of_the_batches() -> None:
+def test_in_doubt_theta_returns() -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(3)
     model = group_norm_net(3)
     watch = SourceReturn(model, measured(model, generator))
     returns = sum(due(watch, source_images(16, generator)) for _ in range(200))
-    assert 60 < returns < 140, "the few batches behind the record's mean would push it to three in four"
+    assert returns > 120, "at the source's own images the few batches behind the record tip it to returning"
 
 
 def test_a_batch_without_finite_moments_leaves_the_record_as_it_was() -> None:
