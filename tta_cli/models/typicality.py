@@ -88,7 +88,7 @@ class Typicality:
         """Each image's mean squared standardised moment over the layers (one ``N×2C`` each)."""
         squares = [
             ((m - self.loc[layer].to(m)) * self.weights(layer).to(m)).square().mean(dim=1)
-            for layer, m in enumerate(moments)
+            for layer, m in zip(range(len(self.loc)), moments, strict=True)
         ]
         return torch.stack(squares).mean(dim=0)
 
