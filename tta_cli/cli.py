@@ -512,7 +512,8 @@ def export(
         Literal["source", "target", "tracked"] | None,
         typer.Option(
             help="BatchNorm statistics: the bundle's (source), re-estimated on recent images (target) or the run's "
-            "(tracked; default for robust and tbr runs, else source)."
+            "(tracked; default for runs with robust, tbr, balanced or weighted statistics, the default's "
+            "included; else source)."
         ),
     ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Verify with onnxruntime.")] = True,
@@ -755,7 +756,8 @@ def distill(
         Literal["source", "target", "tracked"] | None,
         typer.Option(
             help="The teacher's BatchNorm statistics, as for export: the bundle's (source), re-estimated on the "
-            "target images (target) or the run's (tracked; default for robust and tbr runs, else source)."
+            "target images (target) or the run's (tracked; default for runs with robust, tbr, balanced or "
+            "weighted statistics, the default's included; else source)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the student's initialisation, the order and augmentation.")] = 0,

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel
 
 from tta_cli.config import AdaptConfig, read_config
-from tta_cli.engine.build import resolve_method
+from tta_cli.engine.build import default_method, resolve_method
 from tta_cli.engine.norms import SMOOTHED
 from tta_cli.errors import ExitCode, TTAError, UsageError
 from tta_cli.export.rebuild import BnStats, build_export_model
@@ -55,7 +55,7 @@ def read_recorded_state(run_dir: Path, selector: str = "current", bundle_path: P
         config = read_config(store.first_config())
         position = store.stream_position()
         bundle = load_bundle(bundle_path or config.model)
-        method = resolve_method(config.method, config.norm)
+        method = resolve_method(config.method, config.norm, default_method(bundle))
         if bundle.weights_sha256 != store.bundle_sha256():
             raise UsageError(f"Bundle {bundle.path} is not the one this run adapted; pass the right one with --bundle.")
     finally:
