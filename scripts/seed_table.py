@@ -100,10 +100,12 @@ def main(out: Annotated[Path, typer.Argument(help="Folder with seedS/BUNDLE/[MET
                 differences = " / ".join(f"{ours - theirs:+.2f}" for ours, theirs in pairs)
                 gap = statistics.fmean(table[best]) - statistics.fmean(table[learned])
                 spread = max(max(v) - min(v) for v in (table[best], table[learned]))
+                # One seed has no spread to be beyond.
+                beyond = "n/a (one seed)" if len(pairs) < 2 else "yes" if gap > spread else "no"
                 print(
                     f"| {protocol} | {learned} {summary(table[learned])} | {best} {summary(table[best])} | "
                     f"{statistics.fmean(table[learned]) / statistics.fmean(table[best]):.3f} | "
-                    f"{min(ratios):.3f}-{max(ratios):.3f} | {differences} | {'yes' if gap > spread else 'no'} |"
+                    f"{min(ratios):.3f}-{max(ratios):.3f} | {differences} | {beyond} |"
                 )
         conflicts(by_seed, seeds, protocols, methods)
         print()
