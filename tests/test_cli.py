@@ -82,6 +82,16 @@ def test_bad_input_is_one_sentence_and_exit_code_2(
     assert len(result.stderr.strip().splitlines()) <= 3
 
 
+def test_a_path_the_system_refuses_is_one_sentence_naming_it(bundle_path: Path, tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = tta("adapt", "--model", bundle_path, "--source", data, "--run", blocker / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"Could not use {blocker}" in " ".join(result.stderr.split())
+    assert blocker.read_text() == "not a folder"
+
+
 def test_debug_shows_the_traceback(bundle_path: Path, tmp_path: Path) -> None:
     result = tta("--debug", "adapt", "--model", tmp_path / "nope", "--source", tmp_path, "--run", tmp_path / "r")
     assert result.returncode == 2 and "Traceback" in result.stderr

@@ -59,3 +59,13 @@ def test_an_atomic_folder_never_replaces_one_that_holds_files(tmp_path: Path) ->
     with pytest.raises(OSError), atomic_folder(out) as staging:
         (staging / "new.txt").write_text("x")
     assert names(tmp_path) == ["run"] and names(out) == ["keep.txt"]
+
+
+def test_a_destination_that_cannot_be_written_is_named_in_the_error(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "model.onnx"
+    with pytest.raises(FileNotFoundError) as raised, atomic_path(out):
+        pass
+    assert raised.value.filename == str(out)
+    with pytest.raises(FileNotFoundError) as raised, atomic_folder(out):
+        pass
+    assert raised.value.filename == str(out)

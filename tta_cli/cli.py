@@ -882,7 +882,8 @@ def _fmt(value: float | None, percent: bool = False) -> str:
 
 
 def main() -> None:
-    """Console entry point: a user's mistake is one red sentence and exit code 2."""
+    """Console entry point: a user's mistake, or a path the system refuses, is one red sentence
+    and exit code 2."""
     try:
         app()
     except TTAError as error:
@@ -890,6 +891,14 @@ def main() -> None:
             console.print_exception()
         _say(f"[red]Error:[/red] {escape(str(error))}")
         sys.exit(error.exit_code)
+    except OSError as error:
+        # A path that cannot be created, read or written (a file where a folder should be,
+        # a full disk, no permission): the system's reason, not a traceback.
+        if _debug:
+            console.print_exception()
+        where = f" {error.filename}" if error.filename else ""
+        _say(f"[red]Error:[/red] {escape(f'Could not use{where}: {error.strerror or error}.')}")
+        sys.exit(ExitCode.USAGE)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow]")
         sys.exit(ExitCode.SIGINT)

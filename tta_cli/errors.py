@@ -13,7 +13,7 @@ class ExitCode(IntEnum):
     CHECK_FAILED = 1
     """``export``: onnxruntime did not reproduce PyTorch within tolerance."""
     USAGE = 2
-    """Bad usage: a missing path, an unknown name, a bundle that does not fit."""
+    """Bad usage: a missing path, an unknown name, a bundle that does not fit, a path the system refuses."""
     SOURCE_LOST = 3
     """``adapt``: a live source was lost and could not be reconnected."""
     SOURCE_NOT_FINITE = 4

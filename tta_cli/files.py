@@ -41,7 +41,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     it raises it is removed. Whoever writes must not need it fsynced, or use ``write_atomic``.
     """
     path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with _naming(path):
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(handle)
     temporary = Path(name)
     try:
@@ -63,7 +64,8 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     first, inside the block.
     """
     path = Path(path)
-    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    with _naming(path):
+        temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield temporary
         # mkdtemp creates 0700; give the folder the permissions a plain mkdir() would.
@@ -74,6 +76,15 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Report a temporary file or folder that cannot be made as the destination it was for."""
+    try:
+        yield
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(path)) from error
 
 
 def _umask() -> int:
