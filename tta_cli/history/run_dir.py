@@ -8,6 +8,7 @@ RUN_DIR/summary.json      totals for the whole run
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,14 +112,20 @@ class PredictionWriter:
 
 
 def _rows_through_step(path: Path, last_step: int) -> str:
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [lines[0]] if lines else [",".join(PredictionWriter.FIELDS) + "\n"]
-    for line in lines[1:]:
-        fields = line.rstrip("\n").split(",")
-        complete = line.endswith("\n") and len(fields) == len(PredictionWriter.FIELDS)
-        if complete and fields[3].isdigit() and int(fields[3]) <= last_step:
-            kept.append(line)
-    return "".join(kept)
+    """The header and the complete rows of steps up to ``last_step``, read as CSV: an id or a
+    class name that holds a comma or a quote is a quoted field, not a broken row."""
+    with path.open(newline="") as handle:
+        text = handle.read()
+    # A row a kill cut short has no line end yet.
+    rows = csv.reader(io.StringIO(text[: text.rfind("\n") + 1]))
+    next(rows, None)
+    kept = io.StringIO()
+    writer = csv.writer(kept)
+    writer.writerow(PredictionWriter.FIELDS)
+    for row in rows:
+        if len(row) == len(PredictionWriter.FIELDS) and row[3].isdigit() and int(row[3]) <= last_step:
+            writer.writerow(row)
+    return kept.getvalue()
 
 
 def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
