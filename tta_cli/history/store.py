@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 from safetensors.torch import load, save
 
-from tta_cli.errors import UsageError
+from tta_cli.errors import TTAError, UsageError
 from tta_cli.events import Event, EventKind, SkippedInput
 from tta_cli.files import write_atomic
 from tta_cli.history.state import dumps_skeleton, flatten_state, unflatten_state
@@ -121,13 +121,21 @@ class HistoryStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """The block's writes, committed together or not at all. SQLite's own failure (a full
+        disk, a file it may not write) is one sentence naming the history."""
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                # On some errors (a full disk) SQLite has rolled back already; a second
+                # ROLLBACK would fail and hide the reason.
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            raise TTAError(f"Could not write the history {self.run_dir / self.DB}: {error}.") from error
 
     # -- writing ----------------------------------------------------------------------------
 
