@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from tta_cli.engine.session import Session
 from tta_cli.errors import TTAError
 from tta_cli.history import HistoryStore, StepRecord
 
@@ -28,3 +30,18 @@ def test_a_full_disk_is_one_sentence_with_sqlites_reason_and_the_history_still_o
     reopened = HistoryStore.open(tmp_path)
     assert [step.step for step in reopened.steps()] == [1]
     reopened.close()
+
+
+def test_retention_keeps_the_states_the_guard_may_still_confirm_as_last_good(bundle_path: Path, tmp_path: Path) -> None:
+    # Fewer recent snapshots kept than the guard waits before confirming one: a pruned
+    # candidate would become a last-good that no rollback can load.
+    settings = {"history": {"keep_last": 2, "keep_every": 4}, "guard": {"confirm_steps": 5}}
+    session = Session.start(bundle_path, tmp_path / "run", method="tent", device="cpu", **settings)
+    generator = torch.Generator().manual_seed(0)
+    with session:
+        for _ in range(16):
+            session.adapt(torch.rand(2, 3, 32, 32, generator=generator))
+            last_good = session.store.aliases()["last-good"]
+            assert session.store.load_snapshot(last_good.id)["params"], f"last-good of step {last_good.step}"
+        assert last_good.step > 0
+        assert session.store.prune(keep_last=2, keep_every=4) > 0, "retention still removes old snapshots"

@@ -174,7 +174,8 @@ class Session:
         self.recovery.after_step(result, snapshot_id)
         self._at_source = verdict.action == "rollback" and store.aliases()["current"].step == 0
         if step % self.config.history.keep_every == 0:
-            store.prune(self.config.history.keep_last, self.config.history.keep_every)
+            candidates = [snapshot_id for _, snapshot_id in adapter.guard.candidates]
+            store.prune(self.config.history.keep_last, self.config.history.keep_every, pending=candidates)
         self.position = batch.end_position
         self._keep_recent(batch.images)
         return result

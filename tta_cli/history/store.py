@@ -359,11 +359,13 @@ class HistoryStore:
 
     # -- retention --------------------------------------------------------------------------
 
-    def prune(self, keep_last: int, keep_every: int) -> int:
+    def prune(self, keep_last: int, keep_every: int, pending: Iterable[str] = ()) -> int:
         """Remove snapshot files no longer needed: keep those of the last ``keep_last`` steps,
-        of every ``keep_every``-th step, and any that an alias or event names. Returns the
-        number removed."""
-        keep = {snapshot_id for (snapshot_id,) in self.db.execute("SELECT snapshot_id FROM aliases")}
+        of every ``keep_every``-th step, any that an alias or event names, and the ``pending``
+        ones (the guard's candidates for ``last-good``, which an alias may name later). Returns
+        the number removed."""
+        keep = set(pending)
+        keep |= {snapshot_id for (snapshot_id,) in self.db.execute("SELECT snapshot_id FROM aliases")}
         keep |= {sid for (sid,) in self.db.execute("SELECT snapshot_id FROM events WHERE snapshot_id IS NOT NULL")}
         horizon = self.last_step() - keep_last
         candidates = self.db.execute(
