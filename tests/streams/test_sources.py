@@ -79,3 +79,30 @@ def test_video_stride_max_frames_and_resume_are_frame_exact(tmp_path: Path) -> N
     frames = list(resumed)
     assert [(frame.id, frame.position) for frame in frames] == [("16@0.533s", 4), ("20@0.667s", 5)]
     assert abs(frames[0].image.mean() - level(16)) < 3
+
+
+def damage_frames(video: Path, indices: list[int]) -> Path:
+    """Overwrite the start of the JPEG data of the Motion-JPEG frames ``indices``."""
+    data = bytearray(video.read_bytes())
+    starts = [offset for offset in range(len(data) - 1) if data[offset : offset + 2] == b"\xff\xd8"]
+    for index in indices:
+        data[starts[index] + 2 : starts[index] + 200] = bytes(198)
+    video.write_bytes(bytes(data))
+    return video
+
+
+def test_a_damaged_video_frame_is_skipped_and_counted_and_the_frames_after_it_arrive(tmp_path: Path) -> None:
+    video = damage_frames(write_video(tmp_path / "clip.avi", 30), [15, 16])
+    stream = open_source(video, Framing((32, 32)))
+    frames = list(stream)
+    expected = [index for index in range(30) if index not in (15, 16)]
+    assert [(index_of(frame.id), frame.position) for frame in frames] == [(index, index) for index in expected]
+    skipped = stream.skipped.drain()
+    assert [(entry.input_id, entry.position) for entry in skipped] == [("15@0.500s", 15), ("16@0.533s", 16)]
+    assert stream.failure is None
+    # Resuming before, at and after the damage: every kept frame once, each damaged one counted once.
+    for start in (10, 15, 20):
+        resumed = open_source(video, Framing((32, 32)), stride=2, start=start // 2, max_frames=14)
+        positions = [frame.position for frame in resumed]
+        assert positions == [p for p in range(start // 2, 14) if p != 8], f"resumed at {start}"
+        assert [entry.position for entry in resumed.skipped.drain()] == ([8] if start <= 16 else [])

@@ -25,19 +25,25 @@ class Frame:
 
 @dataclass
 class SkipLog:
-    """Inputs that could not be used, with why; the run goes on without them."""
+    """Inputs that could not be used, with why; the run goes on without them.
+
+    A video's reader thread may add while the run loop drains, so both go through a lock.
+    """
 
     pending: list[SkippedInput] = field(default_factory=list)
     total: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, position: int, input_id: str, reason: str) -> None:
-        self.pending.append(SkippedInput(input_id, reason, position))
-        self.total += 1
+        with self._lock:
+            self.pending.append(SkippedInput(input_id, reason, position))
+            self.total += 1
 
     def drain(self, before: int | None = None) -> list[SkippedInput]:
         """Hand over the entries at stream positions before ``before`` (all when ``None``)."""
-        taken = [entry for entry in self.pending if before is None or entry.position < before]
-        self.pending = [entry for entry in self.pending if not (before is None or entry.position < before)]
+        with self._lock:
+            taken = [entry for entry in self.pending if before is None or entry.position < before]
+            self.pending = [entry for entry in self.pending if not (before is None or entry.position < before)]
         return taken
 
 

@@ -44,6 +44,8 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 # How often a waiting loop looks at its stop flag: the bound on how late a stop is noticed.
 POLL_SECONDS = 0.1
+# Failed grabs in a row that end a video file: fewer are damaged frames it reads on after.
+DAMAGED_FRAMES_IN_A_ROW = 30
 # OpenCV's filter for each interpolation where a frame grows. Where it shrinks, PIL (the files'
 # path) widens its bilinear, bicubic and box filters so that they average, which in OpenCV only
 # INTER_AREA does; nearest stays nearest. INTER_NEAREST_EXACT picks the pixels PIL's nearest
@@ -195,7 +197,8 @@ class CaptureStream(Stream):
                     continue
                 self.dropped = outbox.dropped + self._dropped_before
                 yield replace(frame, position=position) if self.live else frame
-                position += 1
+                # A file's frames carry their own positions, which skip the damaged ones.
+                position = position + 1 if self.live else frame.position + 1
                 if self.max_frames is not None and position >= self.max_frames:
                     break
         finally:
@@ -324,13 +327,9 @@ class Reader(threading.Thread):
     def _pump(self, capture: cv2.VideoCapture, frame_number: int) -> tuple[int, str | None]:
         """Read until the source ends (reason ``None``), fails (the reason) or the reader is
         told to stop; returns the next frame number and the reason."""
+        if not self.stream.live:
+            return self._pump_file(capture, frame_number), None
         stream = self.stream
-        if not stream.live:
-            # Frame-exact: skip to the resume point frame by frame (seeking can land on a
-            # key frame instead).
-            for _ in range(frame_number):
-                if self.done or not capture.grab():
-                    return frame_number, None
         last_frame = time.monotonic()
         while not self.done:
             # Frames between kept ones are grabbed, not decoded into images; frame numbers
@@ -340,24 +339,71 @@ class Reader(threading.Thread):
             ok, image = capture.read()
             self._heartbeat = time.monotonic()
             if not ok or image is None:
-                if stream.live:
-                    silent = self._heartbeat - last_frame
-                    return frame_number, f"no frame for {silent:.1f} s" if silent > 1 else "read failed"
-                return frame_number, None
+                silent = self._heartbeat - last_frame
+                return frame_number, f"no frame for {silent:.1f} s" if silent > 1 else "read failed"
             last_frame = self._heartbeat
-            if stream.live:
-                stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            else:
-                stamp = f"{capture.get(cv2.CAP_PROP_POS_MSEC) / 1000:.3f}s"
-            frame_id = f"{frame_number}@{stamp}"
-            frame = Frame(frame_id, frame_array(image, stream.framing), None, frame_number // stream.stride)
-            frame_number += 1
-            stream.frames_read = frame_number
-            stream.failures = 0
-            if not self.outbox.put(frame, lambda: self.done):
+            stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            if not self._deliver(image, frame_number, stamp):
                 break
-            self._heartbeat = time.monotonic()
+            frame_number += 1
         return frame_number, None
+
+    def _pump_file(self, capture: cv2.VideoCapture, resume_at: int) -> int:
+        """Read a video file from frame ``resume_at`` to its end; returns the next frame number.
+
+        OpenCV reports a frame it cannot decode as it reports the end of the file, by a failed
+        grab, and reads on after it. So failed frames count as skipped once a later frame
+        decodes, and only ``DAMAGED_FRAMES_IN_A_ROW`` failures in a row end the file.
+        """
+        stream = self.stream
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        failed: list[int] = []
+        frame_number = 0
+        while not self.done:
+            # Frame-exact: the frames before the resume point and between kept ones are
+            # grabbed, not decoded into images (seeking can land on a key frame instead).
+            kept = frame_number >= resume_at and frame_number % stream.stride == 0
+            ok = capture.grab()
+            image = capture.retrieve()[1] if ok and kept else None
+            self._heartbeat = time.monotonic()
+            if not ok or (kept and image is None):
+                failed.append(frame_number)
+                frame_number += 1
+                if len(failed) >= DAMAGED_FRAMES_IN_A_ROW:
+                    break
+                continue
+            for number in failed:
+                self._skip_damaged(number, resume_at, fps)
+            failed.clear()
+            if image is not None:
+                stamp = f"{capture.get(cv2.CAP_PROP_POS_MSEC) / 1000:.3f}s"
+                if not self._deliver(image, frame_number, stamp):
+                    break
+            frame_number += 1
+        return frame_number
+
+    def _skip_damaged(self, frame_number: int, resume_at: int, fps: float) -> None:
+        """Count a frame of the file that could not be decoded, if it is one the stream keeps."""
+        stream = self.stream
+        position = frame_number // stream.stride
+        if frame_number < resume_at or frame_number % stream.stride:
+            return
+        if stream.max_frames is not None and position >= stream.max_frames:
+            return
+        frame_id = f"{frame_number}@{frame_number / fps:.3f}s" if fps > 0 else str(frame_number)
+        stream.skipped.add(position, frame_id, "the frame could not be decoded")
+        log.warning("skipped frame %s of %s: it could not be decoded", frame_id, stream.name)
+
+    def _deliver(self, image: np.ndarray, frame_number: int, stamp: str) -> bool:
+        """Frame ``image`` and hand it to the outbox; ``False`` when the reader was told to stop."""
+        stream = self.stream
+        image = frame_array(image, stream.framing)
+        frame = Frame(f"{frame_number}@{stamp}", image, None, frame_number // stream.stride)
+        stream.frames_read = frame_number + 1
+        stream.failures = 0
+        delivered = self.outbox.put(frame, lambda: self.done)
+        self._heartbeat = time.monotonic()
+        return delivered
 
 
 class Outbox:
