@@ -22,7 +22,7 @@ from tta_cli.export import (
     read_metadata,
     verify_onnx,
 )
-from tta_cli.export.rebuild import require_running_statistics
+from tta_cli.export.rebuild import BnStats, require_running_statistics
 from tta_cli.export.to_onnx import metadata_entries
 from tta_cli.files import write_atomic
 from tta_cli.models import Bundle, ModelSpec, build_architecture, load_bundle, prepare_bundle
@@ -210,6 +210,21 @@ def test_state_that_does_not_fit_is_a_usage_error(bundle: Bundle) -> None:
         build_export_model(bundle, {"head.nonexistent": torch.zeros(3)}, "source")
     with pytest.raises(UsageError, match="shape"):
         build_export_model(bundle, {"head.bias": torch.zeros(5)}, "source")
+
+
+@pytest.mark.parametrize("bn_stats", ["source", "tracked"])
+def test_a_state_with_non_finite_values_is_refused(bundle: Bundle, bn_stats: BnStats) -> None:
+    state = adapted_state(bundle.model, 1.5, 0.0)
+    state["stage1.0.bn1.bias"] = torch.full_like(state["stage1.0.bn1.bias"], float("nan"))
+    with pytest.raises(UsageError, match=r"'stage1\.0\.bn1\.bias' holds non-finite values"):
+        build_export_model(bundle, state, bn_stats)
+
+
+def test_non_finite_statistics_the_export_does_not_use_are_ignored(bundle: Bundle) -> None:
+    state = adapted_state(bundle.model, 1.5, 0.0)
+    state["stage1.0.bn1.running_var"] = torch.full_like(state["stage1.0.bn1.running_var"], float("inf"))
+    model = build_export_model(bundle, state, "source")
+    torch.testing.assert_close(first_batchnorm(model).running_var, first_batchnorm(bundle.model).running_var)
 
 
 def test_target_statistics_are_reestimated_and_not_batch_dependent(

@@ -69,13 +69,25 @@ def state_to_apply(model: nn.Module, state: Mapping[str, torch.Tensor], bn_stats
     check_state_fits(model, state)
     statistics = batchnorm_statistic_keys(model)
     if bn_stats != "tracked":
-        return {key: value for key, value in state.items() if key not in statistics}
-    needed = {key for key in statistics if key.endswith(("running_mean", "running_var"))}
-    if not needed <= state.keys():
-        raise UsageError(
-            "The adapted state holds no BatchNorm statistics for every layer; use --bn-stats source or target."
-        )
-    return dict(state)
+        applied = {key: value for key, value in state.items() if key not in statistics}
+    else:
+        needed = {key for key in statistics if key.endswith(("running_mean", "running_var"))}
+        if not needed <= state.keys():
+            raise UsageError(
+                "The adapted state holds no BatchNorm statistics for every layer; use --bn-stats source or target."
+            )
+        applied = dict(state)
+    refuse_non_finite(applied)
+    return applied
+
+
+def refuse_non_finite(state: Mapping[str, torch.Tensor]) -> None:
+    """A NaN or infinity in the state would make every exported prediction meaningless."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UsageError(
+                f"The adapted state's {key!r} holds non-finite values; export another step (see 'tta-cli history')."
+            )
 
 
 def require_running_statistics(model: nn.Module) -> None:
