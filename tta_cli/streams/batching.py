@@ -86,6 +86,9 @@ def batch_of(
     """A batch from images a caller already holds (``Images``); tensors and arrays must be
     framed already (at ``framing.size``), PIL images and single arrays are converted and framed
     as image files are. ``start`` is the stream position of the first image."""
+    if len(images) == 0:
+        # An empty batch has no predictions to judge: the guard would take it for a collapse.
+        raise UsageError("A batch needs at least one image; none were given.")
     size = framing.size
     if isinstance(images, torch.Tensor):
         channels = {3, preprocess.channels}
