@@ -69,3 +69,25 @@ def test_a_destination_that_cannot_be_written_is_named_in_the_error(tmp_path: Pa
     with pytest.raises(FileNotFoundError) as raised, atomic_folder(out):
         pass
     assert raised.value.filename == str(out)
+
+
+def test_write_atomic_syncs_the_file_then_renames_it_then_syncs_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history row names a snapshot only after ``write_atomic`` returned: by then the rename
+    must survive a power cut, not only the file's bytes."""
+    calls: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(descriptor: int) -> None:
+        calls.append("sync folder" if os.fstat(descriptor).st_ino == tmp_path.stat().st_ino else "sync file")
+        fsync(descriptor)
+
+    def recording_replace(source: str | Path, destination: str | Path) -> None:
+        calls.append(f"rename to {Path(destination).name}")
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    write_atomic(tmp_path / "snapshot.safetensors", b"state")
+    assert calls == ["sync file", "rename to snapshot.safetensors", "sync folder"]

@@ -8,6 +8,7 @@ new one, never half, and a failed write leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -25,13 +26,29 @@ __all__ = ["atomic_folder", "atomic_path", "tomllib", "write_atomic"]
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``path`` atomically (``atomic_path``), flushed to the disk
-    before the rename so that a crash right after cannot leave an empty file."""
+    """Write ``text`` (or bytes) to ``path`` atomically (``atomic_path``) and durably: the file
+    is flushed to the disk before the rename, so that a crash right after cannot leave an empty
+    file, and its folder after it, so that a power cut cannot undo the rename once this returns
+    (a history row written next may name the file)."""
     mode = "wb" if isinstance(text, bytes) else "w"
     with atomic_path(path) as temporary, temporary.open(mode) as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+    _sync_folder(Path(path).parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        # Some file systems (network ones, some FUSE) cannot sync a folder; they say EINVAL.
+        if error.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager
