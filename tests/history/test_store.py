@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tta_cli.engine.session import Session
-from tta_cli.errors import TTAError
-from tta_cli.history import HistoryStore, StepRecord
+from tta_cli.errors import TTAError, UsageError
+from tta_cli.history import HistoryStore, StepRecord, rollback
 
 
 def record(step: int, **fields: object) -> StepRecord:
@@ -45,3 +45,19 @@ def test_retention_keeps_the_states_the_guard_may_still_confirm_as_last_good(bun
             assert session.store.load_snapshot(last_good.id)["params"], f"last-good of step {last_good.step}"
         assert last_good.step > 0
         assert session.store.prune(keep_last=2, keep_every=4) > 0, "retention still removes old snapshots"
+
+
+def test_a_rollback_to_an_alias_whose_file_is_gone_is_refused_and_moves_nothing(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path)
+    store.begin_run("tent", "sha", "config")
+    kept = store.write_snapshot({"params": {"w": torch.zeros(2)}}, step=1, parent=None)
+    gone = store.write_snapshot({"params": {"w": torch.ones(2)}}, step=2, parent=kept)
+    store.set_alias("current", kept, 1)
+    store.set_alias("last-good", gone, 2)
+    store.snapshot_path(gone).unlink()  # as the retention of earlier versions could leave it
+    store.close()
+    with pytest.raises(UsageError, match="snapshot of step 2 was pruned"):
+        rollback(tmp_path, "last-good")
+    reopened = HistoryStore.open(tmp_path)
+    assert reopened.aliases()["current"].id == kept
+    reopened.close()

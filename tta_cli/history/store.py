@@ -255,7 +255,7 @@ class HistoryStore:
         """An alias name, a snapshot id (or a unique prefix of at least 6 characters), or a step number."""
         aliases = self.aliases()
         if selector in aliases:
-            return aliases[selector]
+            return self._available(aliases[selector])
         if selector.isdigit():
             step = int(selector)
             row = self.db.execute(
