@@ -6,6 +6,7 @@ import contextlib
 import csv
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,12 @@ from PIL import Image
 
 from tests.conftest import CLASSES, write_image_folder
 from tta_cli import Session
+from tta_cli.engine.adapter import StepResult
+from tta_cli.engine.guard import Verdict
 from tta_cli.errors import UsageError
+from tta_cli.events import Event, EventKind
 from tta_cli.history import HistoryStore
+from tta_cli.streams import Batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +87,35 @@ def test_rollback_and_resume_from_python(bundle_path: Path, tmp_path: Path) -> N
         for name, value in session.adapter.named_params.items():
             assert torch.equal(value, source[name]), name
         assert session.adapt(images[:4]).step == 4
+
+
+def test_a_step_is_recorded_whole_or_not_at_all(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed while the guard's rollback is being recorded leaves no half of its step:
+    neither its events nor its row without the rollback that goes with them."""
+    images, _, _ = pil_images(write_image_folder(tmp_path / "data", per_class=4))
+    run = tmp_path / "run"
+    with Session.start(bundle_path, run=run, method="tent") as session:
+        session.adapt(images[:4])
+        healthy = session.adapter.step
+
+        def collapsing(batch: Batch) -> StepResult:
+            result = healthy(batch)
+            event = Event(EventKind.SKIP, "seen before the rollback")
+            return replace(result, verdict=Verdict("rollback", "test", target="source"), events=[event])
+
+        def killed(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(session.adapter, "step", collapsing)
+        monkeypatch.setattr(session.store, "rollback", killed)
+        with pytest.raises(KeyboardInterrupt):
+            session.adapt(images[4:8])
+    store = HistoryStore.open(run)
+    assert store.last_step() == 1 and store.stream_position() == 4
+    assert [event.step for event in store.events() if event.step > 1] == []
+    store.close()
 
 
 def test_a_run_in_use_is_refused(bundle_path: Path, tmp_path: Path) -> None:

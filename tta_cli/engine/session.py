@@ -148,6 +148,25 @@ class Session:
         events = list(result.events)
         if verdict.action == "skip":
             events.insert(0, Event(EventKind.SKIP, f"guard: {verdict.reason}"))
+        # One commit for the step: a run killed at any point resumes from a history that has
+        # all of it (its events, its row, the guard's rollback) or none.
+        with store.transaction():
+            snapshot_id = self._record(step, batch, result, events, frames_dropped)
+            self.recovery.after_step(result, snapshot_id)
+        self._at_source = verdict.action == "rollback" and store.aliases()["current"].step == 0
+        if step % self.config.history.keep_every == 0:
+            candidates = [candidate for _, candidate in adapter.guard.candidates]
+            store.prune(self.config.history.keep_last, self.config.history.keep_every, pending=candidates)
+        self.position = batch.end_position
+        self._keep_recent(batch.images)
+        return result
+
+    def _record(
+        self, step: int, batch: Batch, result: StepResult, events: list[Event], frames_dropped: int
+    ) -> str | None:
+        """Write a step's events, snapshot (every ``snapshot_every`` steps, not of a state the
+        guard rolls back) and row; the snapshot's id."""
+        adapter, store, verdict = self.adapter, self.store, result.verdict
         store.record_events(step, events)
         snapshot_id = None
         if verdict.action != "rollback" and step % self.config.history.snapshot_every == 0:
@@ -171,14 +190,7 @@ class Session:
             ),
             aliases=("current",) if verdict.action != "rollback" else (),
         )
-        self.recovery.after_step(result, snapshot_id)
-        self._at_source = verdict.action == "rollback" and store.aliases()["current"].step == 0
-        if step % self.config.history.keep_every == 0:
-            candidates = [snapshot_id for _, snapshot_id in adapter.guard.candidates]
-            store.prune(self.config.history.keep_last, self.config.history.keep_every, pending=candidates)
-        self.position = batch.end_position
-        self._keep_recent(batch.images)
-        return result
+        return snapshot_id
 
     def record(self, events: Iterable[Event] = (), skipped: Iterable[SkippedInput] = ()) -> None:
         """Record what the source reported (reconnects, inputs it could not read) at the last step."""

@@ -121,8 +121,12 @@ class HistoryStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """The block's writes, committed together or not at all. SQLite's own failure (a full
+        """The block's writes, committed together or not at all; a block inside another joins
+        it (a step's events, row and rollback are one commit). SQLite's own failure (a full
         disk, a file it may not write) is one sentence naming the history."""
+        if self.db.in_transaction:
+            yield self.db
+            return
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
