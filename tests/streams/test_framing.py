@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from tests.streams.helpers import write_video
 from tta_cli.config import Interpolation
@@ -126,6 +126,37 @@ def test_a_decoded_file_and_a_video_source_use_the_framing(tmp_path: Path) -> No
     video = write_video(tmp_path / "clip.avi", 2, size=(48, 64))
     frames = list(open_source(video, Framing((16, 24), 0.5, "center")))
     assert [frame.image.shape for frame in frames] == [(16, 24, 3)] * 2
+
+
+def test_a_photo_is_decoded_upright_as_its_exif_orientation_says(tmp_path: Path) -> None:
+    """A phone held sideways stores the pixels as the sensor saw them and says how to turn
+    them; OpenCV turns them too, so files and video frames agree."""
+    stored = blocks()  # 8 × 16
+    framing = Framing((16, 8), 1.0, "squash", "nearest")
+    for orientation, upright in [
+        (1, stored),
+        (3, stored[::-1, ::-1]),
+        (6, np.rot90(stored, -1)),
+        (8, np.rot90(stored)),
+    ]:
+        picture = tmp_path / f"turned-{orientation}.png"
+        image = Image.fromarray(stored)
+        exif = image.getexif()
+        exif[ExifTags.Base.Orientation] = orientation
+        image.save(picture, exif=exif.tobytes())
+        if orientation in (1, 3):
+            upright = upright.repeat(2, axis=0)[:, ::2]  # squashed to 16 × 8 by nearest
+        np.testing.assert_array_equal(decode_image(picture, framing), upright, err_msg=str(orientation))
+
+
+def test_a_photo_whose_exif_is_malformed_is_still_read(tmp_path: Path) -> None:
+    picture = tmp_path / "odd-exif.png"
+    image = Image.fromarray(blocks())
+    exif = image.getexif()
+    exif[ExifTags.Base.Orientation] = 6
+    malformed = exif.tobytes().replace(b"MM\x00*", b"XX\x00*")  # not a TIFF header: Pillow raises
+    image.save(picture, exif=malformed)
+    np.testing.assert_array_equal(decode_image(picture, Framing((8, 16), 1.0, "squash", "nearest")), blocks())
 
 
 @pytest.mark.parametrize(

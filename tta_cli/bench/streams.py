@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tta_cli.bench.orders import order_indices, order_rng, parse_order, video_frames
 from tta_cli.corruptions import (
@@ -42,7 +41,7 @@ from tta_cli.corruptions import (
 from tta_cli.corruptions.folder import save_png
 from tta_cli.errors import UsageError
 from tta_cli.files import atomic_folder
-from tta_cli.streams.decode import decode_image
+from tta_cli.streams.decode import decode_image, open_upright
 from tta_cli.streams.folder import labeled_images
 from tta_cli.streams.framing import Framing
 from tta_cli.streams.ordering import seeded_shuffle
@@ -179,8 +178,7 @@ def _build(
     with atomic_folder(folder) as staging:
         order = []
         for relative in files:
-            with Image.open(data / relative) as opened:
-                pixels = np.asarray(opened.convert("RGB"))
+            pixels = np.asarray(open_upright(data / relative).convert("RGB"))
             corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
             target = relative.parent / f"{relative.stem}.png"
             save_png(corrupted, staging / target)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from tta_cli.corruptions.benchmark import check_corruption, corrupt
 from tta_cli.files import atomic_path
+from tta_cli.streams.decode import open_upright
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"})
 
@@ -36,8 +37,7 @@ def corrupt_folder(
     for class_folder in class_folders:
         for source in class_images(class_folder)[:limit_per_class]:
             relative = source.relative_to(src)
-            with Image.open(source) as opened:
-                pixels = np.asarray(opened.convert("RGB"))
+            pixels = np.asarray(open_upright(source).convert("RGB"))
             corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
             save_png(corrupted, Path(dst) / relative.parent / f"{source.stem}.png")
             written += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from tta_cli.config import Interpolation
 from tta_cli.streams.framing import Framing
@@ -16,6 +16,17 @@ PIL_FILTERS: dict[Interpolation, Image.Resampling] = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
     "box": Image.Resampling.BOX,
+}
+
+# EXIF orientation (TIFF 6.0, tag 274) → the turn that shows the image upright.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 
@@ -30,11 +41,30 @@ def decode_image(path: Path, framing: Framing) -> np.ndarray:
     cameras give no alpha); 16-bit and float images are scaled to 8 bits by their range.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb_array(image, framing)
+        return to_rgb_array(open_upright(path), framing)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImage(_reason(error)) from error
+
+
+def open_upright(path: Path) -> Image.Image:
+    """The image file at ``path``, decoded and turned upright as its EXIF orientation says: as
+    a viewer shows a camera's photo, and as OpenCV reads video frames and images. (Pillow's
+    ``ImageOps.exif_transpose`` also rewrites the EXIF, which fails on malformed tags of images
+    that decode well; only the turn is wanted here, and an unreadable EXIF leaves the image as
+    stored.)"""
+    with Image.open(path) as image:
+        image.load()
+        turn = UPRIGHT.get(_orientation(image))
+        return image.transpose(turn) if turn is not None else image.copy()
+
+
+def _orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation; 1 (as stored) when it has none or its EXIF is not readable."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation)
+    except SyntaxError:  # Pillow's error for an EXIF block that is not TIFF
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 def to_rgb_array(image: Image.Image | np.ndarray, framing: Framing) -> np.ndarray:

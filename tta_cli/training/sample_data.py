@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from tta_cli.corruptions import corrupt, image_rng
 from tta_cli.corruptions.folder import class_images, save_png
+from tta_cli.streams.decode import open_upright
 
 SHIFTS = ("gaussian_noise", "defocus_blur", "fog", "contrast")
 
@@ -25,8 +25,7 @@ def build(test: Path, out: Path, per_class: int = 100, severity: int = 5, seed: 
     for class_folder in sorted(path for path in test.iterdir() if path.is_dir()):
         for index, source in enumerate(class_images(class_folder)[:per_class]):
             shift = SHIFTS[index % len(SHIFTS)]
-            with Image.open(source) as image:
-                pixels = np.asarray(image.convert("RGB"))
+            pixels = np.asarray(open_upright(source).convert("RGB"))
             relative = source.relative_to(test)
             shifted = corrupt(pixels, shift, severity, image_rng(seed, shift, severity, relative))
             target = out / class_folder.name / f"{shift}-{source.stem}.png"

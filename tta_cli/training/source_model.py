@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
 from tta_cli.engine.device import resolve_device
 from tta_cli.errors import UsageError
 from tta_cli.models.zoo import ZOO, AirNet
+from tta_cli.streams.decode import open_upright
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -48,8 +48,7 @@ def load_split(
     images, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((folder / name).iterdir()):
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB" if channels == 3 else "L"))
+            pixels = np.asarray(open_upright(path).convert("RGB" if channels == 3 else "L"))
             images.append(pixels if channels == 3 else pixels[..., None])
             labels.append(label)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
