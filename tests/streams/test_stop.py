@@ -10,12 +10,18 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from tests.streams.helpers import write_video
 from tta_cli.config import AdaptConfig
 from tta_cli.engine import Progress, adapt, resume
+from tta_cli.engine import run as run_loop
 from tta_cli.history import HistoryStore, read_history
+from tta_cli.streams import Frame, Stream
 
 
 def recorded_steps(run: Path) -> int:
@@ -80,3 +86,40 @@ def test_a_stopped_run_resumes_at_the_next_frame(bundle_path: Path, tmp_path: Pa
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     assert [row["id"] for row in rows] == [f"{index}@{index / 30:.3f}s" for index in range(21)]
     assert [int(row["step"]) for row in rows] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [6]
+
+
+class ScriptedFolder(Stream):
+    """Six images at positions 0-5 of which position 2 is unreadable; a stop arrives after
+    the reader passed it, while the second batch is being gathered."""
+
+    @property
+    def length(self) -> int:
+        return 6
+
+    @property
+    def replayable(self) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[Frame]:
+        for position in range(self.start, 6):
+            if position == 2:
+                self.skipped.add(position, "002-broken.png", "cannot identify image file")
+                if self.start == 0:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                continue
+            if self.stopping:
+                return
+            yield Frame(f"{position:03d}.png", np.full((32, 32, 3), 40 * position, dtype=np.uint8), None, position)
+
+
+def test_inputs_skipped_beyond_a_stop_are_recorded_once_by_the_resumed_run(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_loop, "open_run_source", lambda config, spec, start=0: ScriptedFolder(start))
+    run = tmp_path / "run"
+    config = AdaptConfig(model=bundle_path, source=tmp_path, run=run, method="norm", batch_size=2)
+    assert adapt(config).steps == 1
+    summary = resume(run)
+    assert summary.images_seen == 5 and summary.images_skipped == 1
+    skipped = json.loads((run / "summary.json").read_text())["skipped"]
+    assert [entry["input_id"] for entry in skipped] == ["002-broken.png"]

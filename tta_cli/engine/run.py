@@ -118,7 +118,10 @@ def _run(session: Session, stream: Stream, on_step: Callable[[Progress], None] |
                 if on_step is not None:
                     on_step(progress)
             stream.close()
-            session.record(stream.events.drain(), stream.skipped.drain())
+            # A stopped run that resumes reads a file or folder again from its last step's end:
+            # inputs skipped beyond it are recorded then, not twice.
+            resumes_at = session.position if stop.requested and stream.replayable else None
+            session.record(stream.events.drain(), stream.skipped.drain(before=resumes_at))
             stopped_by = stop.signal
     finally:
         summary = session.close(stopped_by=stopped_by, source_lost=stream.failure)

@@ -74,6 +74,10 @@ class FolderStream(Stream):
         return len(self.files)
 
     @property
+    def replayable(self) -> bool:
+        return True
+
+    @property
     def labeled(self) -> bool:
         return any(label is not None for label in self.labels[:1000])
 

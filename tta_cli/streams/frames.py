@@ -86,6 +86,12 @@ class Stream:
     def length(self) -> int | None:
         return None
 
+    @property
+    def replayable(self) -> bool:
+        """Whether a resumed run reads this source's positions again (a folder, a video file),
+        rather than whatever comes next (a camera)."""
+        return False
+
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
 

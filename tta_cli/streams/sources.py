@@ -173,6 +173,10 @@ class CaptureStream(Stream):
     def length(self) -> int | None:
         return self._length
 
+    @property
+    def replayable(self) -> bool:
+        return not self.live
+
     def __iter__(self) -> Iterator[Frame]:
         if self.max_frames is not None and self.start >= self.max_frames:
             return
