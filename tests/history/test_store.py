@@ -61,3 +61,20 @@ def test_a_rollback_to_an_alias_whose_file_is_gone_is_refused_and_moves_nothing(
     reopened = HistoryStore.open(tmp_path)
     assert reopened.aliases()["current"].id == kept
     reopened.close()
+
+
+def test_digits_name_a_step_and_else_a_snapshot_whose_id_begins_with_them(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path)
+    store.begin_run("tent", "sha", "config")
+    first = store.write_snapshot({"params": {"w": torch.zeros(2)}}, step=1, parent=None)
+    store.record_step(record(1, snapshot_id=first))
+    digits = next(
+        snapshot_id
+        for value in range(1, 1000)
+        if (snapshot_id := store.write_snapshot({"params": {"w": torch.full((2,), value)}}, 2, first))[:6].isdigit()
+    )
+    assert store.resolve("1").id == first
+    assert store.resolve(digits[:6]).id == digits
+    with pytest.raises(UsageError, match="Step 7 has no snapshot"):
+        store.resolve("7")
+    store.close()

@@ -256,7 +256,8 @@ class HistoryStore:
         return {name: SnapshotRef(id=snapshot_id, step=step) for name, snapshot_id, step in rows}
 
     def resolve(self, selector: str) -> SnapshotRef:
-        """An alias name, a snapshot id (or a unique prefix of at least 6 characters), or a step number."""
+        """An alias name, a snapshot id (or a unique prefix of at least 6 characters), or a step
+        number; digits name a step when it has a snapshot, else a snapshot whose id they begin."""
         aliases = self.aliases()
         if selector in aliases:
             return self._available(aliases[selector])
@@ -268,16 +269,21 @@ class HistoryStore:
             ).fetchone()
             if row is None and step == 0 and "source" in aliases:
                 return aliases["source"]
-            if row is None:
+            if row is not None:
+                return self._available(SnapshotRef(id=row[0], step=step))
+            if len(selector) < 6 or not self._prefixed(selector):  # else: a snapshot id of digits only
                 raise UsageError(f"Step {step} has no snapshot in this run; see 'tta-cli history' for the steps.")
-            return self._available(SnapshotRef(id=row[0], step=step))
         if len(selector) >= 6:
-            rows = self.db.execute("SELECT id, step FROM snapshots WHERE id LIKE ?", (selector + "%",)).fetchall()
+            rows = self._prefixed(selector)
             if len(rows) == 1:
                 return self._available(SnapshotRef(id=rows[0][0], step=rows[0][1]))
             if len(rows) > 1:
                 raise UsageError(f"Snapshot prefix {selector!r} is ambiguous; give more characters.")
         raise UsageError(f"{selector!r} is not a step, snapshot or alias of this run (aliases: {', '.join(aliases)}).")
+
+    def _prefixed(self, prefix: str) -> list[tuple[str, int]]:
+        """The id and step of every snapshot whose id begins with ``prefix``."""
+        return self.db.execute("SELECT id, step FROM snapshots WHERE id LIKE ?", (prefix + "%",)).fetchall()
 
     def _available(self, ref: SnapshotRef) -> SnapshotRef:
         if not self.snapshot_path(ref.id).is_file():
