@@ -117,6 +117,8 @@ def test_method_variants_name_another_harmonizer() -> None:
         get_method("tent:gh")
     with pytest.raises(UsageError, match="Unknown harmonizer"):
         get_method("harmonized:average")
+    plus = get_method("mgtta:gh+++guard")  # GH++ keeps its pluses; the variant follows
+    assert plus.harmonizer == "gh++" and plus.guard and get_method("harmonized:gh+tbr").harmonizer == "gh"
 
 
 def test_an_amortized_harmonizer_weighs_the_losses_between_its_harmonizations(

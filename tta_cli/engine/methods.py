@@ -11,8 +11,9 @@ where they do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, get_args
 
+from tta_cli.config import HarmonizerName
 from tta_cli.engine.norms import NORMS
 from tta_cli.errors import UsageError
 
@@ -197,10 +198,9 @@ def get_method(name: str) -> Method:
     - ``+return``: back to the source state when the images turn back towards the source's;
     - ``+harmonizeN``: harmonize on one step in N, reusing the weights in between.
 
-    For example ``mgtta+robust+memory+guard`` or ``harmonized:gh+tbr``.
+    For example ``mgtta+robust+memory+guard``, ``harmonized:gh+tbr`` or ``mgtta:gh+++guard``.
     """
-    head, *modifiers = name.split("+")
-    base, _, harmonizer = head.partition(":")
+    base, harmonizer, modifiers = _parts(name)
     if base not in METHODS:
         raise UsageError(f"Unknown method {base!r}; choose one of {', '.join(METHODS)}.")
     method = METHODS[base]
@@ -209,6 +209,18 @@ def get_method(name: str) -> Method:
     for modifier in modifiers:
         method = _with_modifier(method, modifier)
     return replace(method, name=name) if name != base else method
+
+
+def _parts(name: str) -> tuple[str, str, list[str]]:
+    """``NAME[:HARMONIZER][+VARIANT...]`` split into its parts (the separator ``:`` second); the
+    harmonizer is the longest known name at its place, so that ``gh++`` keeps its pluses."""
+    base, colon, rest = name.partition(":")
+    if not colon:
+        base, *modifiers = name.split("+")
+        return base, "", modifiers
+    known = sorted(get_args(HarmonizerName), key=len, reverse=True)
+    harmonizer = next((h for h in known if rest == h or rest.startswith(h + "+")), rest.split("+")[0])
+    return base, harmonizer, rest[len(harmonizer) :].split("+")[1:]
 
 
 def _with_modifier(method: Method, modifier: str) -> Method:
