@@ -82,7 +82,7 @@ def test_seed_table_counts_the_steps_whose_gradients_conflict(tmp_path: Path) ->
     write_bench(tmp_path / "seed1" / "bundle", errors, 1, cosines={"mgtta": [-0.5, 0.1]})
     result = script("seed_table.py", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "| reset | mgtta | 6 | 50% | 50% / 50% |" in result.stdout, "3 of the 6 steps, 2 of 4 and 1 of 2"
+    assert "| reset | mgtta | 6 | 50% | 50% / 50% | -0.30 |" in result.stdout, "3 of 6 steps (2 of 4, 1 of 2); median"
     assert "| reset | tent |" not in result.stdout, "one objective: nothing to conflict"
 
 
