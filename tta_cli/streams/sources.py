@@ -44,7 +44,8 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpe
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 # How often a waiting loop looks at its stop flag: the bound on how late a stop is noticed.
 POLL_SECONDS = 0.1
-# Failed grabs in a row that end a video file: fewer are damaged frames it reads on after.
+# Failed grabs in a row that end a video file (a second at 30 fps): fewer are damaged frames
+# it reads on after.
 DAMAGED_FRAMES_IN_A_ROW = 30
 # OpenCV's filter for each interpolation where a frame grows. Where it shrinks, PIL (the files'
 # path) widens its bilinear, bicubic and box filters so that they average, which in OpenCV only
