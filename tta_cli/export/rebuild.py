@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.errors import UsageError
 from tta_cli.models import Bundle, build_architecture
-from tta_cli.models.bundle import WEIGHTS_FILE
+from tta_cli.models.bundle import WEIGHTS_FILE, first_non_finite
 
 BnStats = Literal["source", "target", "tracked"]
 
@@ -83,11 +83,10 @@ def state_to_apply(model: nn.Module, state: Mapping[str, torch.Tensor], bn_stats
 
 def refuse_non_finite(state: Mapping[str, torch.Tensor]) -> None:
     """A NaN or infinity in the state would make every exported prediction meaningless."""
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise UsageError(
-                f"The adapted state's {key!r} holds non-finite values; export another step (see 'tta-cli history')."
-            )
+    if (key := first_non_finite(state)) is not None:
+        raise UsageError(
+            f"The adapted state's {key!r} holds non-finite values; export another step (see 'tta-cli history')."
+        )
 
 
 def require_running_statistics(model: nn.Module) -> None:

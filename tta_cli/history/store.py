@@ -271,19 +271,16 @@ class HistoryStore:
                 return aliases["source"]
             if row is not None:
                 return self._available(SnapshotRef(id=row[0], step=step))
-            if len(selector) < 6 or not self._prefixed(selector):  # else: a snapshot id of digits only
-                raise UsageError(f"Step {step} has no snapshot in this run; see 'tta-cli history' for the steps.")
-        if len(selector) >= 6:
-            rows = self._prefixed(selector)
-            if len(rows) == 1:
-                return self._available(SnapshotRef(id=rows[0][0], step=rows[0][1]))
-            if len(rows) > 1:
-                raise UsageError(f"Snapshot prefix {selector!r} is ambiguous; give more characters.")
+        rows = []
+        if len(selector) >= 6:  # digits too: a snapshot id may begin with them
+            rows = self.db.execute("SELECT id, step FROM snapshots WHERE id LIKE ?", (selector + "%",)).fetchall()
+        if len(rows) == 1:
+            return self._available(SnapshotRef(id=rows[0][0], step=rows[0][1]))
+        if len(rows) > 1:
+            raise UsageError(f"Snapshot prefix {selector!r} is ambiguous; give more characters.")
+        if selector.isdigit():
+            raise UsageError(f"Step {int(selector)} has no snapshot in this run; see 'tta-cli history' for the steps.")
         raise UsageError(f"{selector!r} is not a step, snapshot or alias of this run (aliases: {', '.join(aliases)}).")
-
-    def _prefixed(self, prefix: str) -> list[tuple[str, int]]:
-        """The id and step of every snapshot whose id begins with ``prefix``."""
-        return self.db.execute("SELECT id, step FROM snapshots WHERE id LIKE ?", (prefix + "%",)).fetchall()
 
     def _available(self, ref: SnapshotRef) -> SnapshotRef:
         if not self.snapshot_path(ref.id).is_file():

@@ -10,6 +10,7 @@ BUNDLE/distill.json             optional: how a student was distilled (``tta-cli
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +140,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def refuse_non_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+def refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: Path) -> None:
     """A NaN or infinity in weights or statistics makes every prediction meaningless."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UsageError(f"{source} holds non-finite values in {name!r}; the model cannot be used.")
+    if (name := first_non_finite(tensors)) is not None:
+        raise UsageError(f"{source} holds non-finite values in {name!r}; the model cannot be used.")
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, if any."""
+    return next(
+        (name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())),
+        None,
+    )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path, architecture: str) -> None:
