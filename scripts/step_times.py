@@ -6,7 +6,8 @@ Every method's adapter is built on its own copy of the bundle, and the methods t
 steps in turn (one step each, round after round), so that a machine that slows down in the
 middle slows all of them alike. A step's time is the mean over the rounds, not the median: the
 guard's reference scores one batch in ``harm_every``, and the rounds are a multiple of that. The
-floor is a bare forward, and a forward plus the backward pass to θ, on the same batch. A
+floor is a bare forward, and a forward plus the backward pass to θ, on the same batch; a method
+named ``NAME@contiguous`` keeps the weights in their stored layout rather than channels-last. A
 guarded method's guard watches without acting (``WATCHING``), so that no step is skipped or
 undone. On CUDA each method's peak memory during a step, beyond what the adapters hold between
 steps, is recorded too; on a CPU that column says it was not measured. Writes ``steps.json``
@@ -36,8 +37,12 @@ from tta_cli.engine.device import resolve_device
 from tta_cli.models import load_bundle
 from tta_cli.streams import UNLABELED, Batch, Preprocess
 
-METHODS = "tent,tent+guard,harmonized+harmonize1,harmonized,mgtta+harmonize1,mgtta,mgtta+guard"
+METHODS = "tent,tent@contiguous,tent+guard,harmonized+harmonize1,harmonized,mgtta+harmonize1,mgtta,mgtta+guard"
 
+
+CONTIGUOUS = "@contiguous"
+"""A method name ending so runs with the model's weights in their stored layout, not channels-last
+(``Bundle.on``), so that what the layout saves is a ratio in the same run."""
 
 WATCHING = GuardConfig(harm_min=1e-9, entropy_ema_min=0.0, majority_max=1.0)
 """The guard computing its signals, the harm signal included, and never acting on them: every
@@ -91,7 +96,8 @@ def _time_methods(
     adapters: dict[str, Adapter] = {}
     for name in names:
         bundle = load_bundle(model)
-        method = bench_method(name, bundle)
+        bundle.channels_last = bundle.channels_last and not name.endswith(CONTIGUOUS)
+        method = bench_method(name.removesuffix(CONTIGUOUS), bundle)
         guard = WATCHING.model_copy(update={"enabled": method.guard})
         adapters[name] = build_adapter(bundle, method, device, guard=guard)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -115,7 +121,7 @@ def _time_methods(
 
 def _time_floor(model: Path, batch: Batch, device: torch.device, rounds: int, warmup: int) -> list[dict[str, Any]]:
     """A bare forward without gradient, and a forward with the backward pass to θ."""
-    forward, forward_backward = floor_passes(load_bundle(model).model.to(device), batch.images)
+    forward, forward_backward = floor_passes(load_bundle(model).on(device), batch.images)
     rows = []
     for name, work in (("forward", forward), ("forward+backward", forward_backward)):
         for _ in range(warmup):

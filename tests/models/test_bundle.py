@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -8,12 +9,15 @@ import pytest
 import tomli_w
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from tests.conftest import CLASSES, MEAN, STD, write_image_folder
+from tests.models.factories import ViewFlattenNet, group_norm_net, two_layer
 from tta_cli.errors import UsageError
 from tta_cli.models import ModelSpec, build_architecture, load_bundle, prepare_bundle
 from tta_cli.models.bundle import read_spec
 from tta_cli.models.checkpoints import load_state_dict
+from tta_cli.models.layout import same_in_channels_last
 from tta_cli.models.typicality import MIN_IMAGES, shallow_layers
 from tta_cli.models.zoo import ZOO
 from tta_cli.streams import Framing
@@ -78,6 +82,45 @@ def test_prepare_refuses_weights_for_another_class_count(tmp_path: Path, clean_f
     save_file(build_architecture("tiny_resnet", 10).state_dict(), str(weights))
     with pytest.raises(UsageError, match="class count"):
         prepare_bundle("tiny_resnet", weights, clean_folder, tmp_path / "b", mean=MEAN, std=STD)
+
+
+def test_a_convolutional_model_runs_channels_last_on_the_cpu_and_predicts_the_same(bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        stored = bundle.model(images)
+        model = bundle.on(torch.device("cpu"))
+        fast = model(images)
+    assert bundle.channels_last
+    convolutions = [param for param in model.parameters() if param.dim() == 4]
+    assert convolutions and all(param.is_contiguous(memory_format=torch.channels_last) for param in convolutions)
+    torch.testing.assert_close(fast, stored, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("factory", "expected"), [(two_layer, True), (group_norm_net, False), (ViewFlattenNet, False)])
+def test_only_models_whose_layers_work_channels_last_and_predict_the_same_run_so(
+    factory: Callable[[int], nn.Module], expected: bool
+) -> None:
+    # GroupNorm's channels-last backward pass crashes the process on some shapes; a view of a
+    # channels-last feature map fails.
+    assert same_in_channels_last(factory(3).eval(), 3, (32, 32)) is expected
+
+
+def test_a_model_that_cannot_run_channels_last_stays_as_stored_and_adapts(tmp_path: Path, clean_folder: Path) -> None:
+    from tta_cli.config import AdaptConfig
+    from tta_cli.engine.build import adapter_for
+    from tta_cli.streams import FolderStream, Framing, Preprocess, batches
+
+    weights = tmp_path / "w.safetensors"
+    save_file(ViewFlattenNet(len(CLASSES)).state_dict(), str(weights))
+    architecture = "tests.models.factories:ViewFlattenNet"
+    prepare_bundle(architecture, weights, clean_folder, tmp_path / "b", mean=MEAN, std=STD)
+    bundle = load_bundle(tmp_path / "b")
+    assert not bundle.channels_last
+    config = AdaptConfig(model=tmp_path / "b", source=clean_folder, run=tmp_path / "run", method="tent")
+    adapter = adapter_for(bundle, config, torch.device("cpu"))
+    batch = next(batches(FolderStream(clean_folder, Framing((32, 32)), CLASSES), 8, Preprocess(MEAN, STD)))
+    assert torch.isfinite(adapter.step(batch).entropy).all()
 
 
 def test_architecture_references() -> None:

@@ -166,7 +166,7 @@ def check_batch_of_one(bundle: Bundle, stream: ShiftedStream, device: torch.devi
     """A batch of one image is normalised with its own statistics only where every BatchNorm
     layer still has more than one value per channel (spatial size above 1×1): the zoo's CIFAR
     networks do; a network that pools to 1×1 before a BatchNorm does not, and torch refuses it."""
-    model = bundle.model.to(device)
+    model = bundle.on(device)
     original = {name: value.clone() for name, value in model.state_dict().items()}
     configure_model(model, batch_statistics=True, params=[])
     try:
@@ -189,7 +189,7 @@ def _attach_fisher(bundle: Bundle, config: BenchConfig, device: torch.device) ->
     spec = bundle.spec
     files = select_images(config.source_data, spec.class_names, config.fisher_examples, config.seed)
     preprocess = Preprocess(spec.mean, spec.std, device)
-    model = bundle.model.to(device)
+    model = bundle.on(device)
     params = norm_affine_parameters(model)
     original = {name: value.clone() for name, value in model.state_dict().items()}
     configure_model(model, batch_statistics=True, params=list(params.values()))

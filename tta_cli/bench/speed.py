@@ -109,7 +109,7 @@ def _floor(
     bundle: Bundle, batch_statistics: bool, batch: Batch, device: torch.device, repeats: int, warmup: int
 ) -> tuple[float, float]:
     """Bare forward, and bare forward + backward to θ (norm-layer affine parameters)."""
-    model = bundle.model.to(device)
+    model = bundle.on(device)
     forward, forward_backward = floor_passes(model, batch.images)
     forward_ms = _timed(device, forward, repeats, warmup)
     floor_ms = _timed(device, forward_backward, repeats, warmup)

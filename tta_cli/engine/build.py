@@ -76,7 +76,7 @@ def build_adapter(
         raise UsageError(
             f"--domain-weighting weighs the inputs of a method's objectives; {method.name} takes no gradient steps."
         )
-    model = bundle.model.to(device)
+    model = bundle.on(device)
     guard_config = _guard_for(method, guard or GuardConfig())
     guard_ = Guard(guard_config, bundle.spec.num_classes, compare_with_source=not method.updates)
     # The harm signal's reference: a copy of the source model, before the norm configures it.

@@ -376,7 +376,7 @@ class _Trainer:
         self.unroll, self.passes = unroll, passes
         self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, parallel.device)
         objectives: list[Objective] = [Entropy(), FeatureAlignment(bundle.source_stats)]
-        model = bundle.model.to(parallel.device)
+        model = bundle.on(parallel.device)
         self.model = FunctionalModel(model, bundle.spec.feature_layers, objectives, parallel)
         self.source = self.model.source.to(parallel.device)
 

@@ -23,6 +23,7 @@ from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
 from tta_cli.models.architectures import build_architecture
+from tta_cli.models.layout import same_in_channels_last
 from tta_cli.models.typicality import Typicality
 from tta_cli.streams.framing import Framing
 
@@ -92,6 +93,14 @@ class Bundle:
     fisher: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     """EATA's Fisher diagonal and source value per adapted parameter, when measured on clean
     source images for this session (``tta_cli.objectives.measure_fisher``); not stored in the folder."""
+    channels_last: bool = False
+    """Whether the model may run in channels-last layout on the CPU (``tta_cli.models.layout``)."""
+
+    def on(self, device: torch.device) -> nn.Module:
+        """The model, moved to ``device``: channels-last on the CPU where ``channels_last`` allows,
+        as stored elsewhere (on a GPU the layout was not measured)."""
+        layout = torch.channels_last if device.type == "cpu" and self.channels_last else torch.contiguous_format
+        return self.model.to(device=device, memory_format=layout)  # type: ignore[call-overload]
 
 
 def read_spec(path: Path) -> ModelSpec:
@@ -129,7 +138,8 @@ def load_bundle(path: Path) -> Bundle:
             raise UsageError(f"{path / SOURCE_STATS_FILE} has no statistics for feature layer {layer!r}.")
         source_stats[layer] = (stats[f"{layer}.mean"], stats[f"{layer}.std"])
     typicality = Typicality.from_tensors(stats)
-    return Bundle(path, spec, model, source_stats, file_sha256(weights_file), typicality)
+    channels_last = same_in_channels_last(model, spec.channels, spec.input_size)
+    return Bundle(path, spec, model, source_stats, file_sha256(weights_file), typicality, channels_last=channels_last)
 
 
 def file_sha256(path: Path) -> str:
