@@ -194,6 +194,8 @@ def adapt(
         "frames dropped": str(summary.frames_dropped),
         "reconnects": str(summary.reconnects),
     }
+    if summary.folders_not_listed:
+        rows["folders not listed"] = str(len(summary.folders_not_listed))
     for name, value in rows.items():
         table.add_row(name, value)
     Console().print(table)

@@ -32,6 +32,8 @@ class EventKind(str, enum.Enum):
     """An input could not be read; it is left out and counted."""
     RECONNECT = "reconnect"
     SOURCE_LOST = "source-lost"
+    FOLDER_NOT_LISTED = "folder-not-listed"
+    """A folder of the source could not be listed; whatever it holds is left out."""
 
     def __str__(self) -> str:
         return self.value

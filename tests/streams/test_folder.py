@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +10,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import CLASSES, write_image_folder
+from tta_cli.config import AdaptConfig
+from tta_cli.engine import adapt
 from tta_cli.errors import UsageError
+from tta_cli.events import EventKind
+from tta_cli.history import read_history
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches, labeled_images
 
 
@@ -80,6 +87,30 @@ def test_broken_files_are_skipped_and_named(tmp_path: Path) -> None:
     assert {entry.input_id for entry in skipped} == broken
     assert all(entry.reason for entry in skipped)
     assert stream.skipped.total == len(broken)
+
+
+def test_a_folder_that_cannot_be_listed_is_named_in_the_history_and_summary(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Running as root, permissions cannot hide a folder; a listing that fails as one does can.
+    root = write_image_folder(tmp_path / "data", per_class=2)
+    locked = root / "dog"
+    listing = os.scandir
+
+    def scandir(path: str | os.PathLike[str] = ".") -> Iterator[os.DirEntry[str]]:
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    stream = FolderStream(root, Framing((32, 32)), CLASSES)
+    assert len(stream) == 2 * (len(CLASSES) - 1)
+    assert [(event.kind, event.detail) for event in stream.events.drain()] == [
+        (EventKind.FOLDER_NOT_LISTED, f"{locked}: Permission denied")
+    ]
+    summary = adapt(AdaptConfig(model=bundle_path, source=root, run=tmp_path / "run", method="norm", batch_size=4))
+    assert summary.folders_not_listed == [f"{locked}: Permission denied"]
+    assert EventKind.FOLDER_NOT_LISTED in {event["kind"] for event in read_history(tmp_path / "run")["events"]}
 
 
 @pytest.mark.parametrize(

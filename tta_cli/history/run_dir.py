@@ -39,6 +39,7 @@ class RunSummary(BaseModel):
     rollbacks: int
     frames_dropped: int = 0  # stale frames of a live source that no step used
     reconnects: int = 0
+    folders_not_listed: list[str] = []  # folders of the source that could not be listed, and why
     stopped_by: str | None = None  # SIGINT or SIGTERM when this invocation was asked to stop
     source_lost: str | None = None  # why a live source ended the run, when it did
 
@@ -150,4 +151,6 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         rollbacks=sum(event.kind == EventKind.ROLLBACK for event in events),
         frames_dropped=sum(int(step.diagnostics.get("frames_dropped", 0)) for step in steps),
         reconnects=sum(event.kind == EventKind.RECONNECT for event in events),
+        # Each invocation of a resumed run lists the folder again.
+        folders_not_listed=sorted({event.detail for event in events if event.kind == EventKind.FOLDER_NOT_LISTED}),
     )

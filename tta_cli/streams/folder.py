@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tta_cli.errors import UsageError
+from tta_cli.events import Event, EventKind
 from tta_cli.streams.decode import IMAGE_SUFFIXES, UnreadableImage, decode_image
 from tta_cli.streams.frames import Frame, Stream
 from tta_cli.streams.framing import Framing
@@ -53,6 +54,9 @@ class FolderStream(Stream):
             if not self.root.exists():
                 raise UsageError(f"Source {root} does not exist.")
             images = labeled_images(self.root, class_names)
+            for folder, reason in folders_not_listed(self.root):
+                log.warning("could not list %s (%s); its images are left out", folder, reason)
+                self.events.add(Event(EventKind.FOLDER_NOT_LISTED, f"{folder}: {reason}"))
         if not images:
             raise UsageError(f"Source {root} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         self.framing = framing
@@ -133,6 +137,19 @@ def list_images(root: Path, pattern: str = "**/*") -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(path for path in root.glob(pattern) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def folders_not_listed(root: Path) -> list[tuple[Path, str]]:
+    """The folders under ``root`` that could not be listed (no permission), each with why:
+    ``Path.glob`` passes over them without a word, so a folder source names them (a glob source
+    does not: which of them its pattern would reach is not known)."""
+    found: list[tuple[Path, str]] = []
+    if root.is_dir():
+        for _ in os.walk(
+            root, onerror=lambda error: found.append((Path(error.filename), error.strerror or str(error)))
+        ):
+            pass
+    return found
 
 
 def labeled_images(root: Path, class_names: Sequence[str], pattern: str = "**/*") -> list[tuple[Path, int | None]]:
