@@ -519,7 +519,10 @@ def export(
         ),
     ] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Verify with onnxruntime.")] = True,
-    atol: Annotated[float, typer.Option(help="Largest logit difference the check accepts.")] = 1e-4,
+    atol: Annotated[
+        float, typer.Option(help="Logit difference the check accepts, plus --rtol times the logit.")
+    ] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Logit difference the check accepts per unit of logit.")] = 1e-4,
     images: Annotated[Path | None, typer.Option(help="Images to verify on (default: the run's latest).")] = None,
     num_images: Annotated[int, typer.Option(help="How many images to verify on.")] = 256,
     bundle: Annotated[Path | None, typer.Option(help="The run's bundle, if it has moved.")] = None,
@@ -546,6 +549,7 @@ def export(
         bn_stats=bn_stats,
         check=check,
         atol=atol,
+        rtol=rtol,
     )
     table = Table(title=f"tta-cli export → {report.out}", show_header=False)
     table.add_column("", style="bold")
@@ -554,7 +558,8 @@ def export(
     table.add_row("snapshot", report.snapshot_id[:12])
     table.add_row("BatchNorm statistics", report.bn_stats)
     if report.parity is not None:
-        table.add_row("verified on", f"{report.parity.images} images ({report.parity.provider})")
+        sizes = ", ".join(str(size) for size in report.parity.batch_sizes)
+        table.add_row("verified on", f"{report.parity.images} images ({report.parity.provider}; batches of {sizes})")
         table.add_row("max |Δlogit|", f"{report.parity.max_abs_diff:.2e}")
         table.add_row("top-1 agreement", f"{report.parity.top1_agreement:.2%}")
     Console().print(table)

@@ -87,6 +87,7 @@ def export_run(
     bn_stats: BnStats | None = None,
     check: bool = True,
     atol: float = 1e-4,
+    rtol: float = 1e-4,
 ) -> ExportReport:
     """Export the state ``selector`` names (a step, snapshot id or alias) and, with ``check``,
     verify it against PyTorch on ``num_images`` images: ``images`` if given, else the inputs
@@ -129,11 +130,15 @@ def export_run(
             metadata=metadata,
         )
         if check and recent is not None:
-            parity = verify_onnx(unverified, model, recent, atol=atol)
+            parity = verify_onnx(unverified, model, recent, atol=atol, rtol=rtol)
+            if parity.error is not None:
+                raise VerificationFailed(
+                    f"onnxruntime could not run the export on {parity.error}; nothing was written to {out}."
+                )
             if not parity.passed:
                 raise VerificationFailed(
-                    f"onnxruntime differs from PyTorch (max |Δlogit| {parity.max_abs_diff:.2e} > {atol:g} "
-                    f"or top-1 agreement {parity.top1_agreement:.2%}); nothing was written to {out}."
+                    f"onnxruntime differs from PyTorch (max |Δlogit| {parity.max_abs_diff:.2e}, beyond {atol:g} + "
+                    f"{rtol:g}·|logit|, or top-1 agreement {parity.top1_agreement:.2%}); nothing was written to {out}."
                 )
     return ExportReport(out=out, snapshot_id=target.id, step=target.step, bn_stats=bn_stats, parity=parity)
 

@@ -29,12 +29,22 @@ class Parity(BaseModel):
     top1_agreement: float
     provider: str
     atol: float
+    rtol: float = 0.0
+    batch_sizes: list[int] = []
+    """Every batch size onnxruntime ran (a file with a symbolic batch axis also one image alone)."""
+    error: str | None = None
+    """Why onnxruntime could not run the file on one of those batches."""
     passed: bool
 
 
-def verify_onnx(path: Path, model: nn.Module, images: torch.Tensor, atol: float = 1e-4, chunk_size: int = 64) -> Parity:
-    """Run the ONNX file and ``model`` on the same ``images`` (normalised ``N×3×H×W``) in
-    chunks; it passes when no logit differs by more than ``atol`` and every top-1 agrees.
+def verify_onnx(
+    path: Path, model: nn.Module, images: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-4, chunk_size: int = 64
+) -> Parity:
+    """Run the ONNX file and ``model`` on the same ``images`` (normalised ``N×C×H×W``) in
+    chunks, and a file with a symbolic batch axis also on the first image alone, as a camera
+    sends them (a batch size baked into the graph shows there); it passes when onnxruntime runs
+    every batch, no logit differs by more than ``atol + rtol·|logit|`` (as ``numpy.allclose``:
+    a model with large logits is held to the same relative precision) and every top-1 agrees.
 
     PyTorch runs where the model lives; onnxruntime on CUDA when both it and PyTorch can, else
     on the CPU. A file with a fixed batch size is fed chunks of exactly that size.
@@ -46,26 +56,48 @@ def verify_onnx(path: Path, model: nn.Module, images: torch.Tensor, atol: float 
     model_input = session.get_inputs()[0]
     fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
     step = fixed_batch or chunk_size
+    chunks = [images[start : start + step] for start in range(0, len(images), step)]
+    alone = [images[:1]] if fixed_batch is None and len(images) > 1 else []
     device = model_device(model)
-    differences = []
-    agreeing = 0
+    differences, excesses, sizes = [], [], []
+    agreeing, alone_agrees, error = 0, True, None
     with torch.no_grad():
-        for start in range(0, len(images), step):
-            chunk = images[start : start + step].float()
+        for index, chunk in enumerate(chunks + alone):
+            chunk = chunk.float()
             expected = model(chunk.to(device)).float().cpu()
-            actual = torch.from_numpy(run_session(session, model_input.name, chunk, fixed_batch))
+            try:
+                actual = torch.from_numpy(run_session(session, model_input.name, chunk, fixed_batch))
+            except Exception as failure:  # onnxruntime's errors derive from Exception directly
+                error = f"a batch of {len(chunk)}: {first_line(failure)}"
+                break
+            sizes.append(len(chunk))
             # float64 so the difference itself adds no rounding; NaN propagates and fails the check.
-            differences.append((actual.double() - expected.double()).abs().max())
-            agreeing += int((actual.argmax(dim=1) == expected.argmax(dim=1)).sum())
-    max_abs_diff = float(torch.stack(differences).max())
+            difference = (actual.double() - expected.double()).abs()
+            differences.append(difference.max())
+            excesses.append((difference - atol - rtol * expected.double().abs()).max())
+            agreement = actual.argmax(dim=1) == expected.argmax(dim=1)
+            if index < len(chunks):
+                agreeing += int(agreement.sum())
+            else:
+                alone_agrees = bool(agreement.all())
+    max_abs_diff = float(torch.stack(differences).max()) if differences else float("nan")
+    within = bool(excesses) and bool(torch.stack(excesses).max() <= 0)
     return Parity(
         images=len(images),
         max_abs_diff=max_abs_diff,
         top1_agreement=agreeing / len(images),
         provider=session.get_providers()[0],
         atol=atol,
-        passed=max_abs_diff <= atol and agreeing == len(images),
+        rtol=rtol,
+        batch_sizes=sorted(set(sizes), reverse=True),
+        error=error,
+        passed=error is None and within and agreeing == len(images) and alone_agrees,
     )
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def open_session(path: Path) -> Any:
@@ -77,8 +109,7 @@ def open_session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=choose_providers(ort))
     except Exception as error:  # onnxruntime's errors derive from Exception directly
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"onnxruntime cannot load {path}: {first}") from error
+        raise UsageError(f"onnxruntime cannot load {path}: {first_line(error)}") from error
 
 
 def choose_providers(ort: ModuleType) -> list[Any]:
