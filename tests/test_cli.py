@@ -226,3 +226,22 @@ def test_export_choices_are_the_exporter_s() -> None:
 
     assert choices("simplify") == typing.get_args(Simplify)
     assert choices("bn_stats") == typing.get_args(BnStats)
+
+
+def test_history_shows_bracketed_text_as_written_and_a_run_without_steps_has_nothing_to_plot(
+    bundle_path: Path, tmp_path: Path
+) -> None:
+    from tta_cli import Session
+    from tta_cli.events import Event, EventKind
+    from tta_cli.history import HistoryStore
+
+    run = tmp_path / "run"
+    Session.start(bundle_path, run, method="tent").close()
+    store = HistoryStore.open(run)
+    store.record_events(0, [Event(EventKind.RESUME, "shots/[cam1] [/x]")])
+    store.close()
+    shown = tta("history", run)
+    assert shown.returncode == 0, shown.stderr
+    assert "shots/[cam1] [/x]" in shown.stdout
+    plotted = tta("history", run, "--json", "--plot", tmp_path / "history.png")
+    assert plotted.returncode == 2 and "The run has no steps to plot yet." in plotted.stderr

@@ -178,7 +178,7 @@ def adapt(
         summary = resume_run(resume, on_step=show) if resume else run_adaptation(settings, on_step=show)
     finally:
         bar.stop()
-    table = Table(title=f"tta-cli adapt → {resume or settings.run}", show_header=False)
+    table = Table(title=escape(f"tta-cli adapt → {resume or settings.run}"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     rows = {
@@ -243,7 +243,7 @@ def prepare(
     ],
     weights: Annotated[Path, typer.Option(help="Trained weights (.safetensors, or .pt/.pth with --trust-pickle).")],
     source_data: Annotated[Path, typer.Option(help="Folder of clean source images in class sub-folders.")],
-    out: Annotated[Path, typer.Option(help="Bundle folder to write.")],
+    out: Annotated[Path, typer.Option(help="Bundle folder to write: new, or empty.")],
     mean: Annotated[
         str | None,
         typer.Option(
@@ -330,15 +330,15 @@ def history(
     from tta_cli.history import read_history
 
     record = read_history(run, last)
-    if json_output:
-        typer.echo(json.dumps(record, indent=2))
-        return
     if plot is not None:
         from tta_cli.history.plot import plot_history
 
         plot_history(read_history(run) if last else record, plot)
-        console.print(f"Wrote {plot}")
-    steps = Table(title=f"steps of {run}")
+        console.print(escape(f"Wrote {plot}"))
+    if json_output:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    steps = Table(title=escape(f"steps of {run}"))
     for column in ("step", "images", "losses", "update norm", "entropy", "majority", "accuracy", "verdict", "snapshot"):
         steps.add_column(column, justify="left" if column in ("losses", "verdict", "snapshot") else "right")
     for step in record["steps"]:
@@ -350,7 +350,7 @@ def history(
             _fmt(step["entropy"]),
             _fmt(step["majority_fraction"], percent=True),
             _fmt(step["accuracy"], percent=True),
-            step["verdict"],
+            escape(step["verdict"]),
             (step["snapshot_id"] or "-")[:12],
         )
     out = Console()
@@ -359,7 +359,9 @@ def history(
     for column in ("step", "kind", "detail", "snapshot"):
         events.add_column(column)
     for event in record["events"]:
-        events.add_row(str(event["step"]), event["kind"], event["detail"], (event["snapshot_id"] or "-")[:12])
+        events.add_row(
+            str(event["step"]), escape(event["kind"]), escape(event["detail"]), (event["snapshot_id"] or "-")[:12]
+        )
     out.print(events)
     if record["conflict_fraction"] is not None:
         out.print(f"objectives in conflict (cos(g1, g2) < 0) on {record['conflict_fraction']:.0%} of steps")
@@ -523,7 +525,10 @@ def export(
         float, typer.Option(help="Logit difference the check accepts, plus --rtol times the logit.")
     ] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Logit difference the check accepts per unit of logit.")] = 1e-4,
-    images: Annotated[Path | None, typer.Option(help="Images to verify on (default: the run's latest).")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of images to verify on, drawn in a seeded shuffle (default: the run's latest)."),
+    ] = None,
     num_images: Annotated[int, typer.Option(help="How many images to verify on.")] = 256,
     bundle: Annotated[Path | None, typer.Option(help="The run's bundle, if it has moved.")] = None,
 ) -> None:
@@ -535,7 +540,7 @@ def export(
         raise UsageError("Give at most one of --step, --snapshot and --alias.")
     warning = onnxruntime_warning()
     if warning:
-        console.print(f"[yellow]Warning:[/yellow] {warning}")
+        console.print(f"[yellow]Warning:[/yellow] {escape(warning)}")
     report = export_run(
         run,
         out,
@@ -551,7 +556,7 @@ def export(
         atol=atol,
         rtol=rtol,
     )
-    table = Table(title=f"tta-cli export → {report.out}", show_header=False)
+    table = Table(title=escape(f"tta-cli export → {report.out}"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     table.add_row("step", str(report.step))
@@ -643,7 +648,7 @@ def analyze(
             )
         Console().print(table)
     pictures = ", ".join(str(out / f"{name}.png") for name in result["methods"])
-    _say(f"Wrote {out / 'analysis.json'} and {pictures}; the runs are under {out / 'runs'}.")
+    _say(escape(f"Wrote {out / 'analysis.json'} and {pictures}; the runs are under {out / 'runs'}."))
 
 
 @app.command("train-mgg")
@@ -833,7 +838,7 @@ def distill(
         bar.stop()
     if not report.is_main:
         return
-    table = Table(title=f"tta-cli distill → {report.out}", show_header=False)
+    table = Table(title=escape(f"tta-cli distill → {report.out}"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
     rows = {

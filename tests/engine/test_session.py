@@ -145,3 +145,21 @@ def _chdir(path: Path):  # type: ignore[no-untyped-def]
         yield
     finally:
         os.chdir(before)
+
+
+def test_a_run_records_its_folder_source_absolute_so_it_resumes_from_anywhere(
+    bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tta_cli.config import AdaptConfig, read_config
+    from tta_cli.engine import adapt, resume
+
+    write_image_folder(tmp_path / "data", per_class=4)
+    monkeypatch.chdir(tmp_path)
+    adapt(AdaptConfig(model=bundle_path, source="data", run="run", method="tent", batch_size=3))
+    store = HistoryStore.open(tmp_path / "run")
+    assert read_config(store.first_config()).source == str(tmp_path / "data")
+    store.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resume(tmp_path / "run").images_seen == 12  # the folder is found again, nothing left to read

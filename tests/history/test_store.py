@@ -78,3 +78,27 @@ def test_digits_name_a_step_and_else_a_snapshot_whose_id_begins_with_them(tmp_pa
     with pytest.raises(UsageError, match="Step 7 has no snapshot"):
         store.resolve("7")
     store.close()
+
+
+def test_a_history_that_is_not_a_database_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / HistoryStore.DB).write_bytes(b"not SQLite" * 100)
+    with pytest.raises(UsageError, match=r"Could not open the history .*history\.db: file is not a database\."):
+        HistoryStore.open(tmp_path)
+
+
+def test_the_mean_entropy_counts_only_the_images_of_steps_that_have_one(tmp_path: Path) -> None:
+    """SQLite stores a NaN as NULL: those images have no entropy to average, not an entropy of 0."""
+    from tta_cli.history import summarize
+
+    store = HistoryStore(tmp_path)
+    store.begin_run("tent", "sha", "config")
+    store.record_step(record(1, batch_size=10, entropy=float("nan")))
+    store.record_step(record(2, batch_size=10, entropy=1.0))
+    assert summarize(store, "tent", "cpu").mean_entropy == 1.0
+    store.close()
+
+
+def test_rollback_of_a_folder_that_is_not_a_run_leaves_nothing_in_it(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a run directory"):
+        rollback(tmp_path, "source")
+    assert list(tmp_path.iterdir()) == []

@@ -191,3 +191,21 @@ def test_a_scaled_generator_multiplies_every_step_and_keeps_its_scale_in_the_fil
     assert loaded.scaled and math.isclose(float(loaded.scale()), 3.0, rel_tol=1e-6)
     save_generator(plain, tmp_path / "plain.safetensors", {})
     assert not load_generator(tmp_path / "plain.safetensors").scaled
+
+
+def test_a_generator_pre_trained_for_other_weights_is_refused(bundle_path: Path, tmp_path: Path) -> None:
+    """A bundle re-made with new weights beside an old generator: its updates would be meant for another model."""
+    import shutil
+
+    from tta_cli.mgg import rule_for_bundle
+    from tta_cli.models import load_bundle
+
+    bundle_copy = tmp_path / "bundle"
+    shutil.copytree(bundle_path, bundle_copy)
+    bundle = load_bundle(bundle_copy)
+    params = list(bundle.model.parameters())
+    save_generator(make_generator(), bundle_copy / "mgg.safetensors", {"bundle_weights_sha256": "0" * 64})
+    with pytest.raises(UsageError, match="pre-trained for other weights"):
+        rule_for_bundle(bundle, params)
+    save_generator(make_generator(), bundle_copy / "mgg.safetensors", {"bundle_weights_sha256": bundle.weights_sha256})
+    assert isinstance(rule_for_bundle(bundle, params), MGGRule)

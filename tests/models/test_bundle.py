@@ -14,6 +14,7 @@ from torch import nn
 from tests.conftest import CLASSES, MEAN, STD, write_image_folder
 from tests.models.factories import ViewFlattenNet, group_norm_net, two_layer
 from tta_cli.errors import UsageError
+from tta_cli.files import tomllib
 from tta_cli.models import ModelSpec, build_architecture, load_bundle, prepare_bundle
 from tta_cli.models.bundle import read_spec
 from tta_cli.models.checkpoints import load_state_dict
@@ -208,3 +209,53 @@ def prepare_bundle_from(folder: Path, out: Path) -> Path:
     save_file(build_architecture("tiny_resnet", len(CLASSES)).state_dict(), str(weights))
     prepare_bundle("tiny_resnet", weights, folder, out, mean=MEAN, std=STD, batch_size=50)
     return out
+
+
+def test_prepare_never_writes_over_an_existing_folder(bundle_path: Path, tmp_path: Path, clean_folder: Path) -> None:
+    """An older bundle's generator beside new weights would be used without a word."""
+    existing = tmp_path / "existing"
+    shutil.copytree(bundle_path, existing)
+    (existing / "mgg.safetensors").write_bytes(b"a generator for the old weights")
+    before = {path.name: path.read_bytes() for path in existing.iterdir()}
+    weights = tmp_path / "w.safetensors"
+    save_file(build_architecture("tiny_resnet", 3).state_dict(), str(weights))
+    with pytest.raises(UsageError, match="already exists"):
+        prepare_bundle("tiny_resnet", weights, clean_folder, existing, mean=MEAN, std=STD)
+    assert {path.name: path.read_bytes() for path in existing.iterdir()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare_bundle("tiny_resnet", weights, clean_folder, str(empty), mean=MEAN, std=STD, num_images=9)
+    assert load_bundle(empty).spec.name == "empty"
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    "mean, std", [((float("nan"),) * 3, STD), (MEAN, (0.25, float("inf"), 0.25)), (MEAN, (0.0,) * 3)]
+)
+def test_prepare_refuses_a_mean_or_std_that_is_not_finite_or_a_std_of_zero(
+    tmp_path: Path, clean_folder: Path, mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    weights = tmp_path / "w.safetensors"
+    save_file(build_architecture("tiny_resnet", 3).state_dict(), str(weights))
+    with pytest.raises(UsageError, match="finite numbers and the std positive"):
+        prepare_bundle("tiny_resnet", weights, clean_folder, tmp_path / "b", mean=mean, std=std)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_model_toml_with_a_non_finite_mean_is_refused(bundle_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_path, broken)
+    spec = tomllib.loads((broken / "model.toml").read_text())
+    (broken / "model.toml").write_text(tomli_w.dumps(spec | {"mean": [float("nan"), 0.5, 0.5]}))
+    with pytest.raises(UsageError, match="must be finite"):
+        read_spec(broken)
+
+
+@pytest.mark.parametrize("damaged", ["weights.safetensors", "source_stats.safetensors"])
+def test_a_damaged_tensor_file_in_a_bundle_is_one_sentence(bundle_path: Path, tmp_path: Path, damaged: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_path, broken)
+    payload = (broken / damaged).read_bytes()
+    (broken / damaged).write_bytes(payload[: len(payload) // 2])  # a copy cut short
+    with pytest.raises(UsageError, match=rf"{damaged} is not a readable safetensors file .*re-create it"):
+        load_bundle(broken)

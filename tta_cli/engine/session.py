@@ -33,9 +33,8 @@ from tta_cli.engine.recovery import HistoryKeeper, Recovery
 from tta_cli.errors import SourceNotFinite, UsageError
 from tta_cli.events import Event, EventKind, SkippedInput
 from tta_cli.history import HistoryStore, RunDirectory, RunLock, RunSummary, SnapshotRef, StepRecord, summarize
-from tta_cli.history.run_dir import PredictionWriter
 from tta_cli.models import Bundle, load_bundle
-from tta_cli.streams import Batch, Images, Preprocess, batch_of
+from tta_cli.streams import Batch, Images, Preprocess, absolute_source, batch_of
 
 PYTHON_SOURCE = "python"
 """The ``source`` recorded for a run whose batches come from a caller's own loop."""
@@ -53,7 +52,7 @@ class Session:
         self.run_dir = RunDirectory(config.run)
         self.recovery = Recovery(adapter, HistoryKeeper(store))
         self.preprocess = Preprocess(bundle.spec.mean, bundle.spec.std, next(adapter.model.parameters()).device)
-        self.predictions = PredictionWriter(self.run_dir.path / RunDirectory.PREDICTIONS, adapter.step_count)
+        self.predictions = self.run_dir.predictions(adapter.step_count)
         self.position = store.stream_position()
         self._recent: deque[torch.Tensor] = deque()
         self._closed = False
@@ -75,8 +74,9 @@ class Session:
     @classmethod
     def create(cls, config: AdaptConfig, bundle: Bundle | None = None) -> Session:
         """A new run as ``config`` describes it (``bundle``: the loaded ``config.model``)."""
-        # Absolute, so that resume and export find the bundle from any working directory.
-        config = config.model_copy(update={"model": Path(config.model).resolve()})
+        # Absolute, so that resume and export find the bundle and the images from any working directory.
+        source = config.source if config.source == PYTHON_SOURCE else absolute_source(config.source)
+        config = config.model_copy(update={"model": Path(config.model).resolve(), "source": source})
         bundle = bundle or load_bundle(config.model)
         method = resolve_method(config.method, config.norm, default_method(bundle))
         # The run records the method it ran, whatever "auto" or --norm named.
@@ -106,7 +106,8 @@ class Session:
             store.close()
             raise
         try:
-            config = read_config(store.first_config())
+            # The run is where it is now: moved, or named from another working directory.
+            config = read_config(store.first_config()).model_copy(update={"run": Path(run)})
             bundle = load_bundle(config.model)
             if bundle.weights_sha256 != store.bundle_sha256():
                 raise UsageError(f"The bundle at {config.model} has changed since this run started; it cannot resume.")
@@ -130,7 +131,8 @@ class Session:
     ) -> StepResult:
         """Predict a batch of images (``tta_cli.streams.Images``), then adapt on it; ``labels``
         (class indices), when known, only score the online accuracy."""
-        batch = batch_of(images, self.bundle.spec.framing, self.preprocess, ids, labels, start=self.position)
+        framing, classes = self.bundle.spec.framing, len(self.class_names)
+        batch = batch_of(images, framing, self.preprocess, ids, labels, start=self.position, num_classes=classes)
         return self.step(batch)
 
     def step(self, batch: Batch, frames_dropped: int = 0) -> StepResult:

@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta_cli.errors import UsageError
 from tta_cli.models import Bundle, build_architecture
-from tta_cli.models.bundle import WEIGHTS_FILE, first_non_finite
+from tta_cli.models.bundle import RECREATE, WEIGHTS_FILE, first_non_finite
+from tta_cli.models.checkpoints import read_tensors
 
 BnStats = Literal["source", "target", "tracked"]
 
@@ -57,7 +57,7 @@ def load_source_model(bundle: Bundle) -> nn.Module:
     adapter may have changed in place."""
     model = build_architecture(bundle.spec.architecture, bundle.spec.num_classes)
     try:
-        model.load_state_dict(load_file(str(bundle.path / WEIGHTS_FILE)))
+        model.load_state_dict(read_tensors(bundle.path / WEIGHTS_FILE, RECREATE))
     except RuntimeError as error:
         raise UsageError(f"The weights of bundle {bundle.path} no longer fit its architecture.") from error
     return model

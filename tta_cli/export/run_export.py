@@ -90,8 +90,8 @@ def export_run(
     rtol: float = 1e-4,
 ) -> ExportReport:
     """Export the state ``selector`` names (a step, snapshot id or alias) and, with ``check``,
-    verify it against PyTorch on ``num_images`` images: ``images`` if given, else the inputs
-    the run saw last. The file appears at ``out`` only once it passed.
+    verify it against PyTorch on ``num_images`` images: ``images`` if given (a seeded draw from
+    the folder), else the inputs the run saw last. The file appears at ``out`` only once it passed.
 
     ``bn_stats`` defaults to the statistics the run normalised with where they are stored
     (``RecordedState.bn_stats``)."""
@@ -103,8 +103,8 @@ def export_run(
     if needs_images:
         if isinstance(images, torch.Tensor):  # preprocessed already (a Python session's)
             recent = images[-num_images:]
-        elif images:
-            recent = _recent_images(bundle, images, 0, num_images)
+        elif images:  # drawn from the whole folder: its first images may all be one class
+            recent = _recent_images(bundle, images, 0, num_images, order="shuffled")
         else:  # the run's own stream, in the run's order
             recent = _recent_images(
                 bundle, config.source, position, num_images, config.order, config.seed, config.stride

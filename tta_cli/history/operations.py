@@ -13,13 +13,13 @@ def rollback(run_dir: Path, selector: str) -> SnapshotRef:
 
     Nothing is deleted; ``tta-cli adapt --resume`` then continues from the restored state.
     """
-    with RunLock(run_dir):
-        store = HistoryStore.open(run_dir)
-        try:
+    store = HistoryStore.open(run_dir)  # a folder without a history: one sentence, and no lock file left in it
+    try:
+        with RunLock(run_dir):
             target = store.resolve(selector)
             store.rollback(target, f"user: rollback to {selector}")
-        finally:
-            store.close()
+    finally:
+        store.close()
     return target
 
 

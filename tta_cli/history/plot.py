@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on devices and CI
 import matplotlib.pyplot as plt
 
+from tta_cli.errors import UsageError
+
 
 def plot_history(history: dict[str, Any], out: Path) -> Path:
     """Entropy, online accuracy (when labeled), update norm, majority-class fraction, the harm
@@ -26,6 +28,8 @@ def plot_history(history: dict[str, Any], out: Path) -> Path:
         ("plausibility (harm guard)", [step["diagnostics"].get("plausibility") for step in steps]),
     ]
     panels = [(name, values) for name, values in panels if any(value is not None for value in values)]
+    if not panels:
+        raise UsageError("The run has no steps to plot yet.")
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True, squeeze=False)
     markers = {"rollback": ("tab:red", "rollback"), "skip": ("tab:orange", "skipped update")}
     for axis, (name, values) in zip(axes[:, 0], panels, strict=True):

@@ -145,7 +145,7 @@ def summarize(store: HistoryStore, method: str, device: str) -> RunSummary:
         steps=len(steps),
         seconds=round(seconds, 3),
         images_per_second=round(images / seconds, 2) if seconds > 0 else 0.0,
-        mean_entropy=totals["entropy_sum"] / images if images else None,
+        mean_entropy=totals["entropy_sum"] / totals["entropy_images"] if totals["entropy_images"] else None,
         online_accuracy=totals["correct"] / totals["labeled"] if totals["labeled"] else None,
         labeled_images=int(totals["labeled"]),
         rollbacks=sum(event.kind == EventKind.ROLLBACK for event in events),

@@ -103,10 +103,14 @@ class HistoryStore:
         self.snapshot_dir = self.run_dir / self.SNAPSHOTS
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.run_dir / self.DB, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise UsageError(f"Could not open the history {self.run_dir / self.DB}: {error}.") from error
         self.run_id: int | None = None
 
     @classmethod
@@ -335,13 +339,15 @@ class HistoryStore:
         return row[0] if row else 0
 
     def totals(self) -> dict[str, float]:
-        """Sums over every recorded step: images, labeled, correct, entropy × batch size."""
+        """Sums over every recorded step: images, labeled, correct, entropy × batch size and the
+        images of steps with a finite entropy (SQLite stores a NaN as NULL)."""
         row = self.db.execute(
             "SELECT count(*), coalesce(sum(batch_size), 0), coalesce(sum(labeled), 0), coalesce(sum(correct), 0), "
-            "coalesce(sum(entropy * batch_size), 0) FROM steps"
+            "coalesce(sum(entropy * batch_size), 0), "
+            "coalesce(sum(CASE WHEN entropy IS NOT NULL THEN batch_size END), 0) FROM steps"
         ).fetchone()
         skipped = self.db.execute("SELECT count(*) FROM skipped_inputs").fetchone()[0]
-        keys = ("steps", "images", "labeled", "correct", "entropy_sum")
+        keys = ("steps", "images", "labeled", "correct", "entropy_sum", "entropy_images")
         return dict(zip(keys, row, strict=True)) | {"skipped": skipped}
 
     def run_durations(self) -> list[float]:

@@ -145,17 +145,25 @@ def rule_for_bundle(
 ) -> MGGRule:
     """The MGG rule of a loaded bundle over ``params`` (θ, at the source's values: the anchor),
     with the generator shipped in its ``file`` (by default ``mgg.safetensors``), on the device
-    of the bundle's model. ``step_size`` defaults to the α the generator was pre-trained for
-    (its metadata), else ``DEFAULT_STEP_SIZE``."""
+    of the bundle's model. A generator pre-trained for other weights is refused (its metadata
+    names the weights' SHA-256). ``step_size`` defaults to the α the generator was pre-trained
+    for (its metadata), else ``DEFAULT_STEP_SIZE``."""
     path = bundle.path / file
     if not path.is_file():
         raise UsageError(
             f"Model bundle {bundle.path} has no {file}; "
             f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
         )
+    metadata = read_metadata(path)
+    trained_for = metadata.get("bundle_weights_sha256")
+    if trained_for is not None and trained_for != bundle.weights_sha256:
+        raise UsageError(
+            f"{path} was pre-trained for other weights than {bundle.path}'s; pre-train one for these with "
+            f"'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
+        )
     device = next(bundle.model.parameters()).device
     if step_size is None:
-        step_size = float(read_metadata(path).get("step_size", DEFAULT_STEP_SIZE))
+        step_size = float(metadata.get("step_size", DEFAULT_STEP_SIZE))
     anchor = torch.cat([param.detach().flatten() for param in params])
     return MGGRule(load_generator(path).to(device), step_size=step_size, anchor=anchor)
 

@@ -10,19 +10,20 @@ BUNDLE/distill.json             optional: how a student was distilled (``tta-cli
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field, ValidationError, model_validator
-from safetensors.torch import load_file
 from torch import nn
 
 from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
 from tta_cli.models.architectures import build_architecture
+from tta_cli.models.checkpoints import read_tensors
 from tta_cli.models.layout import same_in_channels_last
 from tta_cli.models.typicality import Typicality
 from tta_cli.streams.framing import Framing
@@ -34,6 +35,7 @@ MGG_FILE = "mgg.safetensors"
 DISTILL_FILE = "distill.json"
 CHANNELS = (1, 3)
 """Grayscale or RGB: what images give."""
+RECREATE = "re-create it with 'tta-cli prepare'"
 
 
 class ModelSpec(BaseModel):
@@ -70,6 +72,8 @@ class ModelSpec(BaseModel):
     def _check(self) -> ModelSpec:
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError("class_names has duplicates")
+        if not all(math.isfinite(value) for value in (*self.mean, *self.std)):
+            raise ValueError("mean and std must be finite numbers")
         if any(value <= 0 for value in self.std):
             raise ValueError("std must be positive")
         if len(self.mean) not in CHANNELS or len(self.std) != len(self.mean):
@@ -122,15 +126,15 @@ def load_bundle(path: Path) -> Bundle:
     spec = read_spec(path)
     for required in (WEIGHTS_FILE, SOURCE_STATS_FILE):
         if not (path / required).is_file():
-            raise UsageError(f"Model bundle {path} is missing {required}; re-create it with 'tta-cli prepare'.")
+            raise UsageError(f"Model bundle {path} is missing {required}; {RECREATE}.")
     model = build_architecture(spec.architecture, spec.num_classes, relative_to=path)
     weights_file = path / WEIGHTS_FILE
-    state = load_file(str(weights_file))
+    state = read_tensors(weights_file, RECREATE)
     refuse_non_finite(state, weights_file)
     load_weights(model, state, weights_file, spec.architecture)
     model.eval()
     check_input(model, spec.channels, spec.input_size, f"The model of bundle {path}")
-    stats = load_file(str(path / SOURCE_STATS_FILE))
+    stats = read_tensors(path / SOURCE_STATS_FILE, RECREATE)
     refuse_non_finite(stats, path / SOURCE_STATS_FILE)
     source_stats = {}
     for layer in spec.feature_layers:

@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from tta_cli.errors import UsageError
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar"}
+
+
+def read_tensors(path: Path, remedy: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file at ``path``; a damaged or foreign file is one
+    sentence that ends with ``remedy``."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UsageError(f"{path} is not a readable safetensors file ({error}); {remedy}.") from error
 
 
 def load_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -22,7 +32,7 @@ def load_state_dict(path: Path, trust_pickle: bool = False) -> dict[str, torch.T
     if not path.is_file():
         raise UsageError(f"Weights file {path} does not exist.")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return read_tensors(path, "check that it was copied whole")
     if path.suffix not in PICKLE_SUFFIXES:
         raise UsageError(f"Weights file {path} is neither .safetensors nor a torch checkpoint (.pt/.pth).")
     if not trust_pickle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from torch import nn
 
 from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
-from tta_cli.files import write_atomic
+from tta_cli.files import atomic_folder
 from tta_cli.models.architectures import absolute_reference, build_architecture
 from tta_cli.models.bundle import (
     CHANNELS,
@@ -22,6 +23,7 @@ from tta_cli.models.bundle import (
     WEIGHTS_FILE,
     ModelSpec,
     check_input,
+    first_non_finite,
     load_weights,
     refuse_non_finite,
 )
@@ -54,7 +56,8 @@ def prepare_bundle(
     trust_pickle: bool = False,
     name: str | None = None,
 ) -> ModelSpec:
-    """Write ``out/`` with model.toml, weights.safetensors and source_stats.safetensors.
+    """Write ``out/`` (a new or empty folder) with model.toml, weights.safetensors and
+    source_stats.safetensors.
 
     Class names default to the sub-folders of ``source_data``. ``mean`` and ``std`` have one
     value per input channel: one for a grayscale model, three for RGB. The preprocessing
@@ -67,7 +70,9 @@ def prepare_bundle(
     says, with the model in eval mode, and how typical of them an image looks to the shallow
     BatchNorm layers (``tta_cli.models.typicality``).
     """
-    source_data = Path(source_data)
+    source_data, out = Path(source_data), Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UsageError(f"{out} already exists; a bundle is written into a new or empty folder, never over one.")
     if not source_data.is_dir():
         raise UsageError(f"Source data {source_data} is not a folder of clean images.")
     if not class_names:
@@ -85,6 +90,8 @@ def prepare_bundle(
         "interpolation": interpolation,
     }
     framing, mean, std = choose_preprocessing(architecture, model, given)
+    if not all(math.isfinite(value) for value in (*mean, *std)) or min(std) <= 0:
+        raise UsageError(f"The mean and std must be finite numbers and the std positive; got {mean} and {std}.")
     state = load_state_dict(Path(weights), trust_pickle=trust_pickle)
     refuse_non_finite(state, Path(weights))
     load_weights(model, state, Path(weights), architecture)
@@ -106,6 +113,10 @@ def prepare_bundle(
     typicality = measure_typicality(model, (batch.images for batch in clean()))
     if typicality is not None:
         stats |= typicality.tensors()
+    if (statistic := first_non_finite(stats)) is not None:
+        raise UsageError(
+            f"The model's {statistic!r} on the clean images of {source_data} is not finite; it cannot be used."
+        )
     spec = ModelSpec(
         name=name or out.name,
         architecture=architecture,
@@ -118,10 +129,13 @@ def prepare_bundle(
         std=std,
         feature_layers=layers,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / WEIGHTS_FILE, save({key: value.contiguous() for key, value in model.state_dict().items()}))
-    write_atomic(out / SOURCE_STATS_FILE, save(stats))
-    write_atomic(out / MODEL_FILE, tomli_w.dumps(spec.model_dump(mode="json")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The whole bundle appears at once: a killed prepare leaves no half of one.
+    weights_bytes = save({key: value.contiguous() for key, value in model.state_dict().items()})
+    with atomic_folder(out) as staging:
+        (staging / WEIGHTS_FILE).write_bytes(weights_bytes)
+        (staging / SOURCE_STATS_FILE).write_bytes(save(stats))
+        (staging / MODEL_FILE).write_text(tomli_w.dumps(spec.model_dump(mode="json")))
     return spec
 
 

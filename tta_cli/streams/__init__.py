@@ -4,7 +4,7 @@ from tta_cli.streams.batching import UNLABELED, Batch, Images, Preprocess, batch
 from tta_cli.streams.folder import FolderStream, labeled_images, list_images
 from tta_cli.streams.frames import EventLog, Frame, SkipLog, Stream
 from tta_cli.streams.framing import Framing
-from tta_cli.streams.sources import CaptureStream, open_source
+from tta_cli.streams.sources import CaptureStream, absolute_source, open_source
 
 __all__ = [
     "UNLABELED",
@@ -18,6 +18,7 @@ __all__ = [
     "Preprocess",
     "SkipLog",
     "Stream",
+    "absolute_source",
     "batch_of",
     "batches",
     "labeled_images",

@@ -82,10 +82,12 @@ def batch_of(
     ids: Sequence[str] | None = None,
     labels: Sequence[int] | None = None,
     start: int = 0,
+    num_classes: int | None = None,
 ) -> Batch:
     """A batch from images a caller already holds (``Images``); tensors and arrays must be
     framed already (at ``framing.size``), PIL images and single arrays are converted and framed
-    as image files are. ``start`` is the stream position of the first image."""
+    as image files are. ``start`` is the stream position of the first image; ``labels`` are
+    class indices below ``num_classes`` (when given) or ``UNLABELED``."""
     if len(images) == 0:
         # An empty batch has no predictions to judge: the guard would take it for a collapse.
         raise UsageError("A batch needs at least one image; none were given.")
@@ -95,11 +97,17 @@ def batch_of(
         if images.dim() != 4 or images.shape[1] not in channels or tuple(images.shape[2:]) != size:
             shape = f"N×{'/'.join(map(str, sorted(channels)))}×{size[0]}×{size[1]}"
             raise UsageError(f"Expected images of shape {shape}, got {tuple(images.shape)}.")
+        check_pixel_values(images, images.is_floating_point())
         pixels = preprocess.tensor(images)
     elif isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[3] != 3 or tuple(images.shape[1:3]) != size:
             raise UsageError(f"Expected an array of shape N×{size[0]}×{size[1]}×3, got {images.shape}.")
-        pixels = preprocess(np.ascontiguousarray(images, dtype=np.uint8))
+        floating = np.issubdtype(images.dtype, np.floating)
+        check_pixel_values(images, floating)
+        if floating:
+            pixels = preprocess.tensor(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
+        else:
+            pixels = preprocess(np.ascontiguousarray(images, dtype=np.uint8))
     else:
         pixels = preprocess(np.stack([to_rgb_array(image, framing) for image in images]))
     count = len(pixels)
@@ -107,7 +115,23 @@ def batch_of(
     label_values = [UNLABELED] * count if labels is None else list(labels)
     if len(ids) != count or len(label_values) != count:
         raise UsageError(f"{count} images came with {len(ids)} ids and {len(label_values)} labels.")
+    top = num_classes if num_classes is not None else max(label_values) + 1
+    wrong = [label for label in label_values if label != UNLABELED and not 0 <= label < top]
+    if wrong:
+        raise UsageError(
+            f"Label {wrong[0]} is not a class index (0 to {top - 1}) nor {UNLABELED}, which marks an unlabeled image."
+        )
     return Batch(ids, pixels, torch.tensor(label_values, device=preprocess.device), start + count)
+
+
+def check_pixel_values(images: torch.Tensor | np.ndarray, floating: bool) -> None:
+    """Refuse pixel values outside what their type means: [0, 1] for floats, [0, 255] for
+    integers (a float image in [0, 255], cast or scaled, would be noise to the model)."""
+    top = 1.0 if floating else 255.0
+    low, high = float(images.min()), float(images.max())
+    if not 0 <= low <= high <= top:  # NaN fails every comparison
+        kind = "float" if floating else "integer"
+        raise UsageError(f"Pixel values of {kind} images lie in [0, {top:g}]; these lie in [{low:g}, {high:g}].")
 
 
 def batches(frames: Iterable[Frame], batch_size: int, preprocess: Preprocess) -> Generator[Batch, None, None]:

@@ -81,10 +81,6 @@ class FolderStream(Stream):
     def replayable(self) -> bool:
         return True
 
-    @property
-    def labeled(self) -> bool:
-        return any(label is not None for label in self.labels[:1000])
-
     def __iter__(self) -> Iterator[Frame]:
         # A bounded window of decodes in flight keeps the model fed without holding the
         # whole folder in memory; results come back in order.

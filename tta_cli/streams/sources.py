@@ -17,6 +17,7 @@ ends and says why in ``failure``.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import threading
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+"""A URL's scheme, as in ``rtsp://camera/stream``."""
 # How often a waiting loop looks at its stop flag: the bound on how late a stop is noticed.
 POLL_SECONDS = 0.1
 # Failed grabs in a row that end a video file (a second at 30 fps): fewer are damaged frames
@@ -81,7 +84,7 @@ def open_source(
         raise UsageError(f"Stride must be at least 1, got {stride}.")
     live: dict[str, Any] = {"reconnect": reconnect or LiveConfig()}
     bounds: dict[str, Any] = {"start": start, "stride": stride, "max_frames": max_frames, "duration": duration}
-    scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", text)
+    scheme = SCHEME.match(text)
     if scheme:
         if scheme.group(1).lower() not in URL_SCHEMES:
             raise UsageError(f"Source {text!r} has an unsupported scheme; use one of {', '.join(URL_SCHEMES)}.")
@@ -114,6 +117,15 @@ def open_source(
         f"Source {text} does not exist; give a folder, a glob, an image or video file, a camera index "
         "or device, or an rtsp:// or http(s):// URL."
     )
+
+
+def absolute_source(text: str) -> str:
+    """``text`` with a relative path to a folder, file or glob made absolute, so that a run
+    resumed or exported from another working directory reads the same images; a camera, a
+    device or a URL as given."""
+    if SCHEME.match(text) or text.isdigit() or text.startswith("/dev/"):
+        return text
+    return os.path.abspath(text) if Path(text).exists() or is_glob(text) else text
 
 
 def _opens_as_video(path: Path) -> bool:
