@@ -120,19 +120,23 @@ def suite_cell(method: str, corruption: str, wrong: list[int], images: int = 40)
     return key | {"corruption": corruption, "images": images, "errors": len(wrong), "correct": packed.hex()}
 
 
-def test_suite_tables_tell_cells_worse_beyond_chance(tmp_path: Path) -> None:
+def test_suite_tables_tell_cells_worse_beyond_chance_alone_and_as_a_family(tmp_path: Path) -> None:
     # fog: the default loses 10 images the source has right and wins none (p = 2^-10);
+    # frost: it loses 5 (p = 2^-5, below 0.05 alone, not below 0.05 / 2 for Holm's second);
     # snow: it loses 6 and wins 5 (one image worse, no evidence).
     cells = [suite_cell(method, "fog", []) for method in ("source", "norm", "tent", "sar")]
     cells += [suite_cell("auto", "fog", list(range(10)))]
+    cells += [suite_cell(method, "frost", []) for method in ("source", "norm", "tent", "sar")]
+    cells += [suite_cell("auto", "frost", list(range(5)))]
     cells += [suite_cell(method, "snow", list(range(5))) for method in ("source", "norm", "tent", "sar")]
     cells += [suite_cell("auto", "snow", list(range(5, 11)))]
     (tmp_path / "cells.jsonl").write_text("".join(json.dumps(cell) + "\n" for cell in cells))
     result = script("suite.py", "tables", tmp_path)
     assert result.returncode == 0, result.stderr
-    worse = next(line for line in result.stdout.splitlines() if line.startswith("| tiny | 2 |"))
-    assert worse.startswith("| tiny | 2 | 2 | 2 | 1 |")
-    assert "fog 0.0 → 25.0 (0.00098)" in worse and "snow 12.5 → 15.0 (0.5)" in worse
+    worse = next(line for line in result.stdout.splitlines() if line.startswith("| tiny | 3 |"))
+    assert worse.startswith("| tiny | 3 | 3 | 3 | 2 | 1 |")
+    assert "fog 0.0 → 25.0 (0.00098)" in worse and "frost 0.0 → 12.5 (0.031)" in worse
+    assert "snow 12.5 → 15.0 (0.5)" in worse
 
 
 def test_suite_run_records_each_image_and_replaces_rows_without(bundle_path: Path, tmp_path: Path) -> None:
