@@ -10,6 +10,9 @@ Per bundle, online accuracy (%) of the source and of the default (``auto``, guar
   (``video_frames``: moved by up to a pixel, sensor noise).
 
     python docs/bench/suite/one_scene.py CIFAR10_DIR/test sample_models/cifar10-airnet-ce ...
+
+With ``--without SWITCH`` (a switch of ``WeightedNormConfig``) the last column is the default
+with that mechanism off instead of the former rule.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from tta_cli.bench.orders import video_frames
 from tta_cli.bench.protocols import bench_method, run_method
 from tta_cli.bench.streams import ShiftedStream
+from tta_cli.config import WeightedNormConfig
 from tta_cli.models import load_bundle
 from tta_cli.streams.decode import decode_image
 from tta_cli.streams.folder import labeled_images
@@ -47,14 +51,18 @@ def class_paths(data: Path, class_names: list[str]) -> list[list[Path]]:
     return [sorted(path for path, label in labeled if label == index) for index in range(len(class_names))]
 
 
-def accuracy(bundle, name: str, streams: list[ShiftedStream]) -> np.ndarray:  # type: ignore[no-untyped-def]
+def accuracy(  # type: ignore[no-untyped-def]
+    bundle, name: str, streams: list[ShiftedStream], weighted_norm: WeightedNormConfig | None = None
+) -> np.ndarray:
     torch.manual_seed(0)
-    results = run_method(bundle, bench_method(name, bundle), streams, "reset", BATCH, torch.device("cpu"))
+    method = bench_method(name, bundle)
+    results = run_method(bundle, method, streams, "reset", BATCH, torch.device("cpu"), weighted_norm=weighted_norm)
     return np.array([100 - result.error_percent for result in results])
 
 
-def main(data: Path, bundles: list[Path]) -> None:
-    print("| bundle | streams | source | default, typicality | default, first-layer divergence (former) |")
+def main(data: Path, bundles: list[Path], without: str | None = None) -> None:
+    other = f"default without {without}" if without else "default, first-layer divergence (former)"
+    print(f"| bundle | streams | source | default, typicality | {other} |")
     print("|---|---|---|---|---|")
     for path in bundles:
         bundle = load_bundle(path)
@@ -75,9 +83,12 @@ def main(data: Path, bundles: list[Path]) -> None:
             source = accuracy(bundle, "source", streams)
             bundle.typicality = typicality
             measured = accuracy(bundle, "auto", streams)
-            bundle.typicality = None
-            former = accuracy(bundle, "auto", streams)
-            bundle.typicality = typicality
+            if without:
+                former = accuracy(bundle, "auto", streams, WeightedNormConfig(**{without: False}))
+            else:
+                bundle.typicality = None
+                former = accuracy(bundle, "auto", streams)
+                bundle.typicality = typicality
             cells = [
                 f"{values.mean():.1f} (below source: {int((values < source - 1e-9).sum())}, "
                 f"worst {np.min(values - source):+.1f})"
@@ -87,4 +98,10 @@ def main(data: Path, bundles: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), [Path(arg) for arg in sys.argv[2:]])
+    arguments = sys.argv[1:]
+    switch = None
+    if "--without" in arguments:
+        at = arguments.index("--without")
+        switch = arguments[at + 1]
+        del arguments[at : at + 2]
+    main(Path(arguments[0]), [Path(arg) for arg in arguments[1:]], switch)
