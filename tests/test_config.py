@@ -87,3 +87,13 @@ def test_the_names_of_fixed_choices_are_the_registries() -> None:
 
     assert get_args(NormName) == tuple(NORMS)
     assert get_args(HarmonizerName) == tuple(HARMONIZERS)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{"lr": float("inf")}, {"guard": {"entropy_ema_min": float("inf")}}, {"weighted_norm": {"prior": float("nan")}}],
+    ids=["lr", "guard", "weighted-norm"],
+)
+def test_a_setting_that_is_not_a_finite_number_is_refused(tmp_path: Path, flags: dict[str, object]) -> None:
+    with pytest.raises(UsageError, match="finite number"):
+        validated(AdaptConfig, {"model": tmp_path, "source": "frames"} | flags)

@@ -36,7 +36,7 @@ Settings = TypeVar("Settings", bound=BaseModel)
 class GuardConfig(BaseModel):
     """Thresholds of the label-free guard (see ``tta_cli.engine.guard``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     entropy_ema_min: float = Field(0.2, ge=0, description="alarm when the entropy moving average falls below this")
@@ -68,7 +68,7 @@ class GuardConfig(BaseModel):
 class HistoryConfig(BaseModel):
     """How often the state is snapshotted and how many snapshots are kept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     snapshot_every: int = Field(1, ge=1, description="steps between snapshots")
     keep_last: int = Field(100, ge=1, description="keep the snapshots of this many recent steps")
@@ -78,7 +78,7 @@ class HistoryConfig(BaseModel):
 class LiveConfig(BaseModel):
     """How a live source (camera, URL) is watched and reconnected (see ``tta_cli.streams.sources``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     watchdog_timeout: float = Field(5.0, gt=0, description="seconds without a frame before reconnecting")
     reconnect_attempts: int = Field(5, ge=0, description="failed reconnects in a row before the run ends")
@@ -90,7 +90,7 @@ class WeightedNormConfig(BaseModel):
     """The "weighted" normalisation's mechanisms, each with a switch, and its constants
     (``tta_cli.engine.norms.weighted`` says what each does and where the numbers come from)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prior: float = Field(64.0, gt=0, description="images the moved statistics count for against a batch")
     window: int = Field(8, ge=1, description="recent batch-to-batch ratios whose median is the design effect")
@@ -131,7 +131,7 @@ class WeightedNormConfig(BaseModel):
 class AdaptConfig(BaseModel):
     """Everything ``tta-cli adapt`` needs; ``run.toml`` in the run directory holds it resolved."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: Path = Field(description="model bundle folder")
     source: str = Field(description="folder, glob, image, video file, camera index or device, or URL")

@@ -186,3 +186,22 @@ def test_mix_interleaves_the_streams_keeping_each_ones_order(clean_folder: Path)
         ]
         assert ids == stream.ids
     assert mix([first, second], seed=0).ids == mixed.ids
+
+
+def test_a_mixed_stream_s_cells_count_its_events_once_and_keep_its_time_per_step() -> None:
+    """Fifteen corruptions over two steps: each corruption's share of the steps rounds to none."""
+    from collections import Counter
+
+    from tta_cli.bench.protocols import CellResult, _per_domain
+
+    domains = [f"corruption{index}" for index in range(15) for _ in range(2)]
+    ids = [f"{domain}/{number}" for number, domain in enumerate(domains)]
+    images, labels = np.zeros((30, 4, 4, 3), np.uint8), np.zeros(30, np.int64)
+    stream = ShiftedStream("mixed", 5, Path("."), ids, images, labels, domains)
+    cell = CellResult("tent", "mixed", "mixed", images=30, steps=2, step_seconds=0.5, total_seconds=1.5)
+    cell.notes = Counter({"norm-return": 2})
+    cell.correct = dict.fromkeys(ids, True)
+    cells = _per_domain(cell, stream)
+    assert len(cells) == 15 and all(part.step_ms == 250 for part in cells)
+    assert sum(sum(part.notes.values()) for part in cells) == 2
+    assert sum(part.total_seconds for part in cells) == pytest.approx(1.5)

@@ -209,3 +209,16 @@ def test_mixed_reports_each_corruption_of_one_stream_against_it_alone(
     markdown = (tmp_path / "out" / "bench.md").read_text()
     assert "## Mixed against alone: interference / transfer (%)" in markdown
     assert "## Online error (%), protocol `mixed`" in markdown
+
+
+def test_smoothed_statistics_run_under_continual_and_every_round_not_copied_from_reset(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """A norm that smooths its statistics over the stream carries them into the next corruption
+    and round without any gradient step: continual is a run of its own."""
+    result = bench(bundle_path, clean_folder, tmp_path, methods=("norm", "norm+weighted"), rounds=2)
+    rows = result["results"]
+    weighted = [row for row in rows if row["method"] == "norm+weighted" and row["protocol"] == "continual"]
+    assert len(weighted) == 2 * 2 and not any(row["copied_from"] for row in weighted)
+    plain = [row for row in rows if row["method"] == "norm" and row["protocol"] == "continual"]
+    assert all(row["copied_from"] == "protocol reset" for row in plain)

@@ -74,3 +74,27 @@ def test_images_that_are_not_32_pixels_get_imagenet_c_parameters(tmp_path: Path)
         spreads[size] = pixels.std()
     assert spreads[32] == pytest.approx(0.10, abs=0.02)
     assert spreads[48] == pytest.approx(0.38, abs=0.06)
+
+
+def test_a_stream_another_process_finished_first_is_kept_not_replaced(
+    clean_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Two benches on one cache: the one that finishes second discards its own build, since the
+    first one's may be being read."""
+    (first,) = build_streams(clean_folder, CLASSES, ("fog",), 5, Framing((32, 32)), 9, 3, tmp_path)
+    marker = first.folder / bench_streams.COMPLETE
+    written = marker.stat().st_mtime_ns
+    monkeypatch.setattr(bench_streams, "_is_complete", lambda folder, name, severity: marker.is_file())
+    files = select_images(clean_folder, CLASSES, 9, 3)
+    bench_streams._build(clean_folder, files, "fog", 5, 3, first.folder, None)
+    assert marker.stat().st_mtime_ns == written
+    assert [path.name for path in first.folder.parent.iterdir()] == [first.folder.name]  # no staging left
+
+
+def test_images_that_differ_only_in_suffix_stay_two_images(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", per_class=2)
+    for path in (data / "cat").glob("*.png"):
+        Image.open(path).save(path.with_suffix(".jpg"))
+    (fog,) = build_streams(data, CLASSES, ("fog",), 5, Framing((32, 32)), None, 0, tmp_path / "cache")
+    assert len(fog) == 8 and len(set(fog.ids)) == 8
+    assert {"cat/000.jpg.png", "cat/000.png.png"} <= set(fog.ids)

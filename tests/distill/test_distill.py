@@ -185,3 +185,18 @@ def test_the_command_line_defaults_are_the_library_defaults() -> None:
     assert {"epochs", "batch_size", "lr", "temperature", "kd", "bn_stats"} <= set(shared) & set(parameters)
     for name in set(shared) & set(parameters):
         assert parameters[name].default == DistillConfig.model_fields[name].default, name
+
+
+def test_a_checkpoint_folder_holding_a_user_s_files_is_refused_not_removed(
+    teacher_run: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """The folder beside the bundle is removed when the distillation ends."""
+    mine = tmp_path / "out.checkpoints" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("kept")
+    result = tta(
+        "distill", teacher_run, "--student", "tiny_resnet", "--source-data", clean_folder, "--out", tmp_path / "out",
+        "--epochs", "1", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 2 and "holds notes.txt, which no distillation wrote" in result.stderr
+    assert mine.read_text() == "kept" and not (tmp_path / "out").exists()

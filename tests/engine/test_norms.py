@@ -583,3 +583,13 @@ def test_a_typical_batch_the_source_sees_as_one_class_returns_when_the_estimates
         assert (weights.returns == 1) is returns
         assert torch.equal(prediction.logits, one_class if returns else estimates)
         assert weights.returned == (ONE_CLASS if returns else "")
+
+
+@pytest.mark.parametrize("norm", ["robust", "tbr", "balanced"])
+def test_the_guard_s_reference_normalises_as_the_model_does(bundle_path: Path, tmp_path: Path, norm: str) -> None:
+    """Each smoothed norm's reference moves its BatchNorm statistics with the batch, as the model's
+    layers do: a reference on the statistics of before the batch is the source, not a reference."""
+    adapter = make_adapter(bundle_path, f"tent+{norm}+guard", tmp_path)
+    assert adapter.reference is not None
+    layers = [layer for layer in adapter.reference.modules() if isinstance(layer, nn.BatchNorm2d)]
+    assert layers and all(layer.training and "forward" in layer.__dict__ for layer in layers)

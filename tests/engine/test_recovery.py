@@ -35,5 +35,5 @@ def test_memory_recovery_returns_to_the_target_of_the_verdict(bundle_path: Path)
     step(3, Verdict("rollback", "test", target="last-good"))
     assert torch.equal(theta(adapter), after_one)
     step(4, Verdict("rollback", "test", target="source"))
-    assert torch.equal(theta(adapter), source) and recovery.rollbacks == 2
+    assert torch.equal(theta(adapter), source)
     adapter.close()

@@ -163,3 +163,18 @@ def test_a_run_records_its_folder_source_absolute_so_it_resumes_from_anywhere(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert resume(tmp_path / "run").images_seen == 12  # the folder is found again, nothing left to read
+
+
+def test_a_run_that_cannot_start_leaves_a_caller_s_model_without_hooks(bundle_path: Path, tmp_path: Path) -> None:
+    from tta_cli.config import AdaptConfig
+    from tta_cli.models import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    taken = tmp_path / "run"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("someone else's")
+    config = AdaptConfig(model=bundle_path, source="python", run=taken, method="tent+weighted")
+    with pytest.raises(UsageError):
+        Session.create(config, bundle)
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in bundle.model.modules())
+    assert (taken / "notes.txt").read_text() == "someone else's"

@@ -232,8 +232,9 @@ def _run_stream(
 
 
 def _per_domain(cell: CellResult, stream: ShiftedStream) -> list[CellResult]:
-    """The cell of a mixed stream as one cell per corruption in it, in the order first seen; the
-    time and steps shared out by images, the cosines of the whole stream with the first."""
+    """The cell of a mixed stream as one cell per corruption in it, in the order first seen: the
+    time shared out by images, each with the stream's time per step, and the stream's events and
+    cosines with the first (counted once, however many corruptions a step held)."""
     assert stream.domains is not None
     names = list(dict.fromkeys(stream.domains))
     cells = []
@@ -247,9 +248,8 @@ def _per_domain(cell: CellResult, stream: ShiftedStream) -> list[CellResult]:
                 corruption=name,
                 images=len(ids),
                 errors=len(ids) - sum(correct.values()),
-                steps=round(cell.steps * share),
-                step_seconds=cell.step_seconds * share,
                 total_seconds=cell.total_seconds * share,
+                notes=cell.notes if index == 0 else Counter(),
                 cosines=cell.cosines if index == 0 else [],
                 correct=correct,
             )

@@ -37,7 +37,7 @@ BASELINES = ("source", "norm", "tent", "eata", "sar")
 
 
 class BenchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: Path = Field(description="model bundle folder")
     data: Path = Field(description="labeled clean folder (<class>/<image>) to corrupt")
@@ -214,13 +214,13 @@ def _run_matrix(
     plan = []
     for name in config.methods:
         method = bench_method(name, bundle)
-        # Nothing adapts in a method without objectives, so reset and continual give the same
-        # predictions (and mixed too, unless the method normalises with the batch's statistics,
-        # which mixing changes): it runs once and its cells are listed under each such protocol.
-        # For such a method, and under reset, every round repeats the first: it runs once and is
-        # listed under each round.
+        # Nothing carries over from batch to batch in a method without steps or smoothed
+        # statistics, so reset and continual give the same predictions (and mixed too, unless the
+        # method normalises with the batch's statistics, which mixing changes): it runs once and
+        # its cells are listed under each such protocol. For such a method, and under reset,
+        # every round repeats the first: it runs once and is listed under each round.
         for protocol, copies in _distinct_runs(method, config.protocols).items():
-            carried = method.updates and protocol != "reset"
+            carried = method.carries_state and protocol != "reset"
             plan.append((method, protocol, copies, config.rounds if carried else 1))
     total = stream_images * sum(rounds for *_, rounds in plan)
     done = {"images": 0}
@@ -265,8 +265,10 @@ def _distinct_runs(method: Method, protocols: Sequence[str]) -> dict[str, list[s
     {'reset': ['continual'], 'mixed': []}
     >>> _distinct_runs(get_method("source"), ("reset", "continual", "mixed"))
     {'reset': ['continual', 'mixed']}
+    >>> _distinct_runs(get_method("norm+weighted"), ("reset", "continual", "mixed"))
+    {'reset': [], 'continual': [], 'mixed': []}
     """
-    if method.updates:
+    if method.carries_state:
         return {protocol: [] for protocol in protocols}
     runs: dict[str, list[str]] = {}
     for protocol in protocols:

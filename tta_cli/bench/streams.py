@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,10 +160,13 @@ def _parameters(name: str, severity: int) -> dict[str, list[float]]:
 
 
 def _is_complete(folder: Path, name: str, severity: int) -> bool:
-    marker = folder / COMPLETE
-    if not marker.is_file():
+    """Whether ``folder`` holds a finished build of the stream with today's parameters (a
+    damaged marker is an unfinished build, built again)."""
+    try:
+        marker = json.loads((folder / COMPLETE).read_text())
+    except (OSError, ValueError):
         return False
-    return json.loads(marker.read_text()).get("parameters") == _parameters(name, severity)
+    return isinstance(marker, dict) and marker.get("parameters") == _parameters(name, severity)
 
 
 def _build(
@@ -175,19 +179,45 @@ def _build(
     on_image: Callable[[str], None] | None,
 ) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_folder(folder) as staging:
-        order = []
-        for relative in files:
-            pixels = np.asarray(open_upright(data / relative).convert("RGB"))
-            corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
-            target = relative.parent / f"{relative.stem}.png"
-            save_png(corrupted, staging / target)
-            order.append(target.as_posix())
-            if on_image is not None:
-                on_image(name)
-        marker = {"corruption": name, "severity": severity, "seed": seed, "parameters": _parameters(name, severity)}
-        (staging / COMPLETE).write_text(json.dumps({**marker, "order": order}))
-        shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished build of this stream
+    try:
+        with atomic_folder(folder) as staging:
+            _corrupt_into(staging, data, files, name, severity, seed, on_image)
+            if _is_complete(folder, name, severity):
+                raise _BuiltElsewhere
+            shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished build of this stream
+    except (_BuiltElsewhere, OSError):
+        # Another process sharing the cache finished the same stream first: its build is kept,
+        # never removed under a reader.
+        if not _is_complete(folder, name, severity):
+            raise
+
+
+class _BuiltElsewhere(Exception):
+    """The stream being built appeared in the cache meanwhile."""
+
+
+def _corrupt_into(
+    staging: Path,
+    data: Path,
+    files: Sequence[Path],
+    name: str,
+    severity: int,
+    seed: int,
+    on_image: Callable[[str], None] | None,
+) -> None:
+    stems = Counter(relative.with_suffix("") for relative in files)
+    order = []
+    for relative in files:
+        pixels = np.asarray(open_upright(data / relative).convert("RGB"))
+        corrupted = corrupt(pixels, name, severity, image_rng(seed, name, severity, relative))
+        # a.jpg → a.png, unless an a.png (or a.bmp) sits beside it: then a.jpg.png.
+        target = relative.with_suffix(".png") if stems[relative.with_suffix("")] == 1 else Path(f"{relative}.png")
+        save_png(corrupted, staging / target)
+        order.append(target.as_posix())
+        if on_image is not None:
+            on_image(name)
+    marker = {"corruption": name, "severity": severity, "seed": seed, "parameters": _parameters(name, severity)}
+    (staging / COMPLETE).write_text(json.dumps({**marker, "order": order}))
 
 
 def _load(folder: Path, name: str, severity: int, class_names: Sequence[str], framing: Framing) -> ShiftedStream:

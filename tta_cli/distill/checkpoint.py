@@ -85,10 +85,10 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
     try:
         document = json.loads(path.read_text())
         tensors = load_file(str(Path(folder) / document.pop("tensors")))
-    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        epoch = document.pop("epoch")
+        skeletons = document.pop("optimizers")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
         raise UsageError(
             f"The checkpoint in {folder} cannot be read ({error}); remove the folder to start over."
         ) from error
-    epoch = document.pop("epoch")
-    skeletons = document.pop("optimizers")
     return Checkpoint(epoch, document, tensors, skeletons)

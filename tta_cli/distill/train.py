@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,13 @@ from safetensors.torch import save
 from torch import nn
 
 from tta_cli.config import DistillKD
-from tta_cli.distill.checkpoint import Checkpoint, checkpoint_folder, read_checkpoint, save_checkpoint
+from tta_cli.distill.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    checkpoint_folder,
+    read_checkpoint,
+    save_checkpoint,
+)
 from tta_cli.distill.data import ImageSet, epoch_order, source_images, target_images
 from tta_cli.distill.recipes import RECIPES, Recipe, StepOutputs
 from tta_cli.distill.unikd import feature_discriminator_loss, grl_coefficient
@@ -66,7 +73,7 @@ same state (``_Trainer`` checks the snapshot)."""
 class DistillConfig(BaseModel):
     """Everything ``tta-cli distill`` needs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     run: Path = Field(description="run directory whose recorded state is the teacher")
     out: Path = Field(description="student bundle folder to write")
@@ -154,6 +161,11 @@ def _absolute(config: DistillConfig) -> DistillConfig:
     )
 
 
+def _written_here(name: str) -> bool:
+    """Whether a file of a checkpoint folder is one a distillation writes (or its temporary)."""
+    return name.startswith(".") or name in (CHECKPOINT_FILE, STUDENT_WEIGHTS) or fnmatch(name, "epoch-*.safetensors")
+
+
 def _check_output(config: DistillConfig, resume: bool) -> Checkpoint | None:
     """A new bundle folder and, with ``resume``, the checkpoint of the same settings."""
     out = config.out
@@ -161,6 +173,12 @@ def _check_output(config: DistillConfig, resume: bool) -> Checkpoint | None:
         raise UsageError(f"Bundle folder {out} already exists; choose a new --out.")
     folder = checkpoint_folder(out)
     checkpoint = read_checkpoint(folder)
+    foreign = sorted(path.name for path in folder.iterdir() if not _written_here(path.name)) if folder.is_dir() else []
+    if foreign:
+        raise UsageError(
+            f"{folder} holds {foreign[0]}, which no distillation wrote; the folder is removed when the distillation "
+            "ends, so move what it holds or choose another --out."
+        )
     if not resume:
         if checkpoint is not None:
             raise UsageError(

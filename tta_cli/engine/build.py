@@ -137,8 +137,7 @@ def _harmonizer(name: str, every: int) -> Harmonizer:
 
 def _guard_for(method: Method, config: GuardConfig) -> GuardConfig:
     # Only a state that updates itself can drift; for the others the guard just watches.
-    stateful = method.updates or (method.batch_statistics and method.norm != "batch")
-    config = config.model_copy(update={"enabled": config.enabled and stateful})
+    config = config.model_copy(update={"enabled": config.enabled and method.carries_state})
     if not method.updates:
         # Without gradient steps, low entropy is no sign of collapse, and one class is one only
         # where the source's predictions of the same inputs are spread (``Guard.compare_with_source``).

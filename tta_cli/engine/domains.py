@@ -117,7 +117,7 @@ class DomainClusters:
         return clusters
 
     def _first(self, features: torch.Tensor) -> torch.Tensor:
-        """The first batch's clusters: the Gaussian mixture of lowest BIC, one covariance shared."""
+        """The first batch's clusters: the Gaussian mixture of lowest BIC, a diagonal covariance per component."""
         data = features.double().numpy()
         data = data + np.random.default_rng(0).normal(0, 1e-6, data.shape)  # identical inputs stay fittable
         fits = [

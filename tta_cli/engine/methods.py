@@ -56,6 +56,12 @@ class Method:
     def updates(self) -> bool:
         return bool(self.objectives)
 
+    @property
+    def carries_state(self) -> bool:
+        """Whether what it predicts with depends on the batches before: gradient steps, or
+        statistics smoothed over the stream (every norm but the batch's own)."""
+        return self.updates or (self.batch_statistics and self.norm != "batch")
+
 
 # Harmonizing on every other step: the second backward pass is what makes a harmonized step
 # cost 1.4-1.5 × Tent's, and reusing the last weights in between changed the error by at most

@@ -32,7 +32,6 @@ class StateKeeper(Protocol):
 class Recovery:
     def __init__(self, adapter: Adapter, keeper: StateKeeper) -> None:
         self.adapter, self.keeper = adapter, keeper
-        self.rollbacks = 0
 
     def after_step(self, result: StepResult, snapshot_id: str | None = None) -> None:
         """Roll back on the guard's verdict, or keep the step's state (``snapshot_id`` where the
@@ -41,7 +40,6 @@ class Recovery:
         if verdict.action == "rollback":
             self.adapter.load_state_dict(self.keeper.restore(verdict.target, f"guard: {verdict.reason}", result.step))
             guard.reset()
-            self.rollbacks += 1
             return
         if not verdict.ok:
             return

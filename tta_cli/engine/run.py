@@ -61,7 +61,12 @@ def adapt(config: AdaptConfig, on_step: Callable[[Progress], None] | None = None
     bundle = load_bundle(config.model)
     # Opened first, so that a source that cannot be read leaves no run directory behind.
     stream = open_run_source(config, bundle.spec)
-    return _run(Session.create(config, bundle), stream, on_step)
+    try:
+        session = Session.create(config, bundle)
+    except BaseException:
+        stream.close()  # a camera or a reader thread is not left open by a run that did not start
+        raise
+    return _run(session, stream, on_step)
 
 
 def resume(run: Path, on_step: Callable[[Progress], None] | None = None) -> RunSummary:

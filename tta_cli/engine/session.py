@@ -83,16 +83,27 @@ class Session:
         config = config.model_copy(update={"method": method.name, "norm": None})
         adapter = adapter_for(bundle, config, resolve_device(config.device))
         run_dir = RunDirectory(config.run)
-        with run_dir.creating() as staging:
-            RunDirectory(staging).write_config(dump_config(config))
-            store = HistoryStore(staging)
-            store.begin_run(method.name, bundle.weights_sha256, dump_config(config))
-            source = store.write_snapshot(adapter.state_dict(), step=0, parent=None)
-            for alias in ("source", "current", "last-good"):
-                store.set_alias(alias, source, 0)
-            store.close()
-        lock = RunLock(run_dir.path).__enter__()
-        store = HistoryStore.open(run_dir.path)
+        try:
+            with run_dir.creating() as staging:
+                RunDirectory(staging).write_config(dump_config(config))
+                store = HistoryStore(staging)
+                try:
+                    store.begin_run(method.name, bundle.weights_sha256, dump_config(config))
+                    source = store.write_snapshot(adapter.state_dict(), step=0, parent=None)
+                    for alias in ("source", "current", "last-good"):
+                        store.set_alias(alias, source, 0)
+                finally:
+                    store.close()
+            lock = RunLock(run_dir.path).__enter__()
+        except BaseException:
+            adapter.close()  # its hooks leave a caller's model as it was
+            raise
+        try:
+            store = HistoryStore.open(run_dir.path)
+        except BaseException:
+            lock.__exit__(None, None, None)
+            adapter.close()
+            raise
         store.run_id = store.latest_run_id()
         return cls(config, bundle, adapter, store, lock)
 

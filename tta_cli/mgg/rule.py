@@ -185,7 +185,13 @@ def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The training metadata stored in an ``mgg.safetensors``."""
-    return json.loads(_read(Path(path))[1].get("training", "{}"))
+    try:
+        metadata = json.loads(_read(Path(path))[1].get("training", "{}"))
+    except ValueError as error:
+        raise UsageError(f"{path} has unreadable training metadata; {RECREATE}.") from error
+    if not isinstance(metadata, dict):
+        raise UsageError(f"{path} has unreadable training metadata; {RECREATE}.")
+    return metadata
 
 
 def load_generator(path: Path) -> MetaGradientGenerator:

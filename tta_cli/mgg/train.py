@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -231,6 +232,8 @@ def train_mgg(
     started = time.perf_counter()
     check_held_out(held_out, severity)
     _check_sizes(num_images, epochs, batch_size, eval_images, eval_batch_size, unroll, passes)
+    if not (math.isfinite(lr) and lr > 0 and math.isfinite(step_size) and step_size > 0):
+        raise UsageError(f"--lr and --step-size must be positive numbers; got {lr} and {step_size}.")
     make_harmonizer(harmonizer)  # an unknown name fails before any work
     if meta_objective not in META_OBJECTIVES:
         raise UsageError(f"Unknown meta-objective {meta_objective!r}; choose one of {', '.join(META_OBJECTIVES)}.")

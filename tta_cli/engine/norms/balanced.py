@@ -64,6 +64,7 @@ class BalancedNorm(Norm):
         return cls(model, num_classes)
 
     def attach_reference(self, reference: nn.Module) -> None:
+        super().attach_reference(reference)
         self.rated += batch_norm_layers(reference)
 
     def predict(self, forward: Callable[[], torch.Tensor], look_again: Callable[[], torch.Tensor]) -> Prediction:
