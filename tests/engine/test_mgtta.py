@@ -46,3 +46,16 @@ def test_mgtta_without_a_generator_is_one_clear_error(bundle_path: Path, tmp_pat
     with pytest.raises(UsageError, match=r"has no mgg\.safetensors; pre-train one"):
         adapt(AdaptConfig(model=bundle_path, source=data, run=tmp_path / "run", method="mgtta"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_does_not_resume_with_a_generator_pre_trained_again(bundle_with_mgg: Path, tmp_path: Path) -> None:
+    """Its moments and memory were the former generator's; the bundle's weights did not change."""
+    from tta_cli.engine import resume
+
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    adapt(AdaptConfig(model=bundle_with_mgg, source=data, run=run, method="mgtta", batch_size=4, max_frames=8))
+    torch.manual_seed(1)
+    save_generator(MetaGradientGenerator(), bundle_with_mgg / "mgg.safetensors", {"note": "pre-trained again"})
+    with pytest.raises(UsageError, match="another Meta Gradient Generator"):
+        resume(run)

@@ -30,7 +30,7 @@ from tta_cli.errors import UsageError
 from tta_cli.files import write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
-from tta_cli.models.bundle import MGG_FILE
+from tta_cli.models.bundle import MGG_FILE, file_sha256
 from tta_cli.moments import bias_corrected, moving_average
 from tta_cli.update.base import APPLIED, Closure, UpdateOutcome, split_like
 
@@ -44,7 +44,9 @@ class MGGRule:
     """``UpdateRule`` driven by a Meta Gradient Generator; its state is the Adam-style moments,
     the step count and the generator's per-coordinate memory, all restored bit for bit by
     ``load_state_dict``. The generator's own weights are fixed during adaptation. ``anchor`` is
-    the source θ as one flat vector, which an anchored generator's pull leads back to."""
+    the source θ as one flat vector, which an anchored generator's pull leads back to;
+    ``identity`` names the generator (its file's SHA-256), so that a state is never restored
+    into another one's rule (a run resumed after its bundle's generator was pre-trained again)."""
 
     def __init__(
         self,
@@ -54,12 +56,14 @@ class MGGRule:
         beta2: float = 0.99,
         eps: float = 1e-8,
         anchor: torch.Tensor | None = None,
+        identity: str | None = None,
     ) -> None:
         if generator.anchored and anchor is None:
             raise ValueError("An anchored generator's rule needs the source θ as its anchor.")
         self.generator = generator
         self.step_size, self.beta1, self.beta2, self.eps = step_size, beta1, beta2, eps
         self.anchor = anchor.detach().clone() if anchor is not None and generator.anchored else None
+        self.identity = identity
         self.reset()
 
     def reset(self) -> None:
@@ -121,6 +125,8 @@ class MGGRule:
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"steps": self.steps}
+        if self.identity is not None:
+            state["generator_sha256"] = self.identity
         if self.first_moment is not None and self.second_moment is not None:
             state["first_moment"] = self.first_moment.clone()
             state["second_moment"] = self.second_moment.clone()
@@ -129,6 +135,12 @@ class MGGRule:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        recorded = state.get("generator_sha256")
+        if recorded is not None and self.identity is not None and recorded != self.identity:
+            raise UsageError(
+                "The state was recorded with another Meta Gradient Generator than the bundle holds now "
+                f"({recorded[:12]}, now {self.identity[:12]}); start a new run."
+            )
         self.reset()
         self.steps = int(state["steps"])
         device = next(self.generator.parameters()).device
@@ -165,7 +177,7 @@ def rule_for_bundle(
     if step_size is None:
         step_size = float(metadata.get("step_size", DEFAULT_STEP_SIZE))
     anchor = torch.cat([param.detach().flatten() for param in params])
-    return MGGRule(load_generator(path).to(device), step_size=step_size, anchor=anchor)
+    return MGGRule(load_generator(path).to(device), step_size=step_size, anchor=anchor, identity=file_sha256(path))
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
