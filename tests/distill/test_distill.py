@@ -187,16 +187,17 @@ def test_the_command_line_defaults_are_the_library_defaults() -> None:
         assert parameters[name].default == DistillConfig.model_fields[name].default, name
 
 
+@pytest.mark.parametrize("name", ["notes.txt", ".notes"])
 def test_a_checkpoint_folder_holding_a_user_s_files_is_refused_not_removed(
-    teacher_run: Path, clean_folder: Path, tmp_path: Path
+    teacher_run: Path, clean_folder: Path, tmp_path: Path, name: str
 ) -> None:
     """The folder beside the bundle is removed when the distillation ends."""
-    mine = tmp_path / "out.checkpoints" / "notes.txt"
+    mine = tmp_path / "out.checkpoints" / name
     mine.parent.mkdir()
     mine.write_text("kept")
     result = tta(
         "distill", teacher_run, "--student", "tiny_resnet", "--source-data", clean_folder, "--out", tmp_path / "out",
         "--epochs", "1", "--device", "cpu",
     )  # fmt: skip
-    assert result.returncode == 2 and "holds notes.txt, which no distillation wrote" in result.stderr
+    assert result.returncode == 2 and f"holds {name}, which no distillation wrote" in result.stderr
     assert mine.read_text() == "kept" and not (tmp_path / "out").exists()

@@ -82,7 +82,7 @@ def test_digits_name_a_step_and_else_a_snapshot_whose_id_begins_with_them(tmp_pa
 
 def test_a_history_that_is_not_a_database_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / HistoryStore.DB).write_bytes(b"not SQLite" * 100)
-    with pytest.raises(UsageError, match=r"Could not open the history .*history\.db: file is not a database\."):
+    with pytest.raises(UsageError, match=r"history .*history\.db \(file is not a database\); restore"):
         HistoryStore.open(tmp_path)
 
 

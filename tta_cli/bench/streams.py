@@ -48,7 +48,8 @@ from tta_cli.streams.framing import Framing
 from tta_cli.streams.ordering import seeded_shuffle
 
 COMPLETE = "complete.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Part of every cache key: 2 since images that differ only in suffix are cached apart."""
 
 
 @dataclass
@@ -186,8 +187,8 @@ def _build(
                 raise _BuiltElsewhere
             shutil.rmtree(folder, ignore_errors=True)  # a stale or unfinished build of this stream
     except (_BuiltElsewhere, OSError):
-        # Another process sharing the cache finished the same stream first: its build is kept,
-        # never removed under a reader.
+        # Another process sharing the cache finished the same stream first: its build is kept
+        # (only one that lands between the check above and the removal of a stale build is lost).
         if not _is_complete(folder, name, severity):
             raise
 

@@ -162,8 +162,11 @@ def _absolute(config: DistillConfig) -> DistillConfig:
 
 
 def _written_here(name: str) -> bool:
-    """Whether a file of a checkpoint folder is one a distillation writes (or its temporary)."""
-    return name.startswith(".") or name in (CHECKPOINT_FILE, STUDENT_WEIGHTS) or fnmatch(name, "epoch-*.safetensors")
+    """Whether a file of a checkpoint folder is one a distillation writes, or a temporary of one."""
+    name = name.removeprefix(".")  # ``write_atomic`` writes ``.NAME.RANDOM`` first
+    return any(name == own or name.startswith(f"{own}.") for own in (CHECKPOINT_FILE, STUDENT_WEIGHTS)) or fnmatch(
+        name, "epoch-*.safetensors*"
+    )
 
 
 def _check_output(config: DistillConfig, resume: bool) -> Checkpoint | None:

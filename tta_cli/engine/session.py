@@ -75,8 +75,8 @@ class Session:
     def create(cls, config: AdaptConfig, bundle: Bundle | None = None) -> Session:
         """A new run as ``config`` describes it (``bundle``: the loaded ``config.model``)."""
         # Absolute, so that resume and export find the bundle and the images from any working directory.
-        source = config.source if config.source == PYTHON_SOURCE else absolute_source(config.source)
-        config = config.model_copy(update={"model": Path(config.model).resolve(), "source": source})
+        images = config.source if config.source == PYTHON_SOURCE else absolute_source(config.source)
+        config = config.model_copy(update={"model": Path(config.model).resolve(), "source": images})
         bundle = bundle or load_bundle(config.model)
         method = resolve_method(config.method, config.norm, default_method(bundle))
         # The run records the method it ran, whatever "auto" or --norm named.

@@ -152,9 +152,10 @@ def _recent_images(
     seed: int = 0,
     stride: int = 1,
 ) -> torch.Tensor:
-    """Up to ``count`` readable images: those just before ``position`` in the run's stream
-    (the newest target data), or the start of another folder. A run from a video, a camera or
-    a network stream has no images to read again."""
+    """Up to ``count`` readable images: those just before ``position`` in ``source`` read in
+    ``order`` (the run's stream: the newest target data; another folder: from ``position`` 0 of
+    its seeded shuffle). A run from a video, a camera or a network stream has no images to read
+    again."""
     try:
         stream = FolderStream(source, bundle.spec.framing, bundle.spec.class_names, order, seed, stride=stride)
     except UsageError as error:

@@ -110,7 +110,10 @@ class HistoryStore:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as error:
             self.db.close()
-            raise UsageError(f"Could not open the history {self.run_dir / self.DB}: {error}.") from error
+            raise UsageError(
+                f"Could not open the history {self.run_dir / self.DB} ({error}); restore the run directory from a copy "
+                "or start a new run."
+            ) from error
         self.run_id: int | None = None
 
     @classmethod
@@ -340,7 +343,7 @@ class HistoryStore:
 
     def totals(self) -> dict[str, float]:
         """Sums over every recorded step: images, labeled, correct, entropy × batch size and the
-        images of steps with a finite entropy (SQLite stores a NaN as NULL)."""
+        images of steps with a recorded entropy (SQLite stores a NaN as NULL)."""
         row = self.db.execute(
             "SELECT count(*), coalesce(sum(batch_size), 0), coalesce(sum(labeled), 0), coalesce(sum(correct), 0), "
             "coalesce(sum(entropy * batch_size), 0), "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,14 +72,21 @@ class ModelSpec(BaseModel):
     def _check(self) -> ModelSpec:
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError("class_names has duplicates")
-        if not all(math.isfinite(value) for value in (*self.mean, *self.std)):
-            raise ValueError("mean and std must be finite numbers")
-        if any(value <= 0 for value in self.std):
-            raise ValueError("std must be positive")
-        if len(self.mean) not in CHANNELS or len(self.std) != len(self.mean):
-            raise ValueError("mean and std must have one value each for a grayscale model or three for RGB")
+        if (problem := normalisation_problem(self.mean, self.std)) is not None:
+            raise ValueError(problem)
         _ = self.framing  # Framing refuses an input size or a crop_pct out of range
         return self
+
+
+def normalisation_problem(mean: Sequence[float], std: Sequence[float]) -> str | None:
+    """What is wrong with an input mean and std, if anything."""
+    if len(mean) not in CHANNELS or len(std) != len(mean):
+        return "mean and std must have one value each for a grayscale model or three for RGB"
+    if not all(math.isfinite(value) for value in (*mean, *std)):
+        return "mean and std must be finite numbers"
+    if min(std) <= 0:
+        return "std must be positive"
+    return None
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tta_cli.models.bundle import (
     check_input,
     first_non_finite,
     load_weights,
+    normalisation_problem,
     refuse_non_finite,
 )
 from tta_cli.models.checkpoints import load_state_dict
@@ -90,8 +90,8 @@ def prepare_bundle(
         "interpolation": interpolation,
     }
     framing, mean, std = choose_preprocessing(architecture, model, given)
-    if not all(math.isfinite(value) for value in (*mean, *std)) or min(std) <= 0:
-        raise UsageError(f"The mean and std must be finite numbers and the std positive; got {mean} and {std}.")
+    if (problem := normalisation_problem(mean, std)) is not None:
+        raise UsageError(f"The input {problem}; got mean {mean} and std {std}.")
     state = load_state_dict(Path(weights), trust_pickle=trust_pickle)
     refuse_non_finite(state, Path(weights))
     load_weights(model, state, Path(weights), architecture)
@@ -115,7 +115,8 @@ def prepare_bundle(
         stats |= typicality.tensors()
     if (statistic := first_non_finite(stats)) is not None:
         raise UsageError(
-            f"The model's {statistic!r} on the clean images of {source_data} is not finite; it cannot be used."
+            f"The model's {statistic!r} on the clean images of {source_data} is not finite; check its weights and "
+            "that --mean and --std match how it was trained."
         )
     spec = ModelSpec(
         name=name or out.name,

@@ -72,7 +72,7 @@ class Preprocess:
 
 Images = torch.Tensor | np.ndarray | Sequence[Image.Image | np.ndarray]
 """What a caller's own loop may hand over: an ``N×3×H×W`` tensor (float in [0, 1] or uint8), an
-``N×H×W×3`` uint8 array, or PIL images or ``H×W×3`` / ``H×W`` uint8 arrays of any size."""
+``N×H×W×3`` array (uint8, or float in [0, 1]), or PIL images or ``H×W×3`` / ``H×W`` uint8 arrays of any size."""
 
 
 def batch_of(
@@ -115,11 +115,15 @@ def batch_of(
     label_values = [UNLABELED] * count if labels is None else list(labels)
     if len(ids) != count or len(label_values) != count:
         raise UsageError(f"{count} images came with {len(ids)} ids and {len(label_values)} labels.")
-    top = num_classes if num_classes is not None else max(label_values) + 1
-    wrong = [label for label in label_values if label != UNLABELED and not 0 <= label < top]
+    wrong = [
+        label
+        for label in label_values
+        if label != UNLABELED and not (label >= 0 and (num_classes is None or label < num_classes))
+    ]
     if wrong:
+        indices = "0 or more" if num_classes is None else f"0 to {num_classes - 1}"
         raise UsageError(
-            f"Label {wrong[0]} is not a class index (0 to {top - 1}) nor {UNLABELED}, which marks an unlabeled image."
+            f"Label {wrong[0]} is not a class index ({indices}) nor {UNLABELED}, which marks an unlabeled image."
         )
     return Batch(ids, pixels, torch.tensor(label_values, device=preprocess.device), start + count)
 

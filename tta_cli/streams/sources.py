@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -84,15 +84,15 @@ def open_source(
         raise UsageError(f"Stride must be at least 1, got {stride}.")
     live: dict[str, Any] = {"reconnect": reconnect or LiveConfig()}
     bounds: dict[str, Any] = {"start": start, "stride": stride, "max_frames": max_frames, "duration": duration}
-    scheme = SCHEME.match(text)
-    if scheme:
-        if scheme.group(1).lower() not in URL_SCHEMES:
+    kind = live_kind(text)
+    if kind == "url":
+        if text.split("://", 1)[0].lower() not in URL_SCHEMES:
             raise UsageError(f"Source {text!r} has an unsupported scheme; use one of {', '.join(URL_SCHEMES)}.")
         return CaptureStream(text, framing, live=True, **bounds, **live)
-    if text.isdigit():
+    if kind == "camera":
         return CaptureStream(int(text), framing, live=True, **bounds, **live)
     path = Path(text)
-    if text.startswith("/dev/"):
+    if kind == "device":
         if not path.exists():
             raise UsageError(f"Camera {text} does not exist (is the device passed through to this container?).")
         return CaptureStream(text, framing, live=True, **bounds, **live)
@@ -119,13 +119,23 @@ def open_source(
     )
 
 
+def live_kind(text: str) -> Literal["url", "camera", "device"] | None:
+    """Which live source ``text`` names (a URL, a camera index, a device), or ``None`` for a
+    path or a glob."""
+    if SCHEME.match(text):
+        return "url"
+    if text.isdigit():
+        return "camera"
+    return "device" if text.startswith("/dev/") else None
+
+
 def absolute_source(text: str) -> str:
     """``text`` with a relative path to a folder, file or glob made absolute, so that a run
     resumed or exported from another working directory reads the same images; a camera, a
     device or a URL as given."""
-    if SCHEME.match(text) or text.isdigit() or text.startswith("/dev/"):
-        return text
-    return os.path.abspath(text) if Path(text).exists() or is_glob(text) else text
+    if live_kind(text) is None and (Path(text).exists() or is_glob(text)):
+        return os.path.abspath(text)
+    return text
 
 
 def _opens_as_video(path: Path) -> bool:
