@@ -61,9 +61,9 @@ def write_bench(
 
 
 def test_seed_table_gives_means_ranges_and_ratios(tmp_path: Path) -> None:
-    errors = {0: {"source": 44.0, "tent": 43.0, "eata": 42.0, "sar": 44.0, "mgtta": 38.0}, 1: {}, 2: {}}
-    errors[1] = {**errors[0], "eata": 43.0, "mgtta": 39.0}
-    errors[2] = {**errors[0], "eata": 41.0, "mgtta": 37.0}
+    errors = {0: {"source": 44.0, "tent": 43.0, "eata": 42.0, "sar": 44.0, "mgtta": 38.0, "mgtta-nomem": 40.5}}
+    errors[1] = {**errors[0], "eata": 43.0, "mgtta": 39.0, "mgtta-nomem": 41.5}
+    errors[2] = {**errors[0], "eata": 41.0, "mgtta": 37.0, "mgtta-nomem": 39.5}
     write_bench(tmp_path / "seed0" / "bundle", errors[0], seed=0)
     for seed in (1, 2):  # one run per method, as a resumed script leaves them
         for method, error in errors[seed].items():
@@ -72,8 +72,10 @@ def test_seed_table_gives_means_ranges_and_ratios(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "| reset | 44.00 ± 0.00 | 43.00 ± 0.00 | 42.00 ± 2.00 | 44.00 ± 0.00 | 38.00 ± 2.00 |" in result.stdout
     # eata is the best hand-made method; 38/42 of the means, per seed 37/41 … 39/43; gap 4 > range 2.
-    expected = "| reset | mgtta 38.00 ± 2.00 | eata 42.00 ± 2.00 | 0.905 | 0.902-0.907 | -4.00 / -4.00 / -4.00 | yes |"
+    expected = "| mgtta 38.00 ± 2.00 | eata 42.00 ± 2.00 | 0.905 | 0.902-0.907 | -4.00 / -4.00 / -4.00 | yes | yes |"
     assert expected in result.stdout
+    # 1.5 points below on every seed: not beyond the ranges (2), beyond the paired spread (0).
+    assert "| -1.50 / -1.50 / -1.50 | no | yes |" in result.stdout
 
 
 def test_seed_table_counts_the_steps_whose_gradients_conflict(tmp_path: Path) -> None:
