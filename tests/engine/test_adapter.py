@@ -160,3 +160,18 @@ class Fixed(Harmonizer):
 
     def __call__(self, gradients: torch.Tensor) -> Harmonized:
         return combine(gradients, self.weights.to(gradients))
+
+
+@pytest.mark.parametrize("norm", ["robust", "tbr", "balanced"])
+def test_the_memory_forward_leaves_the_smoothed_statistics_as_the_prediction_left_them(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path, norm: str
+) -> None:
+    batch = first_batch(clean_folder, 6)
+    statistics = []
+    for method in (f"norm+{norm}", f"tent+{norm}+memory6"):
+        adapter = make_adapter(bundle_path, method, tmp_path / method)
+        adapter.step(batch)
+        statistics.append(adapter._statistics())
+    assert statistics[0].keys() == statistics[1].keys()
+    for name, value in statistics[0].items():
+        torch.testing.assert_close(statistics[1][name], value, msg=name)

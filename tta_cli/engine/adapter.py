@@ -253,7 +253,8 @@ class Adapter:
 
     def _memory_batch(self, batch: Batch, result: StepResult) -> tuple[Batch, torch.Tensor, dict[str, torch.Tensor]]:
         """Offer the batch to the memory; the memory's inputs, their logits, and the statistics
-        that forward started from."""
+        that forward started from. Only the forward that predicted the batch moves the running
+        statistics: the memory's forward normalises as the norm would, then leaves them as they were."""
         assert self.memory is not None
         self.memory.add(batch.images, result.predictions, result.entropy)
         images = self.memory.images()
@@ -261,6 +262,8 @@ class Adapter:
         statistics = self._statistics()
         with torch.enable_grad():
             logits = self.model(images)
+        if self.norm.revisit_restores:
+            self._load_statistics(statistics)
         weights = None
         if self.domains is not None:
             weights = self.domains.weigh(images, entropy(logits.detach()), learn=False).weights
