@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,15 @@ def write_image_folder(root: Path, per_class: int = 6, size: int = 32, seed: int
             pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{number:03d}.png")
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """What the tests trust (``tta_cli.models.trust``) stays out of the user's configuration."""
+    folder = tmp_path_factory.mktemp("config")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TTA_CLI_CONFIG", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

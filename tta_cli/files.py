@@ -1,5 +1,5 @@
-"""Files: the one way tta-cli writes a file or a folder that someone may be reading, and TOML
-reading on every supported Python (JetPack 6 ships 3.10, which lacks ``tomllib``).
+"""Files: the one way tta-cli writes a file or a folder that someone may be reading, a file's
+SHA-256, and TOML reading on every supported Python (JetPack 6 ships 3.10, which lacks ``tomllib``).
 
 Whatever is written goes to a temporary name beside its destination and takes the
 destination's place in one rename once complete, so a reader sees the old version or the
@@ -9,6 +9,7 @@ new one, never half, and a failed write leaves nothing behind.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import sys
@@ -22,7 +23,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["atomic_folder", "atomic_path", "tomllib", "write_atomic"]
+__all__ = ["atomic_folder", "atomic_path", "file_sha256", "tomllib", "write_atomic"]
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:

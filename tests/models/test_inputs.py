@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -168,3 +169,33 @@ def test_the_factory_file_module_is_named_per_file(tmp_path: Path) -> None:
     assert (first.in_features, second.in_features) == (1, 2)
     with pytest.raises(UsageError, match="does not exist"):
         build_architecture(f"{tmp_path / 'missing.py'}:net", 3)
+
+
+def test_a_bundles_file_runs_only_once_trusted_here(
+    gray_bundle: tuple[Path, Path, Path], bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle from elsewhere, naming a file in its folder: refused until ``tta-cli trust``,
+    and again once the file changes; its run exports, rebuilt from that folder."""
+    gray, data, _ = gray_bundle
+    copy = tmp_path / "copied"
+    shutil.copytree(gray, copy)
+    shutil.copy(gray.parent / "model.py", copy / "model.py")
+    spec = (copy / "model.toml").read_text()
+    (copy / "model.toml").write_text(spec.replace(str(gray.parent / "model.py"), "model.py"))
+    monkeypatch.setenv("TTA_CLI_CONFIG", str(tmp_path / "elsewhere"))
+    with pytest.raises(UsageError, match="does not trust"):
+        load_bundle(copy)
+    refused = cli("adapt", "--model", copy, "--source", data, "--run", tmp_path / "refused")
+    assert refused.returncode == 2 and "tta-cli trust" in refused.stderr and "Traceback" not in refused.stderr
+    trusted = cli("trust", copy)
+    assert trusted.returncode == 0, trusted.stderr
+    adapted = cli("adapt", "--model", copy, "--source", data, "--run", tmp_path / "run", "--batch-size", "6")
+    assert adapted.returncode == 0, adapted.stderr
+    exported = cli("export", tmp_path / "run", "--out", tmp_path / "model.onnx")
+    assert exported.returncode == 0, exported.stderr
+    with (copy / "model.py").open("a") as source:
+        source.write("\nCHANGED = True\n")
+    with pytest.raises(UsageError, match="changed since it was trusted"):
+        load_bundle(copy)
+    zoo = cli("trust", bundle_path)
+    assert zoo.returncode == 0 and "nothing to trust" in zoo.stderr

@@ -55,7 +55,7 @@ def build_export_model(
 def load_source_model(bundle: Bundle) -> nn.Module:
     """The bundle's architecture with the weights from its file, not ``bundle.model``, which an
     adapter may have changed in place."""
-    model = build_architecture(bundle.spec.architecture, bundle.spec.num_classes)
+    model = build_architecture(bundle.spec.architecture, bundle.spec.num_classes, bundle=bundle.path)
     try:
         model.load_state_dict(read_tensors(bundle.path / WEIGHTS_FILE, RECREATE))
     except RuntimeError as error:

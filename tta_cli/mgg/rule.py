@@ -27,10 +27,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from tta_cli.errors import UsageError
-from tta_cli.files import write_atomic
+from tta_cli.files import file_sha256, write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
-from tta_cli.models.bundle import MGG_FILE, file_sha256
+from tta_cli.models.bundle import MGG_FILE
 from tta_cli.moments import bias_corrected, moving_average
 from tta_cli.update.base import APPLIED, Closure, UpdateOutcome, split_like
 

@@ -8,6 +8,7 @@ A reference is one of:
   ``model.toml`` is relative to the bundle's folder; ``prepare`` records it absolute).
 
 Building from a module or a file runs its code, as importing it would: name only code you trust.
+A bundle's file runs only when this machine trusts its content (``tta_cli.models.trust``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ from types import ModuleType
 from torch import nn
 
 from tta_cli.errors import UsageError
+from tta_cli.models.trust import is_trusted
 from tta_cli.models.zoo import ZOO
 
 HUBS = ("torchvision", "timm")
 """Model libraries whose architectures are named ``HUB:NAME``."""
 
 
-def build_architecture(reference: str, num_classes: int, relative_to: Path | None = None) -> nn.Module:
-    factory = _resolve_factory(reference, relative_to)
+def build_architecture(reference: str, num_classes: int, bundle: Path | None = None) -> nn.Module:
+    """The model ``reference`` names, built for ``num_classes``. ``bundle``: the folder of the
+    bundle whose ``model.toml`` names it; a file it names is relative to that folder and must be
+    trusted on this machine. Without it the caller names the reference itself (``prepare``)."""
+    factory = _resolve_factory(reference, bundle)
     try:
         model = factory(num_classes=num_classes)
     except TypeError as error:
@@ -41,7 +46,7 @@ def build_architecture(reference: str, num_classes: int, relative_to: Path | Non
     return model
 
 
-def _resolve_factory(reference: str, relative_to: Path | None = None) -> Callable[..., nn.Module]:
+def _resolve_factory(reference: str, bundle: Path | None = None) -> Callable[..., nn.Module]:
     if reference in ZOO:
         return ZOO[reference]
     match hub_model(reference):
@@ -54,7 +59,7 @@ def _resolve_factory(reference: str, relative_to: Path | None = None) -> Callabl
     prefix, _, name = reference.rpartition(":") if is_file_reference(reference) else reference.partition(":")
     if name:
         if is_file_reference(reference):
-            module = _load_file(Path(prefix) if relative_to is None else relative_to / prefix, reference)
+            module = _load_file(Path(prefix) if bundle is None else bundle / prefix, reference, bundle)
         else:
             module = _import(prefix, reference)
         factory = getattr(module, name, None)
@@ -78,6 +83,11 @@ def is_file_reference(reference: str) -> bool:
     return reference.rpartition(":")[0].endswith(".py")
 
 
+def code_file(reference: str) -> Path | None:
+    """The Python file a ``path/to/file.py:factory`` reference runs; ``None`` for any other."""
+    return Path(reference.rpartition(":")[0]) if is_file_reference(reference) else None
+
+
 def absolute_reference(reference: str) -> str:
     """The reference with a file path made absolute, as a bundle records it."""
     if not is_file_reference(reference):
@@ -86,9 +96,14 @@ def absolute_reference(reference: str) -> str:
     return f"{Path(path).resolve()}:{name}"
 
 
-def _load_file(path: Path, reference: str) -> ModuleType:
+def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
     if not path.is_file():
         raise UsageError(f"Architecture {reference!r}: {path} does not exist.")
+    if bundle is not None and not is_trusted(path):
+        raise UsageError(
+            f"Bundle {bundle} builds its model by running {path}, which this machine does not trust "
+            f"(new, or changed since it was trusted); read it, then run 'tta-cli trust {bundle}'."
+        )
     # A name of its own per file, so that two files named model.py do not replace each other.
     name = f"tta_cli_architecture_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)

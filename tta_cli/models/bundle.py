@@ -9,7 +9,6 @@ BUNDLE/distill.json             optional: how a student was distilled (``tta-cli
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from torch import nn
 
 from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
-from tta_cli.files import tomllib
-from tta_cli.models.architectures import build_architecture
+from tta_cli.files import file_sha256, tomllib
+from tta_cli.models.architectures import build_architecture, code_file
 from tta_cli.models.checkpoints import read_tensors
 from tta_cli.models.layout import same_in_channels_last
 from tta_cli.models.typicality import Typicality
@@ -127,6 +126,12 @@ def read_spec(path: Path) -> ModelSpec:
         raise UsageError(f"{spec_file} is not a valid model description: {' '.join(first[:3])}.") from error
 
 
+def bundle_code_file(path: Path) -> Path | None:
+    """The Python file a bundle's ``model.toml`` runs to build its model, if it names one."""
+    file = code_file(read_spec(path).architecture)
+    return None if file is None else Path(path) / file
+
+
 def load_bundle(path: Path) -> Bundle:
     """Read and check a bundle; every missing or mismatched part is a one-sentence error."""
     path = Path(path)
@@ -134,7 +139,7 @@ def load_bundle(path: Path) -> Bundle:
     for required in (WEIGHTS_FILE, SOURCE_STATS_FILE):
         if not (path / required).is_file():
             raise UsageError(f"Model bundle {path} is missing {required}; {RECREATE}.")
-    model = build_architecture(spec.architecture, spec.num_classes, relative_to=path)
+    model = build_architecture(spec.architecture, spec.num_classes, bundle=path)
     weights_file = path / WEIGHTS_FILE
     state = read_tensors(weights_file, RECREATE)
     refuse_non_finite(state, weights_file)
@@ -151,14 +156,6 @@ def load_bundle(path: Path) -> Bundle:
     typicality = Typicality.from_tensors(stats)
     channels_last = same_in_channels_last(model, spec.channels, spec.input_size)
     return Bundle(path, spec, model, source_stats, file_sha256(weights_file), typicality, channels_last=channels_last)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: Path) -> None:

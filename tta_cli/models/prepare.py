@@ -14,7 +14,7 @@ from torch import nn
 from tta_cli.config import CropMode, Interpolation
 from tta_cli.errors import UsageError
 from tta_cli.files import atomic_folder
-from tta_cli.models.architectures import absolute_reference, build_architecture
+from tta_cli.models.architectures import absolute_reference, build_architecture, code_file
 from tta_cli.models.bundle import (
     CHANNELS,
     MODEL_FILE,
@@ -30,6 +30,7 @@ from tta_cli.models.bundle import (
 from tta_cli.models.checkpoints import load_state_dict
 from tta_cli.models.features import default_feature_layers, record_features
 from tta_cli.models.pretrained import pretrained_preprocessing
+from tta_cli.models.trust import trust
 from tta_cli.models.typicality import measure_typicality
 from tta_cli.streams import Batch, FolderStream, Framing, Preprocess, batches
 
@@ -137,6 +138,9 @@ def prepare_bundle(
         (staging / WEIGHTS_FILE).write_bytes(weights_bytes)
         (staging / SOURCE_STATS_FILE).write_bytes(save(stats))
         (staging / MODEL_FILE).write_text(tomli_w.dumps(spec.model_dump(mode="json")))
+    # The user named the file, so the bundle may run it here (``tta_cli.models.trust``).
+    if (file := code_file(architecture)) is not None:
+        trust(file)
     return spec
 
 

@@ -1,0 +1,42 @@
+"""Which Python files this machine trusts to build a bundle's model.
+
+A bundle whose ``model.toml`` names ``path/to/file.py:factory`` runs that file when it is
+loaded, as a pickle checkpoint would run code. A bundle copied from elsewhere must not run code
+because it was opened, so loading one runs its file only when the user has trusted exactly that
+content here: ``tta-cli prepare`` trusts the file it was given (the user named it), and ``tta-cli
+trust BUNDLE`` trusts a bundle's file after the user has read it. A file edited since is a
+different file and must be trusted again.
+
+The record is one empty file per trusted SHA-256 in ``$TTA_CLI_CONFIG/trusted-code`` (default
+``$XDG_CONFIG_HOME/tta-cli``, ``~/.config/tta-cli``): adding one is a single create, so two
+processes never lose each other's. Architectures named by module (``package.module:factory``)
+import installed code, which the user installed, and need no trust here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tta_cli.files import file_sha256, write_atomic
+
+
+def trust_folder() -> Path:
+    """``$TTA_CLI_CONFIG`` if set, else ``$XDG_CONFIG_HOME/tta-cli`` (``~/.config/tta-cli``), plus ``trusted-code``."""
+    if configured := os.environ.get("TTA_CLI_CONFIG"):
+        return Path(configured) / "trusted-code"
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "tta-cli" / "trusted-code"
+
+
+def is_trusted(path: Path) -> bool:
+    return (trust_folder() / file_sha256(Path(path))).is_file()
+
+
+def trust(path: Path) -> str:
+    """Trust ``path``'s present content; returns its SHA-256."""
+    digest = file_sha256(Path(path))
+    folder = trust_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / digest, f"{Path(path).resolve()}\n")
+    return digest
