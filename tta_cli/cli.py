@@ -673,7 +673,13 @@ def analyze(
 def train_mgg(
     model: Annotated[Path, typer.Option(help="Model bundle to pre-train a Meta Gradient Generator for.")],
     data: Annotated[Path, typer.Option(help="Clean *training* images in class sub-folders.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write (default BUNDLE/mgg.safetensors).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write (default BUNDLE/mgg.safetensors; with --no-memory mgg-no-memory.safetensors)."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a generator already there.")] = False,
     num_images: Annotated[int, typer.Option(help="Training images under the held-out shifts.")] = 2048,
     eval_images: Annotated[int, typer.Option(help="Other images, under each held-out shift: pick the epoch.")] = 1024,
     epochs: Annotated[int, typer.Option(help="Passes over them.")] = 10,
@@ -735,6 +741,7 @@ def train_mgg(
             memory=memory,
             anchored=anchor,
             scaled=scale,
+            overwrite=overwrite,
             on_progress=show,
         )
     finally:

@@ -16,6 +16,7 @@ from tta_cli.errors import UsageError
 from tta_cli.mgg import MetaGradientGenerator, MGGRule, load_generator, read_metadata, rule_for_bundle
 from tta_cli.mgg.train import FunctionalModel, TrainProgress, meta_surrogate, train_mgg
 from tta_cli.models import load_bundle
+from tta_cli.models.bundle import MGG_NO_MEMORY_FILE
 from tta_cli.objectives import Entropy, FeatureAlignment
 from tta_cli.parallel import Parallel
 from tta_cli.streams import FolderStream, Framing, Preprocess, batches
@@ -75,15 +76,18 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
         (bundle_copy / file.name).write_bytes(file.read_bytes())
     settings = TINY | {"epochs": 1, "step_size": 3e-3, "meta_objective": "test-time", "unroll": 2}
     report = train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **settings)
-    assert report.path == bundle_copy / "mgg.safetensors" and report.path.is_file()
+    assert report.path == bundle_copy / "mgg-no-memory.safetensors" and report.path.is_file()
+    assert not (bundle_copy / "mgg.safetensors").exists()
+    with pytest.raises(UsageError, match="--overwrite"):
+        train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **settings)
     metadata = read_metadata(report.path)
     assert metadata["meta_objective"] == "test-time" and metadata["unroll"] == 2
     assert metadata["train_step_size"] == metadata["step_size"] == 3e-3
     loaded = load_bundle(bundle_copy)
     theta = list(loaded.model.parameters())
-    rule = rule_for_bundle(loaded, theta)
+    rule = rule_for_bundle(loaded, theta, MGG_NO_MEMORY_FILE)
     assert rule.generator.uses_memory is False and rule.step_size == 3e-3  # α as pre-trained
-    assert rule_for_bundle(loaded, theta, step_size=1e-4).step_size == 1e-4
+    assert rule_for_bundle(loaded, theta, MGG_NO_MEMORY_FILE, step_size=1e-4).step_size == 1e-4
 
 
 def test_an_episode_of_several_passes_carries_theta_through_them(

@@ -16,6 +16,7 @@ from typing import Any, get_args
 from tta_cli.config import HarmonizerName
 from tta_cli.engine.norms import NORMS
 from tta_cli.errors import UsageError
+from tta_cli.models.bundle import MGG_FILE, MGG_NO_MEMORY_FILE
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ MGTTA = Method(
     lr=1e-3,
     harmonizer="gh++",
     update="mgg",
-    update_options={"generator": "mgg.safetensors"},
+    update_options={"generator": MGG_FILE},
     harmonize_every=HARMONIZE_EVERY,
 )
 
@@ -120,7 +121,7 @@ METHODS: dict[str, Method] = {
             MGTTA,
             name="mgtta-nomem",
             summary="MGTTA without the gradient memory: a plain per-coordinate MLP, pre-trained the same way",
-            update_options={"generator": "mgg-no-memory.safetensors"},
+            update_options={"generator": MGG_NO_MEMORY_FILE},
         ),
         # EATA's ImageNet defaults are ε = 0.05, λ = 2000, SGD lr 2.5e-4 momentum 0.9, batch 64.
         # ε must grow as C shrinks: two probability vectors over C classes are never orthogonal

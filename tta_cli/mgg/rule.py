@@ -30,7 +30,7 @@ from tta_cli.errors import UsageError
 from tta_cli.files import file_sha256, write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
-from tta_cli.models.bundle import MGG_FILE
+from tta_cli.models.bundle import MGG_FILE, MGG_NO_MEMORY_FILE
 from tta_cli.moments import bias_corrected, moving_average
 from tta_cli.update.base import APPLIED, Closure, UpdateOutcome, split_like
 
@@ -162,9 +162,10 @@ def rule_for_bundle(
     for (its metadata), else ``DEFAULT_STEP_SIZE``."""
     path = bundle.path / file
     if not path.is_file():
+        variant = " --no-memory" if file == MGG_NO_MEMORY_FILE else ""
         raise UsageError(
             f"Model bundle {bundle.path} has no {file}; "
-            f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES'."
+            f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES{variant}'."
         )
     metadata = read_metadata(path)
     trained_for = metadata.get("bundle_weights_sha256")

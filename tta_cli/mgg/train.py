@@ -76,7 +76,7 @@ from tta_cli.mgg.data import HeldOutData, ShiftedImages, build_held_out, check_h
 from tta_cli.mgg.generator import MetaGradientGenerator
 from tta_cli.mgg.rule import DEFAULT_STEP_SIZE, MGGRule, save_generator
 from tta_cli.models import Bundle, load_bundle, record_features
-from tta_cli.models.bundle import MGG_FILE
+from tta_cli.models.bundle import MGG_FILE, MGG_NO_MEMORY_FILE
 from tta_cli.objectives import Entropy, FeatureAlignment, Objective
 from tta_cli.parallel import Parallel, start_parallel, sync_batch_norm
 from tta_cli.streams import Batch, Preprocess
@@ -211,10 +211,12 @@ def train_mgg(
     meta_objective: str = "cross-entropy",
     unroll: int = 8,
     passes: int = 1,
+    overwrite: bool = False,
     on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainReport:
-    """Pre-train an MGG for the bundle at ``bundle_path`` and write ``mgg.safetensors`` (into the
-    bundle, or to ``out``: a file path, or a folder to write ``mgg.safetensors`` into).
+    """Pre-train an MGG for the bundle at ``bundle_path`` and write ``mgg.safetensors`` (without
+    ``memory``: ``mgg-no-memory.safetensors``) into the bundle, or to ``out``: a file path, or a
+    folder to write it into; an existing file only with ``overwrite``, refused before any work.
 
     ``data_folder`` holds clean *training* images in class sub-folders; ``num_images`` of them
     under the ``held_out`` corruptions are the training set, ``eval_images`` others under every
@@ -238,7 +240,7 @@ def train_mgg(
     if meta_objective not in META_OBJECTIVES:
         raise UsageError(f"Unknown meta-objective {meta_objective!r}; choose one of {', '.join(META_OBJECTIVES)}.")
     train_step_size = step_size if train_step_size is None else train_step_size
-    path = _output_path(Path(bundle_path), out)
+    path = _output_path(Path(bundle_path), out, memory, overwrite)
     with contextlib.closing(start_parallel(device)) as parallel:
         parallel.check_batch_size("--batch-size", batch_size)
         parallel.check_batch_size("--eval-batch-size", eval_batch_size)
@@ -612,12 +614,14 @@ def _check_sizes(
         raise UsageError("--epochs and the number of evaluation images must be at least 1.")
 
 
-def _output_path(bundle_path: Path, out: Path | None) -> Path:
-    if out is None:
-        return bundle_path / MGG_FILE
-    out = Path(out)
-    if out.is_dir():
-        return out / MGG_FILE
-    if not out.parent.is_dir():
-        raise UsageError(f"Cannot write {out}: folder {out.parent} does not exist.")
-    return out
+def _output_path(bundle_path: Path, out: Path | None, memory: bool, overwrite: bool) -> Path:
+    """Where the generator goes: ``out``, a file or a folder, else the bundle, under the name the
+    methods read (``mgg.safetensors``, or ``mgg-no-memory.safetensors`` without memory). A file
+    there is replaced only with ``overwrite``: runs resumed with it would be refused afterwards."""
+    name = MGG_FILE if memory else MGG_NO_MEMORY_FILE
+    path = bundle_path / name if out is None else Path(out) / name if Path(out).is_dir() else Path(out)
+    if not path.parent.is_dir():
+        raise UsageError(f"Cannot write {path}: folder {path.parent} does not exist.")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace that generator, or choose another --out.")
+    return path

@@ -31,6 +31,8 @@ MODEL_FILE = "model.toml"
 WEIGHTS_FILE = "weights.safetensors"
 SOURCE_STATS_FILE = "source_stats.safetensors"
 MGG_FILE = "mgg.safetensors"
+MGG_NO_MEMORY_FILE = "mgg-no-memory.safetensors"
+"""The generator without memory (``train-mgg --no-memory``), which ``mgtta-nomem`` runs."""
 DISTILL_FILE = "distill.json"
 CHANNELS = (1, 3)
 """Grayscale or RGB: what images give."""
