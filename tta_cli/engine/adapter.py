@@ -23,6 +23,7 @@ the step then makes no update.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,7 +35,7 @@ from tta_cli.engine.guard import OK, Guard, Verdict
 from tta_cli.engine.memory import ClassBalancedMemory
 from tta_cli.engine.methods import Method
 from tta_cli.engine.norms import Norm, Prediction
-from tta_cli.engine.params import norm_affine_parameters, norm_buffers
+from tta_cli.engine.params import NORM_LAYERS, norm_affine_parameters, norm_buffers
 from tta_cli.engine.returns import SourceReturn
 from tta_cli.events import Event, EventKind
 from tta_cli.harmonize import Harmonized, Harmonizer, Sum, conflict_diagnostics
@@ -260,10 +261,9 @@ class Adapter:
         images = self.memory.images()
         labels = torch.full((len(images),), UNLABELED, device=images.device)
         statistics = self._statistics()
-        with torch.enable_grad():
+        kept = self._statistics_kept() if self.norm.revisit_restores else contextlib.nullcontext()
+        with torch.enable_grad(), kept:
             logits = self.model(images)
-        if self.norm.revisit_restores:
-            self._load_statistics(statistics)
         weights = None
         if self.domains is not None:
             weights = self.domains.weigh(images, entropy(logits.detach()), learn=False).weights
@@ -301,6 +301,20 @@ class Adapter:
                 return sum(loss.item() for loss in losses.values()), gradient
         finally:
             self._load_statistics(after)
+
+    @contextlib.contextmanager
+    def _statistics_kept(self) -> Iterator[None]:
+        """A forward within this block normalises as the norm does and leaves the running
+        statistics as they were: the layers hold copies for it (which its graph may keep)."""
+        layers = [module for module in self.model.modules() if isinstance(module, NORM_LAYERS)]
+        held = [dict(layer._buffers) for layer in layers]
+        for layer, buffers in zip(layers, held, strict=True):
+            layer._buffers.update({name: None if value is None else value.clone() for name, value in buffers.items()})
+        try:
+            yield
+        finally:
+            for layer, buffers in zip(layers, held, strict=True):
+                layer._buffers.update(buffers)
 
     def _statistics(self) -> dict[str, torch.Tensor]:
         return {name: buffer.clone() for name, buffer in norm_buffers(self.model).items()}
