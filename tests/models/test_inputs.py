@@ -169,6 +169,9 @@ def test_the_factory_file_module_is_named_per_file(tmp_path: Path) -> None:
     assert (first.in_features, second.in_features) == (1, 2)
     with pytest.raises(UsageError, match="does not exist"):
         build_architecture(f"{tmp_path / 'missing.py'}:net", 3)
+    (tmp_path / "broken.py").write_text("def net(num_classes:\n")
+    with pytest.raises(UsageError, match="not valid Python"):
+        build_architecture(f"{tmp_path / 'broken.py'}:net", 3)
 
 
 def test_a_bundles_file_runs_only_once_trusted_here(

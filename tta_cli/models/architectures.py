@@ -99,7 +99,8 @@ def absolute_reference(reference: str) -> str:
 def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
     if not path.is_file():
         raise UsageError(f"Architecture {reference!r}: {path} does not exist.")
-    if bundle is not None and not is_trusted(path):
+    source = path.read_bytes()  # checked and run as read: a file swapped in between never runs
+    if bundle is not None and not is_trusted(source):
         raise UsageError(
             f"Bundle {bundle} builds its model by running {path}, which this machine does not trust "
             f"(new, or changed since it was trusted); read it, then run 'tta-cli trust {bundle}'."
@@ -107,10 +108,16 @@ def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
     # A name of its own per file, so that two files named model.py do not replace each other.
     name = f"tta_cli_architecture_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise UsageError(f"Architecture {reference!r}: {path} cannot be loaded as Python.")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        code = compile(source, str(path), "exec")
+    except SyntaxError as error:
+        raise UsageError(
+            f"Architecture {reference!r}: {path} is not valid Python ({error.msg}, line {error.lineno})."
+        ) from error
+    exec(code, module.__dict__)
     return module
 
 

@@ -15,6 +15,7 @@ import installed code, which the user installed, and need no trust here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,8 +30,9 @@ def trust_folder() -> Path:
     return base / "tta-cli" / "trusted-code"
 
 
-def is_trusted(path: Path) -> bool:
-    return (trust_folder() / file_sha256(Path(path))).is_file()
+def is_trusted(source: bytes) -> bool:
+    """Whether this content was trusted here (the caller then runs exactly these bytes)."""
+    return (trust_folder() / hashlib.sha256(source).hexdigest()).is_file()
 
 
 def trust(path: Path) -> str:
