@@ -55,8 +55,6 @@ SWITCHES = (
     "shrinkage",
     "jump",
     "return_on_fit",
-    "return_on_confidence",
-    "confidence_near_source",
     "return_on_one_class",
     "deferral",
 )

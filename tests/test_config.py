@@ -97,3 +97,17 @@ def test_the_names_of_fixed_choices_are_the_registries() -> None:
 def test_a_setting_that_is_not_a_finite_number_is_refused(tmp_path: Path, flags: dict[str, object]) -> None:
     with pytest.raises(UsageError, match="finite number"):
         validated(AdaptConfig, {"model": tmp_path, "source": "frames"} | flags)
+
+
+def test_a_run_toml_naming_retired_mechanisms_still_loads(tmp_path: Path) -> None:
+    """A run written before a mechanism of "weighted" was removed resumes without it."""
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[adapt]\nmodel = "bundle"\nsource = "frames"\n[adapt.weighted_norm]\nreturn_on_confidence = true\n'
+        "confidence_ratio = 1.25\nconfidence_near_source = true\nprior = 32.0\n"
+    )
+    settings = adapt_settings(config)
+    assert settings.weighted_norm.prior == 32.0 and not hasattr(settings.weighted_norm, "confidence_ratio")
+    config.write_text('[adapt]\nmodel = "bundle"\nsource = "frames"\n[adapt.weighted_norm]\nconfidence = 1\n')
+    with pytest.raises(UsageError, match="confidence"):
+        adapt_settings(config)

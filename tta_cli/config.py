@@ -6,10 +6,10 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import tomli_w
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
@@ -92,6 +92,16 @@ class WeightedNormConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    RETIRED: ClassVar[frozenset[str]] = frozenset(
+        {"return_on_confidence", "confidence_ratio", "confidence_near_source"}
+    )
+    """Settings of a mechanism since removed; a run.toml written before holds them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        return {key: value for key, value in data.items() if key not in cls.RETIRED} if isinstance(data, dict) else data
+
     prior: float = Field(64.0, gt=0, description="images the moved statistics count for against a batch")
     window: int = Field(8, ge=1, description="recent batch-to-batch ratios whose median is the design effect")
     start: float = Field(4.0, ge=1, description="the design effect assumed before two batches were seen")
@@ -101,18 +111,11 @@ class WeightedNormConfig(BaseModel):
     shrinkage_factor: float = Field(5.0, ge=0, description="times its error variance an estimate must depart")
     jump: bool = Field(True, description="take the own statistics of a batch far from those in use and the source's")
     return_on_fit: bool = Field(True, description="restart from the source's when a batch fits them better")
-    return_on_confidence: bool = Field(
-        True, description="restart from the source's when they predict the batch more confidently"
-    )
-    confidence_ratio: float = Field(1.25, ge=1, description="entropy ratio, statistics in use to source's, for that")
-    confidence_near_source: bool = Field(
-        True, description="and only for a batch whose images look typical of the source's (the bundle's typicality)"
-    )
     near_source: float = Field(
         0.5,
         gt=0,
-        description="a jump's distance, and the return's for a bundle without typicality: 0.5 is the divergence "
-        "of a shift of the mean by one source std",
+        description="a jump's distance, and the one-class return's for a bundle without typicality: 0.5 is the "
+        "divergence of a shift of the mean by one source std",
     )
     return_on_one_class: bool = Field(
         True,

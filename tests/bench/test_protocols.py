@@ -156,7 +156,7 @@ def test_auto_runs_the_default_of_adapt_guarded(bundle_path: Path) -> None:
 def test_an_ablated_weighted_norm_reaches_the_adapter(bundle_path: Path, clean_folder: Path) -> None:
     bundle = load_bundle(bundle_path)
     stream = clean_stream(clean_folder, "clean")
-    off = WeightedNormConfig(return_on_fit=False, return_on_confidence=False, jump=False)
+    off = WeightedNormConfig(return_on_fit=False, return_on_one_class=False, jump=False)
     seen = []
     run_method(
         bundle,

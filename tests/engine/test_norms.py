@@ -20,7 +20,7 @@ from tta_cli.bench.protocols import bench_adapter
 from tta_cli.config import WeightedNormConfig, load_config
 from tta_cli.engine.build import resolve_method
 from tta_cli.engine.norms import NORMS, Prediction, WeightedNorm, use_norm
-from tta_cli.engine.norms.weighted import MORE_CONFIDENT, ONE_CLASS
+from tta_cli.engine.norms.weighted import ONE_CLASS
 from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
@@ -387,16 +387,16 @@ def test_a_step_that_returns_to_the_source_says_so(bundle_path: Path, clean_fold
     assert make_adapter(bundle_path, "norm+weighted", tmp_path).reference is None, "nothing to compare without a step"
 
 
-def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_less_confident() -> None:
+def test_weighted_returns_to_the_source_when_its_statistics_spread_one_class_less_confidently() -> None:
     """One class for a long time: the batches are independent draws, but normalising with
-    their statistics removes the class; the source's statistics predict more confidently."""
+    their statistics removes the class; the source's statistics predict it, more confidently."""
     model, weights = weighted_model()
     generator = torch.Generator().manual_seed(0)
     for _ in range(4):
         feed(model, weights, 1 + torch.randn(64, 8, 4, 4, generator=generator))
     used = copy.deepcopy(model.state_dict())
-    confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
-    uncertain = torch.tensor([[1.0, 0.5, 0.0]] * 4)
+    confident = torch.tensor([[8.0, 0.0, 0.0]] * 64)
+    uncertain = torch.tensor([[1.0, 0.5, 0.0]] * 64)
 
     assert weights.second_look(lambda: uncertain, confident).logits is confident  # type: ignore[attr-defined]
     for name, value in model.state_dict().items():
@@ -405,23 +405,24 @@ def test_weighted_returns_to_the_source_when_its_statistics_make_predictions_les
 
     chosen = weights.second_look(lambda: confident, uncertain)  # type: ignore[attr-defined]
     assert torch.equal(chosen.logits, confident) and not chosen.learn
-    assert weights.returned == MORE_CONFIDENT and weights.returns == 1  # type: ignore[attr-defined]
+    assert weights.returned == ONE_CLASS and weights.returns == 1  # type: ignore[attr-defined]
     assert weights.agreement is None, "the deferral's averages restart with the estimates"  # type: ignore[attr-defined]
     for layer, stream in zip(model, weights.estimates, strict=True):  # type: ignore[attr-defined]
         assert torch.equal(layer.running_mean, stream.source[0]) and torch.equal(stream.mean, stream.source[0])
 
 
 def test_a_confident_source_far_from_its_own_statistics_is_no_reason_to_return() -> None:
-    """A shift that makes the source collapse, confidently, lies far from the source's
-    statistics at the first layer; a stream of one class of the source's domain does not."""
-    confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
-    uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 4)  # another class: no mild shift
+    """Without the bundle's typicality: a shift that makes the source collapse, confidently,
+    lies far from the source's statistics at the first layer; a stream of one class of the
+    source's domain does not."""
+    confident = torch.tensor([[8.0, 0.0, 0.0]] * 64)
+    uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 64)  # another class: no mild shift
     generator = torch.Generator().manual_seed(0)
-    for shift, near_only, returns in ((0.3, True, True), (3.0, True, False), (3.0, False, True)):
+    for shift, returns in ((0.3, True), (3.0, False)):
         model = six_layer_model()
-        weights = WeightedNorm(model, WeightedNormConfig(confidence_near_source=near_only))
+        weights = WeightedNorm(model)
         feed(model, weights, shift + torch.randn(64, 8, 4, 4, generator=generator))
-        assert (weights.source_divergence <= 0.5) is (shift < 1)
+        assert (weights.source_divergence <= 0.5) is returns
         prediction = weights.second_look(lambda: confident, uncertain)
         assert (weights.returns == 1) is returns and prediction.learn is not returns
 
@@ -447,9 +448,9 @@ def test_a_collapse_is_told_from_one_scene_by_how_typical_its_images_are() -> No
     """Source images vary in brightness (std 2 per channel) around 0. One scene lies far from
     the pooled statistics (divergence 2 at the first layer) but each of its images is typical;
     strong noise lies near them (0.25) but none of its images is. With the bundle's typicality
-    the confidence return follows the images, not the batch's statistics."""
-    confident = torch.tensor([[8.0, 0.0, 0.0]] * 4)
-    uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 4)
+    the one-class return follows the images, not the batch's statistics."""
+    confident = torch.tensor([[8.0, 0.0, 0.0]] * 64)
+    uncertain = torch.tensor([[0.5, 1.0, 0.0]] * 64)
     source, typicality, scene, noisy = scene_and_noise()
     cases = ((scene, True, True), (noisy, True, False), (scene, False, False), (noisy, False, True))
     for batch, measured, returns in cases:
@@ -539,7 +540,7 @@ def test_a_step_whose_second_look_prefers_the_source_takes_no_gradient_step(
     assert isinstance(weights, WeightedNorm)
 
     def prefer_source(look_again, logits):  # type: ignore[no-untyped-def]
-        weights._return(MORE_CONFIDENT)
+        weights._return(ONE_CLASS)
         return Prediction(look_again().detach(), learn=False, why_not="the source's statistics predicted the batch")
 
     weights.second_look = prefer_source  # type: ignore[method-assign]
@@ -564,24 +565,23 @@ def test_the_second_look_leaves_the_features_of_the_first_for_the_objectives(
 
 
 def test_a_typical_batch_the_source_sees_as_one_class_returns_when_the_estimates_lose_confidence() -> None:
-    """A network whose estimates spread a batch of one clean class over the classes and lose
-    less confidence than ``confidence_ratio`` (ResNet-20 on birds): the source's predictions of
-    typical images, most of them one class, say the stream shows one class. Not for atypical
-    images (a collapse), nor where the estimates are the more confident (they correct a shift
-    that the source answers with one class), nor where one class is no more than twice an even
-    share of the batch."""
+    """A network whose estimates spread a batch of one clean class over the classes and lose a
+    little confidence (ResNet-20 on birds): the source's predictions of typical images, most of
+    them one class, say the stream shows one class. Not for atypical images (a collapse), nor
+    where the estimates are the more confident (they correct a shift that the source answers with
+    one class), nor where one class is no more than twice an even share of the batch."""
     source, typicality, scene, noisy = scene_and_noise()
-    one_class = torch.tensor([[4.0, 0.0, 0.0]] * 3 + [[0.0, 4.0, 0.0]])
-    spread = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    less_sure, surer = 3.8 * spread, 6.0 * spread  # entropy 1.17 and 0.2 times the source's
-    cases = ((scene, 3, less_sure, True), (noisy, 3, less_sure, False), (scene, 3, surer, False))
-    for batch, classes, estimates, returns in (*cases, (scene, 2, less_sure, False)):
+    mostly = torch.tensor([[4.0, 0.0, 0.0, 0.0]] * 3 + [[0.0, 4.0, 0.0, 0.0]])  # 3 of 4: over half
+    spread = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    less_sure, surer = 3.8 * spread, 8.0 * spread  # more entropy than the source's, and less
+    cases = ((scene, mostly, less_sure, True), (noisy, mostly, less_sure, False), (scene, mostly, surer, False))
+    for batch, source_logits, estimates, returns in (*cases, (scene, mostly[:, :2], less_sure[:, :2], False)):
         model = copy.deepcopy(source)
-        weights = WeightedNorm(model, typicality=typicality, num_classes=classes)
+        weights = WeightedNorm(model, typicality=typicality)
         feed(model, weights, batch)
-        prediction = weights.second_look(functools.partial(looked, model, batch, one_class), estimates)
+        prediction = weights.second_look(functools.partial(looked, model, batch, source_logits), estimates)
         assert (weights.returns == 1) is returns
-        assert torch.equal(prediction.logits, one_class if returns else estimates)
+        assert torch.equal(prediction.logits, source_logits if returns else estimates)
         assert weights.returned == (ONE_CLASS if returns else "")
 
 

@@ -38,31 +38,26 @@ half) instead of taking several batches to leave statistics that no longer descr
 the estimate's (symmetric Kullback–Leibler divergence of per-channel Gaussians), the domain
 turned back towards the source, and every estimate restarts from the source's.
 
-**return_on_confidence.** A second look (one more forward, with the source's statistics): when
-the statistics in use make the predictions less confident than the source's by more than
-``confidence_ratio`` in mean entropy, the source's predict and every estimate restarts. A
-stream of one class (a camera on one scene) is a run of independent draws, so the design
-effect does not flag it, and its statistics normalise the class away. But a shift that makes
-the source collapse onto one class, confidently (strong sensor noise, very low light), looks
-the same in the predictions: confident is not correct. What tells them apart is each image: an
-image of one scene is one of the source's kind, an image under strong noise is like none of
-them. So the return needs the batch's median image typical of the source's at the shallow
-half of the layers, as the second look normalises them (switch ``confidence_near_source``;
-``tta_cli.models.typicality``: the limit leaves 99 % of the source's own images typical, measured
-by ``prepare`` on the model's clean images). A bundle prepared without it falls back on the
-batch's first-layer statistics within ``near_source`` of the source's, a constant chosen on
-the airnets that does not hold on a pre-activation ResNet (docs/benchmarks.md, "What the suite says").
-
-**return_on_one_class.** The same second look, for a batch whose median image is typical of the
-source's (the bundle's typicality; never without it): when the source's statistics predict more
-than ``one_class`` of the batch as one class (for few classes, more than twice a class's share
-in an even spread) and the statistics in use make the predictions less confident at all, the
-stream shows one class and the estimates are normalising it away; the source's predict and every
-estimate restarts. On a network whose estimates lose less confidence than ``confidence_ratio``
-on such a batch the confidence return misses it (a pre-activation ResNet-20 took clean birds from
-67 % right to 14-19 %; docs/benchmarks.md, "What the suite says"). A shift that the source
+**return_on_one_class.** A second look (one more forward, with the source's statistics). A
+stream of one class (a camera on one scene) is a run of independent draws, so the design effect
+does not flag it, and its statistics normalise the class away. When the source's statistics
+predict more than ``one_class`` of the batch as one class (for few classes, more than twice a
+class's share in an even spread) and the statistics in use make the predictions less confident
+(higher mean entropy), the stream shows one class and the estimates are normalising it away;
+the source's predict and every estimate restarts. A shift that makes the source collapse onto
+one class, confidently (strong sensor noise, very low light), looks the same in the
+predictions: confident is not correct. What tells them apart is each image: an image of one
+scene is one of the source's kind, an image under strong noise is like none of them. So the
+return needs the batch's median image typical of the source's at the shallow half of the
+layers, as the second look normalises them (``tta_cli.models.typicality``: the limit leaves 99 %
+of the source's own images typical, measured by ``prepare`` on the model's clean images). A
+bundle prepared without it falls back on the batch's first-layer statistics within
+``near_source`` of the source's, a constant chosen on the airnets that does not hold on a
+pre-activation ResNet (docs/benchmarks.md, "What the suite says"). A shift that the source
 answers with one class and the estimates correct leaves the estimates the more confident (shot
-noise on the sample airnet), and a collapse under a strong shift is not typical.
+noise on the sample airnet). It replaced a return on any batch the source's statistics predict
+more confidently by an entropy ratio, whose ratio was chosen on one network and which earned
+nothing the one-class return does not (docs/benchmarks.md, "Fewer mechanisms").
 
 **deferral.** The same second look measures how much the estimates change: the share of the
 batch's predictions they leave as the source's make them and the ratio of mean entropies, both
@@ -111,7 +106,6 @@ from tta_cli.models.typicality import Typicality, image_moments, shallow_layers
 from tta_cli.objectives.entropy import entropy
 
 FITS_SOURCE = "the batch fits them better"
-MORE_CONFIDENT = "predictions with them are more confident"
 ONE_CLASS = "they predict most of the batch as one class, more confidently"
 
 
@@ -126,15 +120,11 @@ class WeightedNorm(Norm):
         model: nn.Module,
         settings: WeightedNormConfig | None = None,
         typicality: Typicality | None = None,
-        num_classes: int = 0,
     ) -> None:
         super().__init__(model)
         if not self.layers:
             raise UsageError('The model has no BatchNorm layer, so "weighted" has nothing to normalise.')
         self.settings = settings = settings or WeightedNormConfig()
-        self.one_class = max(settings.one_class, 2 / num_classes) if num_classes else 1.0
-        """The share of a batch the source's statistics must predict as one class for
-        ``return_on_one_class``: ``one_class``, and for few classes twice an even share."""
         self.shallow = len(shallow_layers(model))
         self.ratios: deque[float] = deque(maxlen=settings.window)
         self.estimates = [
@@ -164,8 +154,7 @@ class WeightedNorm(Norm):
         second look: the deeper of these layers see what the layers before them normalised)."""
         self.recording = False
         self._hooks = [self.layers[0].register_forward_pre_hook(self._observe)]
-        confidence_needs = settings.return_on_confidence and settings.confidence_near_source
-        if typicality is not None and (confidence_needs or settings.return_on_one_class):
+        if typicality is not None and settings.return_on_one_class:
             if len(typicality.loc) != self.shallow:
                 raise UsageError(
                     f"The bundle's typicality covers {len(typicality.loc)} BatchNorm layers, the model's shallow half "
@@ -177,7 +166,7 @@ class WeightedNorm(Norm):
     def create(
         cls, model: nn.Module, num_classes: int, weighted_norm: WeightedNormConfig, typicality: Typicality | None
     ) -> WeightedNorm:
-        return cls(model, weighted_norm, typicality, num_classes)
+        return cls(model, weighted_norm, typicality)
 
     @property
     def gate(self) -> float:
@@ -269,7 +258,7 @@ class WeightedNorm(Norm):
         """Predict with ``logits`` (the statistics in use) or with the source's statistics
         (``look_again`` runs the model on the batch once more), which the layers then hold."""
         settings = self.settings
-        if not (settings.return_on_confidence or settings.return_on_one_class or settings.deferral):
+        if not (settings.return_on_one_class or settings.deferral):
             return Prediction(logits)
         with torch.no_grad():
             used = [(mean.clone(), var.clone()) for mean, var in map(running_stats, self.layers)]
@@ -282,17 +271,13 @@ class WeightedNorm(Norm):
             finally:
                 self.recording = False
             used_entropy, source_entropy = float(entropy(logits).mean()), float(entropy(source_logits).mean())
-            near = not settings.confidence_near_source or self.looks_like_source
-            less_confident = (
-                settings.return_on_confidence and near and used_entropy > settings.confidence_ratio * source_entropy
-            )
             one_class = (
                 settings.return_on_one_class and used_entropy > source_entropy and self._one_class(source_logits)
             )
-            if less_confident or one_class:
+            if one_class:
                 # The averages restart with the estimates, from the next batch they predict;
                 # whether a deferral goes on is for that batch to say.
-                self._return(MORE_CONFIDENT if less_confident else ONE_CLASS)
+                self._return(ONE_CLASS)
                 self.agreement = self.log_ratio = None
                 # The return says who predicts; a deferral after it is a new one.
                 self.deferring = self.deferral_noted = False
@@ -302,7 +287,7 @@ class WeightedNorm(Norm):
                     tiny = torch.finfo(torch.float32).tiny
                     self._follow(agreement, math.log((used_entropy + tiny) / (source_entropy + tiny)))
                 self.deferring = self.mild
-            if less_confident or one_class:
+            if one_class:
                 why_not = "the source's statistics predicted the batch"
                 return Prediction(source_logits, learn=False, why_not=why_not, source_logits=source_logits)
             if self.deferring:
@@ -312,12 +297,12 @@ class WeightedNorm(Norm):
             return Prediction(logits, source_logits=source_logits)
 
     def _one_class(self, source_logits: torch.Tensor) -> bool:
-        """Whether the source's statistics predict more than ``self.one_class`` of a batch of
-        images typical of the source's as one class."""
-        if self.typicality is None or not self.moments or not self.typicality.typical(self.moments):
+        """Whether the source's statistics predict more than ``one_class`` of a batch that looks
+        like the source's images as one class (for few classes, more than twice an even share)."""
+        if not self.looks_like_source:
             return False
-        counts = torch.bincount(source_logits.argmax(dim=1))
-        return float(counts.max()) / len(source_logits) > self.one_class
+        share = float(torch.bincount(source_logits.argmax(dim=1)).max()) / len(source_logits)
+        return share > max(self.settings.one_class, 2 / source_logits.shape[1])
 
     def _follow(self, agreement: float, log_ratio: float) -> None:
         """Move the second look's averages; they restart with the estimates."""
