@@ -16,6 +16,7 @@ from tta_cli.config import (
     adapt_default,
     adapt_settings,
     check_resume_flags,
+    read_config,
     validated,
 )
 from tta_cli.errors import UsageError
@@ -99,15 +100,15 @@ def test_a_setting_that_is_not_a_finite_number_is_refused(tmp_path: Path, flags:
         validated(AdaptConfig, {"model": tmp_path, "source": "frames"} | flags)
 
 
-def test_a_run_toml_naming_retired_mechanisms_still_loads(tmp_path: Path) -> None:
-    """A run written before a mechanism of "weighted" was removed resumes without it."""
-    config = tmp_path / "run.toml"
-    config.write_text(
-        '[adapt]\nmodel = "bundle"\nsource = "frames"\n[adapt.weighted_norm]\nreturn_on_confidence = true\n'
+def test_a_run_toml_naming_retired_mechanisms_still_resumes_and_a_new_config_is_refused(tmp_path: Path) -> None:
+    """A run written before a mechanism of "weighted" was removed resumes without it; a config
+    file for a new run that sets it is an error, not a setting silently ignored."""
+    text = (
+        '[adapt]\nmodel = "bundle"\nsource = "frames"\n[adapt.weighted_norm]\nreturn_on_confidence = false\n'
         "confidence_ratio = 1.25\nconfidence_near_source = true\nprior = 32.0\n"
     )
-    settings = adapt_settings(config)
-    assert settings.weighted_norm.prior == 32.0 and not hasattr(settings.weighted_norm, "confidence_ratio")
-    config.write_text('[adapt]\nmodel = "bundle"\nsource = "frames"\n[adapt.weighted_norm]\nconfidence = 1\n')
-    with pytest.raises(UsageError, match="confidence"):
+    assert read_config(text).weighted_norm.prior == 32.0
+    config = tmp_path / "settings.toml"
+    config.write_text(text)
+    with pytest.raises(UsageError, match="return_on_confidence"):
         adapt_settings(config)

@@ -374,19 +374,14 @@ def history(
 @app.command()
 def trust(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
     """Let a bundle run the Python file that builds its model, on this machine, as it is now."""
-    from tta_cli.models.bundle import bundle_code_file
-    from tta_cli.models.trust import trust as trust_file
+    from tta_cli.models import trust_bundle
 
-    file = bundle_code_file(bundle)
-    if file is None:
+    trusted = trust_bundle(bundle)
+    if trusted is None:
         console.print(escape(f"Bundle {bundle} builds its model without a file of its own; nothing to trust."))
         return
-    if not file.is_file():
-        raise UsageError(f"Bundle {bundle} names {file}, which does not exist.")
-    digest = trust_file(file)
-    console.print(
-        escape(f"Trusted {file.resolve()} (SHA-256 {digest}) to build the model of {bundle} on this machine.")
-    )
+    file, digest = trusted
+    console.print(escape(f"Trusted {file} (SHA-256 {digest}) to build the model of {bundle} on this machine."))
 
 
 @app.command()

@@ -6,10 +6,10 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import tomli_w
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tta_cli.errors import UsageError
 from tta_cli.files import tomllib
@@ -91,16 +91,6 @@ class WeightedNormConfig(BaseModel):
     (``tta_cli.engine.norms.weighted`` says what each does and where the numbers come from)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    RETIRED: ClassVar[frozenset[str]] = frozenset(
-        {"return_on_confidence", "confidence_ratio", "confidence_near_source"}
-    )
-    """Settings of a mechanism since removed; a run.toml written before holds them."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_retired(cls, data: Any) -> Any:
-        return {key: value for key, value in data.items() if key not in cls.RETIRED} if isinstance(data, dict) else data
 
     prior: float = Field(64.0, gt=0, description="images the moved statistics count for against a batch")
     window: int = Field(8, ge=1, description="recent batch-to-batch ratios whose median is the design effect")
@@ -270,8 +260,17 @@ def check_resume_flags(config_file: Path | None = None, **flags: Any) -> None:
         raise UsageError(f"--resume continues with the run's own settings; drop {', '.join(given)}.")
 
 
+RETIRED_WEIGHTED_NORM = frozenset({"return_on_confidence", "confidence_ratio", "confidence_near_source"})
+"""Settings of a mechanism of "weighted" since removed, which a run's ``run.toml`` written before
+holds; such a run resumes without them. A new run's config file naming them is refused."""
+
+
 def read_config(text: str) -> AdaptConfig:
-    return AdaptConfig.model_validate(tomllib.loads(text)["adapt"])
+    """A run's own settings, as its ``run.toml`` (or history) holds them."""
+    settings = tomllib.loads(text)["adapt"]
+    weighted_norm = settings.get("weighted_norm", {})
+    settings["weighted_norm"] = {key: value for key, value in weighted_norm.items() if key not in RETIRED_WEIGHTED_NORM}
+    return AdaptConfig.model_validate(settings)
 
 
 def dump_config(config: BaseModel) -> str:

@@ -162,13 +162,13 @@ class Fixed(Harmonizer):
         return combine(gradients, self.weights.to(gradients))
 
 
-@pytest.mark.parametrize("norm", ["robust", "tbr", "balanced"])
+@pytest.mark.parametrize("norm", ["batch", "robust", "tbr", "balanced"])
 def test_the_memory_forward_leaves_the_smoothed_statistics_as_the_prediction_left_them(
     bundle_path: Path, clean_folder: Path, tmp_path: Path, norm: str
 ) -> None:
     batch = first_batch(clean_folder, 6)
     statistics = []
-    for method in (f"norm+{norm}", f"tent+{norm}+memory6"):
+    for method in (f"norm+{norm}", f"tent+{norm}+memory6"):  # the memory's forward then a backward
         adapter = make_adapter(bundle_path, method, tmp_path / method)
         adapter.step(batch)
         statistics.append(adapter._statistics())

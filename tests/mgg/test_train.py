@@ -80,6 +80,9 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     assert not (bundle_copy / "mgg.safetensors").exists()
     with pytest.raises(UsageError, match="--overwrite"):
         train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", **settings)
+    assert read_metadata(report.path)["seed"] == 0
+    train_mgg(bundle_copy, clean_folder, memory=False, harmonizer="sum", overwrite=True, **settings | {"seed": 1})
+    assert read_metadata(report.path)["seed"] == 1
     metadata = read_metadata(report.path)
     assert metadata["meta_objective"] == "test-time" and metadata["unroll"] == 2
     assert metadata["train_step_size"] == metadata["step_size"] == 3e-3

@@ -172,6 +172,12 @@ def test_the_factory_file_module_is_named_per_file(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("def net(num_classes:\n")
     with pytest.raises(UsageError, match="not valid Python"):
         build_architecture(f"{tmp_path / 'broken.py'}:net", 3)
+    # The file runs under its own __future__ imports, not those of the module that loads it.
+    (tmp_path / "annotated.py").write_text(
+        "from torch import nn\n\ndef net(num_classes: int):\n"
+        "    model = nn.Linear(1, num_classes)\n    model.hint = net.__annotations__['num_classes']\n    return model\n"
+    )
+    assert build_architecture(f"{tmp_path / 'annotated.py'}:net", 3).hint is int
 
 
 def test_a_bundles_file_runs_only_once_trusted_here(
@@ -202,3 +208,20 @@ def test_a_bundles_file_runs_only_once_trusted_here(
         load_bundle(copy)
     zoo = cli("trust", bundle_path)
     assert zoo.returncode == 0 and "nothing to trust" in zoo.stderr
+
+
+def test_a_bundle_cannot_ship_a_module_of_its_own(
+    gray_bundle: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from the bundle's folder, Python would import a module beside model.toml: named as a
+    module, a bundle's own code would skip the trust its file needs."""
+    gray, _, _ = gray_bundle
+    copy = tmp_path / "shipped"
+    shutil.copytree(gray, copy)
+    shutil.copy(gray.parent / "model.py", copy / "shipped_model.py")
+    spec = (copy / "model.toml").read_text()
+    (copy / "model.toml").write_text(spec.replace(f"{gray.parent / 'model.py'}:gray_net", "shipped_model:gray_net"))
+    monkeypatch.syspath_prepend(str(copy))
+    with pytest.raises(UsageError, match="lies in the bundle's own folder"):
+        load_bundle(copy)
+    assert "shipped_model" not in sys.modules

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -61,7 +62,7 @@ def _resolve_factory(reference: str, bundle: Path | None = None) -> Callable[...
         if is_file_reference(reference):
             module = _load_file(Path(prefix) if bundle is None else bundle / prefix, reference, bundle)
         else:
-            module = _import(prefix, reference)
+            module = _import(prefix, reference, bundle)
         factory = getattr(module, name, None)
         if callable(factory):
             return factory
@@ -112,19 +113,36 @@ def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
         raise UsageError(f"Architecture {reference!r}: {path} cannot be loaded as Python.")
     module = importlib.util.module_from_spec(spec)
     try:
-        code = compile(source, str(path), "exec")
-    except SyntaxError as error:
-        raise UsageError(
-            f"Architecture {reference!r}: {path} is not valid Python ({error.msg}, line {error.lineno})."
-        ) from error
+        # dont_inherit: the file runs under its own __future__ imports, not this module's.
+        code = compile(source, str(path), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as error:  # ValueError: null bytes, on Python 3.10
+        raise UsageError(f"Architecture {reference!r}: {path} is not valid Python ({error}).") from error
     exec(code, module.__dict__)
     return module
 
 
-def _import(module_name: str, reference: str) -> ModuleType:
+def _import(module_name: str, reference: str, bundle: Path | None = None) -> ModuleType:
+    if bundle is not None:
+        _refuse_own_module(module_name, bundle)
     try:
         return importlib.import_module(module_name)
     except ImportError as error:
         raise UsageError(
             f"Architecture {reference!r} needs the Python module {module_name!r}, which is not installed."
         ) from error
+
+
+def _refuse_own_module(module_name: str, bundle: Path) -> None:
+    """A module a bundle names must not be one it ships (importable when Python runs from the
+    bundle's folder): its own code runs only as a trusted file. Finding a top-level module runs
+    none of its code."""
+    top = module_name.partition(".")[0]
+    if top in sys.modules:
+        return
+    spec = importlib.util.find_spec(top)
+    places = [] if spec is None else [spec.origin, *(spec.submodule_search_locations or [])]
+    if any(place and Path(place).resolve().is_relative_to(bundle.resolve()) for place in places):
+        raise UsageError(
+            f"Bundle {bundle} names the module {module_name!r}, which lies in the bundle's own folder; a bundle "
+            "runs code of its own only as path/to/file.py:factory, once trusted with 'tta-cli trust'."
+        )

@@ -3,7 +3,8 @@
 BUNDLE/model.toml               architecture, classes, input framing, mean/std, feature layers
 BUNDLE/weights.safetensors      the trained weights
 BUNDLE/source_stats.safetensors per feature layer: mean and std of pooled clean-source features
-BUNDLE/mgg.safetensors          optional: the pre-trained Meta Gradient Generator
+BUNDLE/mgg.safetensors          optional: the pre-trained Meta Gradient Generator (``mgtta``)
+BUNDLE/mgg-no-memory.safetensors optional: the generator without memory (``mgtta-nomem``)
 BUNDLE/distill.json             optional: how a student was distilled (``tta-cli distill``)
 """
 
@@ -24,6 +25,7 @@ from tta_cli.files import file_sha256, tomllib
 from tta_cli.models.architectures import build_architecture, code_file
 from tta_cli.models.checkpoints import read_tensors
 from tta_cli.models.layout import same_in_channels_last
+from tta_cli.models.trust import trust
 from tta_cli.models.typicality import Typicality
 from tta_cli.streams.framing import Framing
 
@@ -128,10 +130,16 @@ def read_spec(path: Path) -> ModelSpec:
         raise UsageError(f"{spec_file} is not a valid model description: {' '.join(first[:3])}.") from error
 
 
-def bundle_code_file(path: Path) -> Path | None:
-    """The Python file a bundle's ``model.toml`` runs to build its model, if it names one."""
+def trust_bundle(path: Path) -> tuple[Path, str] | None:
+    """Trust the Python file a bundle's ``model.toml`` runs to build its model, as it is now
+    (``tta_cli.models.trust``): the file and its SHA-256; ``None`` if it names no file."""
     file = code_file(read_spec(path).architecture)
-    return None if file is None else Path(path) / file
+    if file is None:
+        return None
+    file = Path(path) / file
+    if not file.is_file():
+        raise UsageError(f"Bundle {path} names {file}, which does not exist.")
+    return file.resolve(), trust(file)
 
 
 def load_bundle(path: Path) -> Bundle:

@@ -7,10 +7,12 @@ content here: ``tta-cli prepare`` trusts the file it was given (the user named i
 trust BUNDLE`` trusts a bundle's file after the user has read it. A file edited since is a
 different file and must be trusted again.
 
-The record is one empty file per trusted SHA-256 in ``$TTA_CLI_CONFIG/trusted-code`` (default
-``$XDG_CONFIG_HOME/tta-cli``, ``~/.config/tta-cli``): adding one is a single create, so two
-processes never lose each other's. Architectures named by module (``package.module:factory``)
-import installed code, which the user installed, and need no trust here.
+The record is one file per trusted SHA-256 in ``$TTA_CLI_CONFIG/trusted-code`` (default
+``$XDG_CONFIG_HOME/tta-cli``, ``~/.config/tta-cli``), holding the path it was trusted at:
+adding one is a single create, so two processes never lose each other's. What is trusted is
+the file's content alone: a file that reads or imports others beside it extends its trust to
+them, so a bundle's file should be self-contained. Architectures named by module
+(``package.module:factory``) import code the user installed, never one in the bundle's folder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from tta_cli.errors import UsageError
 from tta_cli.files import file_sha256, write_atomic
 
 
@@ -39,6 +42,12 @@ def trust(path: Path) -> str:
     """Trust ``path``'s present content; returns its SHA-256."""
     digest = file_sha256(Path(path))
     folder = trust_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / digest, f"{Path(path).resolve()}\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / digest, f"{Path(path).resolve()}\n")
+    except OSError as error:
+        raise UsageError(
+            f"Cannot record that {path} is trusted in {folder} ({error.strerror}); set TTA_CLI_CONFIG to a "
+            "writable folder."
+        ) from error
     return digest
