@@ -10,6 +10,7 @@ where they do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
@@ -203,7 +204,10 @@ def get_method(name: str) -> Method:
     - ``+guard``: with the guard on;
     - ``+resetN``: back to the source state every N steps;
     - ``+return``: back to the source state when the images turn back towards the source's;
-    - ``+harmonizeN``: harmonize on one step in N, reusing the weights in between.
+    - ``+harmonizeN``: harmonize on one step in N, reusing the weights in between;
+    - ``+alignW``: the feature alignment weighed by W instead of 0.4 (``+align1.6``);
+    - ``+featuresDIGITS``: align only those of the bundle's feature layers, counted from 1 at
+      the shallowest (``+features3``: the third; ``+features12``: the first two).
 
     For example ``mgtta+robust+memory+guard``, ``harmonized:gh+tbr`` or ``mgtta:gh+++guard``.
     """
@@ -246,6 +250,13 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         if len(method.objectives) < 2:
             raise UsageError(f"Method {method.name!r} has one objective; there is nothing to harmonize.")
         return replace(method, harmonize_every=int(period))
+    if modifier.startswith("align"):
+        return _with_alignment(method, modifier, weight=_positive_number(modifier.removeprefix("align"), modifier))
+    if modifier.startswith("features"):
+        digits = modifier.removeprefix("features")
+        if not digits.isdigit() or "0" in digits or len(set(digits)) < len(digits):
+            raise UsageError(f"Method variant {modifier!r}: write featuresDIGITS, each layer's number (from 1) once.")
+        return _with_alignment(method, modifier, layers=tuple(int(digit) - 1 for digit in digits))
     if modifier.startswith("reset"):
         period = modifier.removeprefix("reset")
         if not period.isdigit() or int(period) < 1:
@@ -259,9 +270,26 @@ def _with_modifier(method: Method, modifier: str) -> Method:
             raise UsageError(f"Method {method.name!r} makes no update; a memory has nothing to feed.")
         return replace(method, memory=int(capacity))
     raise UsageError(
-        f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN, harmonizeN, return "
-        "or guard."
+        f"Unknown method variant {modifier!r}; use one of {', '.join(NORMS)}, memory[N], resetN, harmonizeN, alignW, "
+        "featuresDIGITS, return or guard."
     )
+
+
+def _with_alignment(method: Method, modifier: str, **options: Any) -> Method:
+    if "alignment" not in method.objectives:
+        raise UsageError(f"Method {method.name!r} has no feature alignment for the variant {modifier!r} to change.")
+    alignment = {**method.objective_options.get("alignment", {}), **options}
+    return replace(method, objective_options={**method.objective_options, "alignment": alignment})
+
+
+def _positive_number(text: str, modifier: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"Method variant {modifier!r}: write alignW with a positive number W, e.g. align1.6.")
+    return value
 
 
 def _with_harmonizer(method: Method, harmonizer: str) -> Method:

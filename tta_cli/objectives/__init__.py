@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from tta_cli.objectives.alignment import FeatureAlignment
+from tta_cli.objectives.alignment import FeatureAlignment, of_layers
 from tta_cli.objectives.base import Objective
 from tta_cli.objectives.entropy import Entropy, entropy
 from tta_cli.objectives.fisher import FisherInformation, FisherRegulariser, measure_fisher
@@ -13,7 +13,9 @@ from tta_cli.objectives.reliable import ReliableEntropy
 # objective needs (EATA's Fisher regulariser without source data); the method then runs without it.
 OBJECTIVES: dict[str, Callable[..., Objective | None]] = {
     "entropy": lambda bundle: Entropy(),
-    "alignment": lambda bundle: FeatureAlignment(bundle.source_stats),
+    "alignment": lambda bundle, weight=0.4, layers=None: FeatureAlignment(
+        bundle.source_stats if layers is None else of_layers(bundle.source_stats, layers), weight
+    ),
     "reliable-entropy": lambda bundle, **options: ReliableEntropy(bundle.spec.num_classes, **options),
     "fisher": lambda bundle, weight: (
         FisherRegulariser(bundle.model, bundle.fisher, weight) if bundle.fisher is not None else None

@@ -8,8 +8,11 @@ the source values come from the bundle's ``source_stats.safetensors``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from tta_cli.errors import UsageError
 from tta_cli.objectives.base import Stateless
 from tta_cli.streams import Batch
 
@@ -32,6 +35,17 @@ class FeatureAlignment(Stateless):
             std = variance.add(1e-8).sqrt()
             total = total + (std - source_std.to(std)).pow(2).sum() + (mean - source_mean.to(mean)).pow(2).sum()
         return self.weight * total / len(self.source_stats)
+
+
+def of_layers(
+    source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]], positions: Sequence[int]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The source statistics of the feature layers at ``positions`` (0: the shallowest, in the
+    bundle's order), for aligning some of the layers only."""
+    layers = list(source_stats)
+    if not positions or max(positions) >= len(layers):
+        raise UsageError(f"The bundle has {len(layers)} feature layers ({', '.join(layers)}); choose among them.")
+    return {layers[position]: source_stats[layers[position]] for position in positions}
 
 
 def _moments(values: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
