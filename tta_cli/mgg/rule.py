@@ -18,16 +18,19 @@ uses t + 1), and α defaults to 1e-3, the value of its published run script (``r
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from tta_cli.errors import UsageError
-from tta_cli.files import file_sha256, write_atomic
+from tta_cli.files import write_atomic
 from tta_cli.mgg.generator import HIDDEN, Memory, MetaGradientGenerator
 from tta_cli.models import Bundle
 from tta_cli.models.bundle import MGG_FILE, MGG_NO_MEMORY_FILE
@@ -167,7 +170,8 @@ def rule_for_bundle(
             f"Model bundle {bundle.path} has no {file}; "
             f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES{variant}'."
         )
-    metadata = read_metadata(path)
+    stored = _read(path)
+    metadata = _training_metadata(path, stored.header)
     trained_for = metadata.get("bundle_weights_sha256")
     if trained_for is not None and trained_for != bundle.weights_sha256:
         raise UsageError(
@@ -178,7 +182,8 @@ def rule_for_bundle(
     if step_size is None:
         step_size = float(metadata.get("step_size", DEFAULT_STEP_SIZE))
     anchor = torch.cat([param.detach().flatten() for param in params])
-    return MGGRule(load_generator(path).to(device), step_size=step_size, anchor=anchor, identity=file_sha256(path))
+    generator = _generator(path, stored).to(device)
+    return MGGRule(generator, step_size=step_size, anchor=anchor, identity=stored.sha256)
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
@@ -198,8 +203,28 @@ def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The training metadata stored in an ``mgg.safetensors``."""
+    return _training_metadata(path, _read(Path(path)).header)
+
+
+def load_generator(path: Path) -> MetaGradientGenerator:
+    """Rebuild the generator stored at ``path``; a missing, foreign or damaged file is a
+    one-sentence ``UsageError``."""
+    return _generator(Path(path), _read(Path(path)))
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A generator file as read once: its tensors, its header's metadata and its content's
+    SHA-256, so that the generator a run uses is the one its history names."""
+
+    tensors: dict[str, torch.Tensor]
+    header: dict[str, str]
+    sha256: str
+
+
+def _training_metadata(path: Path, header: dict[str, str]) -> dict[str, Any]:
     try:
-        metadata = json.loads(_read(Path(path))[1].get("training", "{}"))
+        metadata = json.loads(header.get("training", "{}"))
     except ValueError as error:
         raise UsageError(f"{path} has unreadable training metadata; {RECREATE}.") from error
     if not isinstance(metadata, dict):
@@ -207,11 +232,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return metadata
 
 
-def load_generator(path: Path) -> MetaGradientGenerator:
-    """Rebuild the generator stored at ``path``; a missing, foreign or damaged file is a
-    one-sentence ``UsageError``."""
-    path = Path(path)
-    tensors, header = _read(path)
+def _generator(path: Path, stored: _Stored) -> MetaGradientGenerator:
+    tensors, header = stored.tensors, stored.header
     if header.get("format") != FORMAT:
         raise UsageError(f"{path} is not a Meta Gradient Generator file; {RECREATE}.")
     if header.get("version") != FORMAT_VERSION:
@@ -235,13 +257,16 @@ def load_generator(path: Path) -> MetaGradientGenerator:
     return generator.eval().requires_grad_(False)
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read(path: Path) -> _Stored:
     if not path.is_file():
         raise UsageError(f"Meta Gradient Generator file {path} does not exist; make one with 'tta-cli train-mgg'.")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as error:
+        content = path.read_bytes()
+        tensors = load(content)
+        # The safetensors layout: an 8-byte little-endian header length, then the JSON header,
+        # whose "__metadata__" holds the string pairs written with the tensors.
+        (length,) = struct.unpack("<Q", content[:8])
+        header = json.loads(content[8 : 8 + length]).get("__metadata__") or {}
+    except (SafetensorError, OSError, ValueError, struct.error) as error:
         raise UsageError(f"{path} is not a readable safetensors file; {RECREATE}.") from error
-    return tensors, header
+    return _Stored(tensors, header, hashlib.sha256(content).hexdigest())
