@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tta_cli.bench import BenchConfig, run_bench
+from tta_cli.bench import run as bench_run
 from tta_cli.bench.protocols import CellResult
 from tta_cli.bench.run import check_batch_of_one, worse_than_source
 from tta_cli.bench.streams import build_streams
@@ -131,6 +132,20 @@ def test_a_batch_of_one_is_refused_where_batchnorm_sees_one_value_per_channel(
     bundle.model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4), nn.Flatten())
     with pytest.raises(UsageError, match=r"one value per channel.*--batch-size of 2 or more"):
         check_batch_of_one(bundle, stream, torch.device("cpu"))
+
+
+def test_the_mixed_streams_last_batch_is_checked_for_a_batch_of_one(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two corruptions of 3 images at batch 5: each stream's last batch holds 3, the mixed
+    stream's (6 images) holds 1."""
+    checked: list[int] = []
+    monkeypatch.setattr(bench_run, "check_batch_of_one", lambda bundle, stream, device: checked.append(len(stream)))
+    settings = {"num_examples": 3, "batch_size": 5, "methods": ("norm",)}
+    bench(bundle_path, clean_folder, tmp_path, protocols=("reset",), **settings)
+    assert checked == []
+    bench(bundle_path, clean_folder, tmp_path, protocols=("reset", "mixed"), **settings)
+    assert checked == [3]
 
 
 def test_orders_reach_the_streams_and_the_report(bundle_path: Path, clean_folder: Path, tmp_path: Path) -> None:

@@ -130,8 +130,10 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
         # One at a time, so that at most one stream is held twice.
         streams[index] = stream.reordered(config.order, config.seed)
     report("corrupt", "streams ready", total_images, total_images)
-    smallest_batch = min(config.batch_size, len(streams[0]) % config.batch_size or config.batch_size)
-    if smallest_batch == 1 and any(bench_method(name, bundle).batch_statistics for name in config.methods):
+    # Every corruption's stream has one length; "mixed" runs them all as one stream.
+    lengths = {len(streams[0]), *([sum(map(len, streams))] if "mixed" in config.protocols else [])}
+    last_batches = [length % config.batch_size or config.batch_size for length in lengths]
+    if min(last_batches) == 1 and any(bench_method(name, bundle).batch_statistics for name in config.methods):
         check_batch_of_one(bundle, streams[0], device)
 
     fisher_note = "not needed (EATA not run)"
