@@ -100,8 +100,8 @@ def run(bundle: Bundle, streams: list, name: str, update: str) -> dict[str, floa
                 ratios.append((gradients[0].norm() / gradients[1].norm()).item())
                 cosines.append(torch.cosine_similarity(gradients[0], gradients[1], dim=0).item())
                 per_layer = [
-                    torch.cosine_similarity(a, b, dim=0).item()
-                    for a, b in zip(*gradients.split(list(modules.values()), dim=1), strict=True)
+                    torch.cosine_similarity(block[0], block[1], dim=0).item()
+                    for block in gradients.split(list(modules.values()), dim=1)
                 ]
                 worst_layer.append(min(per_layer))
                 flipped.append((direction.sign() != plain.sign()).float().mean().item())
