@@ -231,7 +231,8 @@ def methods() -> None:
         "(BatchNorm on test batches), "
         "+memory[N] (learn from a class-balanced memory), +resetN (back to the source every N steps), "
         "+return (back to the source when the images turn back towards its own), +harmonizeN (harmonize on one "
-        "step in N), +guard (the benchmark runs it guarded), e.g. mgtta+weighted+memory."
+        "step in N), +alignW (weigh the feature alignment by W), +featuresDIGITS (align those feature layers, "
+        "numbered from 1), +guard (the benchmark runs it guarded), e.g. mgtta+weighted+memory."
     )
 
 

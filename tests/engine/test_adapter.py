@@ -9,7 +9,7 @@ import torch
 from tests.conftest import CLASSES, MEAN, STD
 from tta_cli.config import AdaptConfig, GuardConfig
 from tta_cli.engine import Adapter, get_method, resolve_device
-from tta_cli.engine.build import adapter_for
+from tta_cli.engine.build import adapter_for, check_fits
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import Amortized, Harmonized, Harmonizer
 from tta_cli.harmonize.base import combine
@@ -119,6 +119,37 @@ def test_method_variants_name_another_harmonizer() -> None:
         get_method("harmonized:average")
     plus = get_method("mgtta:gh+++guard")  # GH++ keeps its pluses; the variant follows
     assert plus.harmonizer == "gh++" and plus.guard and get_method("harmonized:gh+tbr").harmonizer == "gh"
+
+
+def test_alignment_variants_set_its_options_and_refuse_what_cannot_be_meant() -> None:
+    method = get_method("harmonized:sum+align1.6+features31")
+    assert method.objective_options["alignment"] == {"weight": 1.6, "layers": (0, 2)}
+    assert get_method("mgtta+align1e-3").objective_options["alignment"] == {"weight": 1e-3}
+    assert "alignment" not in get_method("harmonized").objective_options
+    for wrong, message in (
+        ("tent+align1", "no feature alignment"),
+        ("eata+features1", "no feature alignment"),
+        ("harmonized+align0", "positive number"),
+        ("harmonized+alignnan", "positive number"),
+        ("harmonized+aligninf", "positive number"),
+        ("harmonized+align1_000", "positive number"),
+        ("harmonized+align", "positive number"),
+        ("harmonized+features0", "1 to 9"),
+        ("harmonized+features11", "1 to 9"),
+        ("harmonized+features\u00b2", "1 to 9"),
+        ("tent+reset\u0661", "resetN"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            get_method(wrong)
+
+
+def test_a_method_that_does_not_fit_the_bundle_is_refused_before_any_work(bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    check_fits(bundle, get_method("harmonized+features1"))
+    with pytest.raises(UsageError, match="feature layers"):
+        check_fits(bundle, get_method("harmonized+features9"))
+    with pytest.raises(UsageError, match=r"has no mgg-no-memory\.safetensors"):
+        check_fits(bundle, get_method("mgtta-nomem"))
 
 
 def test_an_amortized_harmonizer_weighs_the_losses_between_its_harmonizations(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,10 @@ def test_load_generator_refuses_bad_files(tmp_path: Path) -> None:
     with safe_open(str(wrong_shapes), framework="pt") as handle:
         header = handle.metadata()
     save_file(tensors, str(wrong_shapes), metadata=header)
-    for path in (missing, garbage, foreign, truncated, wrong_shapes):
+    unknown_dtype = tmp_path / "dtype.safetensors"  # a dtype this torch has no name for
+    header = json.dumps({"weight": {"dtype": "F8_E8M0", "shape": [1], "data_offsets": [0, 1]}}).encode()
+    unknown_dtype.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00")
+    for path in (missing, garbage, foreign, truncated, wrong_shapes, unknown_dtype):
         with pytest.raises(UsageError) as caught:
             load_generator(path)
         message = str(caught.value)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
+import pytest
 import torch
 
-from tta_cli.objectives import Entropy, FeatureAlignment, entropy
+from tta_cli.errors import UsageError
+from tta_cli.objectives import OBJECTIVES, Entropy, FeatureAlignment, entropy
 from tta_cli.streams import Batch
 
 
@@ -35,33 +38,15 @@ def test_alignment_is_defined_for_a_batch_of_one() -> None:
     assert torch.isfinite(value)
 
 
-def test_alignment_variants_weigh_it_and_choose_its_layers() -> None:
-    """``+alignW`` and ``+featuresDIGITS`` reach the objective through the method's options."""
-    from types import SimpleNamespace
-
-    import pytest
-
-    from tta_cli.engine.methods import get_method
-    from tta_cli.errors import UsageError
-    from tta_cli.objectives import OBJECTIVES
-
+def test_alignment_weighs_and_chooses_the_layers_its_options_name() -> None:
     stats = {name: (torch.zeros(2), torch.ones(2)) for name in ("stem", "middle", "last")}
     bundle = SimpleNamespace(source_stats=stats)
-    method = get_method("harmonized:sum+align1.6+features31")
-    alignment = OBJECTIVES["alignment"](bundle, **method.objective_options["alignment"])
-    assert alignment.weight == 1.6 and list(alignment.source_stats) == ["last", "stem"]
-    default = OBJECTIVES["alignment"](bundle, **get_method("harmonized").objective_options.get("alignment", {}))
+    chosen = OBJECTIVES["alignment"](bundle, weight=1.6, layers=(2, 0))
+    assert chosen.weight == 1.6 and list(chosen.source_stats) == ["stem", "last"]  # the bundle's order
+    default = OBJECTIVES["alignment"](bundle)
     assert default.weight == 0.4 and list(default.source_stats) == ["stem", "middle", "last"]
     features = {name: torch.full((2, 2), 2.0) for name in stats}  # per layer ‖μ − 0‖² = 8, ‖σ − 1‖² = 2
-    assert abs(alignment(torch.zeros(2, 3), features, batch_of(2)).item() - 1.6 * 10) < 1e-3
-    for wrong, message in (
-        ("tent+align1", "no feature alignment"),
-        ("harmonized+align0", "positive number"),
-        ("harmonized+alignx", "positive number"),
-        ("harmonized+features0", "each layer's number"),
-        ("harmonized+features11", "each layer's number"),
-    ):
-        with pytest.raises(UsageError, match=message):
-            get_method(wrong)
-    with pytest.raises(UsageError, match="3 feature layers"):
-        OBJECTIVES["alignment"](bundle, **get_method("harmonized+features4").objective_options["alignment"])
+    assert abs(chosen(torch.zeros(2, 3), features, batch_of(2)).item() - 1.6 * 10) < 1e-3
+    for wrong in ((3,), (-1,), ()):
+        with pytest.raises(UsageError, match=r"3 feature layers .*number them 1 to 3 in \+featuresDIGITS"):
+            OBJECTIVES["alignment"](bundle, layers=wrong)

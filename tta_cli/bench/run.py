@@ -25,6 +25,7 @@ from tta_cli.bench.speed import measure_speed
 from tta_cli.bench.streams import ShiftedStream, build_streams, select_images
 from tta_cli.corruptions import BEYOND, CORRUPTIONS
 from tta_cli.engine import Method, get_method, resolve_device
+from tta_cli.engine.build import check_fits
 from tta_cli.engine.methods import AUTO_METHOD
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.errors import UsageError
@@ -103,6 +104,8 @@ def run_bench(config: BenchConfig, on_progress: Callable[[BenchProgress], None] 
 
     device = resolve_device(config.device)
     bundle = load_bundle(config.model)
+    for name in config.methods:
+        check_fits(bundle, bench_method(name, bundle))
     spec = bundle.spec
     started = time.perf_counter()
 
@@ -178,7 +181,7 @@ def check_batch_of_one(bundle: Bundle, stream: ShiftedStream, device: torch.devi
         raise UsageError(
             f"A batch of one image leaves a BatchNorm layer of {bundle.spec.architecture} one value per channel, "
             "which test-batch statistics cannot normalise; use a --batch-size of 2 or more and a --num-examples "
-            "whose last batch is not a single image."
+            "whose last batch is not a single image (under mixed: --num-examples times the corruptions)."
         ) from error
     finally:
         # Train-mode BatchNorm moved the running statistics.

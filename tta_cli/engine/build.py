@@ -25,7 +25,7 @@ from tta_cli.engine.norms.layers import batch_norm_layers
 from tta_cli.engine.returns import SourceReturn
 from tta_cli.errors import UsageError
 from tta_cli.harmonize import Amortized, Harmonizer, make_harmonizer
-from tta_cli.mgg.rule import rule_for_bundle
+from tta_cli.mgg.rule import generator_file, rule_for_bundle
 from tta_cli.models import Bundle
 from tta_cli.objectives import OBJECTIVES
 from tta_cli.update import UpdateRule, make_update_rule
@@ -104,15 +104,31 @@ def build_adapter(
     return adapter
 
 
+def check_fits(bundle: Bundle, method: Method) -> None:
+    """Refuse, before any work, what ``build_adapter`` would refuse about this bundle: an objective
+    it cannot serve (feature layers it lacks), θ's return without its typicality, a generator it
+    does not ship. A benchmark runs its methods one after another over long streams."""
+    for name in method.objectives:
+        OBJECTIVES[name](bundle, **method.objective_options.get(name, {}))
+    _check_return(bundle, method)
+    if method.updates and method.update == "mgg":
+        generator_file(bundle, method.update_options["generator"])
+
+
 def _source_return(bundle: Bundle, method: Method, model: nn.Module) -> SourceReturn | None:
     if not method.return_to_source:
         return None
-    if bundle.typicality is None:
+    _check_return(bundle, method)
+    assert bundle.typicality is not None
+    return SourceReturn(model, bundle.typicality)
+
+
+def _check_return(bundle: Bundle, method: Method) -> None:
+    if method.return_to_source and bundle.typicality is None:
         raise UsageError(
             f"Method {method.name!r} returns θ to the source by the typicality of the source's images, which "
             f"the bundle at {bundle.path} does not hold; re-create it with 'tta-cli prepare'."
         )
-    return SourceReturn(model, bundle.typicality)
 
 
 def adapter_for(bundle: Bundle, config: AdaptConfig, device: torch.device) -> Adapter:

@@ -11,6 +11,7 @@ where they do.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
@@ -206,8 +207,8 @@ def get_method(name: str) -> Method:
     - ``+return``: back to the source state when the images turn back towards the source's;
     - ``+harmonizeN``: harmonize on one step in N, reusing the weights in between;
     - ``+alignW``: the feature alignment weighed by W instead of 0.4 (``+align1.6``);
-    - ``+featuresDIGITS``: align only those of the bundle's feature layers, counted from 1 at
-      the shallowest (``+features3``: the third; ``+features12``: the first two).
+    - ``+featuresDIGITS``: align only those of the bundle's feature layers, numbered from 1 in
+      ``model.toml``'s order (``+features3``: the third; ``+features12``: the first two).
 
     For example ``mgtta+robust+memory+guard``, ``harmonized:gh+tbr`` or ``mgtta:gh+++guard``.
     """
@@ -245,26 +246,28 @@ def _with_modifier(method: Method, modifier: str) -> Method:
         return replace(method, return_to_source=True)
     if modifier.startswith("harmonize"):
         period = modifier.removeprefix("harmonize")
-        if not period.isdigit() or int(period) < 1:
+        if not re.fullmatch(r"[0-9]+", period) or int(period) < 1:
             raise UsageError(f"Method variant {modifier!r}: write harmonizeN with N ≥ 1 steps.")
         if len(method.objectives) < 2:
             raise UsageError(f"Method {method.name!r} has one objective; there is nothing to harmonize.")
         return replace(method, harmonize_every=int(period))
     if modifier.startswith("align"):
-        return _with_alignment(method, modifier, weight=_positive_number(modifier.removeprefix("align"), modifier))
+        return _with_alignment(method, modifier, weight=_alignment_weight(modifier))
     if modifier.startswith("features"):
         digits = modifier.removeprefix("features")
-        if not digits.isdigit() or "0" in digits or len(set(digits)) < len(digits):
-            raise UsageError(f"Method variant {modifier!r}: write featuresDIGITS, each layer's number (from 1) once.")
-        return _with_alignment(method, modifier, layers=tuple(int(digit) - 1 for digit in digits))
+        if not re.fullmatch(r"[1-9]+", digits) or len(set(digits)) < len(digits):
+            raise UsageError(
+                f"Method variant {modifier!r}: write featuresDIGITS, layer numbers 1 to 9, each at most once."
+            )
+        return _with_alignment(method, modifier, layers=tuple(sorted(int(digit) - 1 for digit in digits)))
     if modifier.startswith("reset"):
         period = modifier.removeprefix("reset")
-        if not period.isdigit() or int(period) < 1:
+        if not re.fullmatch(r"[0-9]+", period) or int(period) < 1:
             raise UsageError(f"Method variant {modifier!r}: write resetN with N ≥ 1 steps.")
         return replace(method, reset_every=int(period))
     if modifier.startswith("memory"):
         capacity = modifier.removeprefix("memory") or str(DEFAULT_MEMORY)
-        if not capacity.isdigit() or int(capacity) < 1:
+        if not re.fullmatch(r"[0-9]+", capacity) or int(capacity) < 1:
             raise UsageError(f"Method variant {modifier!r}: write memory or memoryN with N ≥ 1.")
         if not method.updates:
             raise UsageError(f"Method {method.name!r} makes no update; a memory has nothing to feed.")
@@ -282,9 +285,10 @@ def _with_alignment(method: Method, modifier: str, **options: Any) -> Method:
     return replace(method, objective_options={**method.objective_options, "alignment": alignment})
 
 
-def _positive_number(text: str, modifier: str) -> float:
+def _alignment_weight(modifier: str) -> float:
+    text = modifier.removeprefix("align")
     try:
-        value = float(text)
+        value = float(text) if re.fullmatch(r"[0-9.eE-]+", text) else math.nan
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):

@@ -163,13 +163,7 @@ def rule_for_bundle(
     of the bundle's model. A generator pre-trained for other weights is refused (its metadata
     names the weights' SHA-256). ``step_size`` defaults to the α the generator was pre-trained
     for (its metadata), else ``DEFAULT_STEP_SIZE``."""
-    path = bundle.path / file
-    if not path.is_file():
-        variant = " --no-memory" if file == MGG_NO_MEMORY_FILE else ""
-        raise UsageError(
-            f"Model bundle {bundle.path} has no {file}; "
-            f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES{variant}'."
-        )
+    path = generator_file(bundle, file)
     stored = _read(path)
     metadata = _training_metadata(path, stored.header)
     trained_for = metadata.get("bundle_weights_sha256")
@@ -184,6 +178,19 @@ def rule_for_bundle(
     anchor = torch.cat([param.detach().flatten() for param in params])
     generator = _generator(path, stored).to(device)
     return MGGRule(generator, step_size=step_size, anchor=anchor, identity=stored.sha256)
+
+
+def generator_file(bundle: Bundle, file: str = MGG_FILE) -> Path:
+    """The path of the bundle's generator ``file``; a bundle without it is a one-sentence
+    ``UsageError`` that says how to pre-train one."""
+    path = bundle.path / file
+    if not path.is_file():
+        variant = " --no-memory" if file == MGG_NO_MEMORY_FILE else ""
+        raise UsageError(
+            f"Model bundle {bundle.path} has no {file}; "
+            f"pre-train one with 'tta-cli train-mgg --model {bundle.path} --data CLEAN_TRAINING_IMAGES{variant}'."
+        )
+    return path
 
 
 def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
@@ -262,11 +269,12 @@ def _read(path: Path) -> _Stored:
         raise UsageError(f"Meta Gradient Generator file {path} does not exist; make one with 'tta-cli train-mgg'.")
     try:
         content = path.read_bytes()
+        # KeyError: a tensor of a dtype this torch does not have.
         tensors = load(content)
-        # The safetensors layout: an 8-byte little-endian header length, then the JSON header,
-        # whose "__metadata__" holds the string pairs written with the tensors.
+        # The safetensors layout, which ``load`` has just checked: an 8-byte little-endian header
+        # length, then the JSON header, whose "__metadata__" holds the string pairs saved with it.
         (length,) = struct.unpack("<Q", content[:8])
         header = json.loads(content[8 : 8 + length]).get("__metadata__") or {}
-    except (SafetensorError, OSError, ValueError, struct.error) as error:
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
         raise UsageError(f"{path} is not a readable safetensors file; {RECREATE}.") from error
     return _Stored(tensors, header, hashlib.sha256(content).hexdigest())

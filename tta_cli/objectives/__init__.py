@@ -13,8 +13,8 @@ from tta_cli.objectives.reliable import ReliableEntropy
 # objective needs (EATA's Fisher regulariser without source data); the method then runs without it.
 OBJECTIVES: dict[str, Callable[..., Objective | None]] = {
     "entropy": lambda bundle: Entropy(),
-    "alignment": lambda bundle, weight=0.4, layers=None: FeatureAlignment(
-        bundle.source_stats if layers is None else of_layers(bundle.source_stats, layers), weight
+    "alignment": lambda bundle, layers=None, **options: FeatureAlignment(
+        bundle.source_stats if layers is None else of_layers(bundle.source_stats, layers), **options
     ),
     "reliable-entropy": lambda bundle, **options: ReliableEntropy(bundle.spec.num_classes, **options),
     "fisher": lambda bundle, weight: (

@@ -40,12 +40,15 @@ class FeatureAlignment(Stateless):
 def of_layers(
     source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]], positions: Sequence[int]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The source statistics of the feature layers at ``positions`` (0: the shallowest, in the
-    bundle's order), for aligning some of the layers only."""
+    """The source statistics of the feature layers at ``positions`` (0: the first of the bundle's
+    ``feature_layers``), in the bundle's order, for aligning some of the layers only."""
     layers = list(source_stats)
-    if not positions or max(positions) >= len(layers):
-        raise UsageError(f"The bundle has {len(layers)} feature layers ({', '.join(layers)}); choose among them.")
-    return {layers[position]: source_stats[layers[position]] for position in positions}
+    if not positions or min(positions) < 0 or max(positions) >= len(layers):
+        raise UsageError(
+            f"The bundle has {len(layers)} feature layers ({', '.join(layers)}); "
+            f"number them 1 to {len(layers)} in +featuresDIGITS."
+        )
+    return {layers[position]: source_stats[layers[position]] for position in sorted(set(positions))}
 
 
 def _moments(values: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The table of docs/benchmarks.md, "The alignment's weight and layers", from the bench that
 ``alignment.sh`` writes: per variant of the alignment, protocol and update, the mean online
-error with the plain sum and with GH++, GH++'s gain over the sum, and the conflict GH++ saw
+error with the plain sum and with GH++, GH++ − sum (negative: GH++ gains), and the conflict GH++ saw
 (share of its harmonizing steps with a negative cosine, and their median cosine).
 
     python docs/bench/harmonizers/alignment_table.py OUT/bench.json

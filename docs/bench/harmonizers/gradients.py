@@ -1,21 +1,22 @@
 """What each objective's gradient contributes to a step, and what a harmonizer changes in it
-(docs/benchmarks.md, "What the harmonizers change"): the continual stream of "Which harmonizer"
+(docs/benchmarks.md, "What a harmonizer changes in a step"): the continual stream of "Which harmonizer"
 (every corruption at severity 5, 500 images each, shuffled with seed 0, batch 64), adapted by
 the hand-made update (Adam, lr 1e-3) or the bundle's generator without memory, on the gradient
 of entropy (g1) and feature alignment (g2) combined in several ways:
 
-- ``sum``, ``gh++``, ``gh``, ``pcgrad``: g1 + g2 and the harmonizers over all of θ, as ``bench``
-  runs them on every step;
+- ``sum``, ``gh++``, ``gh``, ``pcgrad``: g1 + g2 and the harmonizers over all of θ, on every
+  step (``bench``'s ``+harmonize1``);
 - ``pcgrad/module``: PCGrad on each normalisation layer's parameters alone (their conflicts
   are stronger than θ's as a whole);
 - ``entropy``, ``alignment``: one gradient alone;
 - ``agree``: g1 + g2 on the coordinates where their signs agree, 0 elsewhere.
 
 Per run: the online error, the median ratio ‖g1‖ / ‖g2‖, the median cosine of g1 and g2 over θ
-and the median of the lowest cosine over the layers, and the share of θ's coordinates
-whose step sign differs from the sum's (Adam and the generator see each coordinate's gradient
-divided by its own running scale, so a combination changes their step mostly where it flips a
-sign). The ``sum`` and ``gh++`` rows reproduce ``bench``'s ``:sum`` and ``:gh+++harmonize1``.
+and the median of the lowest cosine over the layers, and the mean share of θ's coordinates
+where the combined gradient's sign differs from the sum's (a coordinate set to 0 counts as
+differing; Adam and the generator see each coordinate's gradient divided by its own running
+scale, so a combination changes their step mostly where it flips a sign). The ``sum`` rows
+reproduce ``bench``'s ``:sum`` rows of "Which harmonizer" exactly.
 
     python docs/bench/harmonizers/gradients.py BUNDLE CIFAR10_DIR/test [COMBINATION@UPDATE,...]
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tta_cli.bench.streams import build_streams
+from tta_cli.bench.streams import build_streams, default_cache_dir
 from tta_cli.corruptions import CORRUPTIONS
 from tta_cli.engine.params import configure_model, norm_affine_parameters
 from tta_cli.harmonize import make_harmonizer
@@ -38,8 +39,7 @@ from tta_cli.models import Bundle, load_bundle
 from tta_cli.models.bundle import MGG_NO_MEMORY_FILE
 from tta_cli.models.features import record_features
 from tta_cli.objectives import Entropy, FeatureAlignment
-from tta_cli.streams import Batch
-from tta_cli.streams.batching import Preprocess
+from tta_cli.streams import Batch, Preprocess
 
 DEFAULT = (
     "sum@adam,gh++@adam,gh@adam,pcgrad@adam,pcgrad/module@adam,entropy@adam,alignment@adam,agree@adam,"
@@ -127,8 +127,7 @@ def main(bundle_path: str, data: str, runs: str = DEFAULT) -> None:
     torch.manual_seed(0)
     bundle = load_bundle(Path(bundle_path))
     spec = bundle.spec
-    cache = Path.home() / ".cache" / "tta-cli" / "bench"
-    built = build_streams(Path(data), spec.class_names, list(CORRUPTIONS), 5, spec.framing, 500, 0, cache)
+    built = build_streams(Path(data), spec.class_names, list(CORRUPTIONS), 5, spec.framing, 500, 0, default_cache_dir())
     streams = [stream.reordered("shuffled", 0) for stream in built]
     print(f"{spec.name}, continual, 15 corruptions × 500 images, batch 64\n")
     print("| update | combination | error (%) | ‖g1‖/‖g2‖ | cos(g1, g2) | lowest layer cosine | signs flipped vs sum |")
