@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -91,3 +92,25 @@ def test_write_atomic_syncs_the_file_then_renames_it_then_syncs_the_folder(
     monkeypatch.setattr(os, "replace", recording_replace)
     write_atomic(tmp_path / "snapshot.safetensors", b"state")
     assert calls == ["sync file", "rename to snapshot.safetensors", "sync folder"]
+
+
+def test_a_file_written_without_replace_never_takes_the_place_of_one_already_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers of the same new file (two trainings into one bundle): the second is refused,
+    the first file stays whole, and no temporary file is left; the same where hard links fail."""
+    path = tmp_path / "mgg.safetensors"
+    write_atomic(path, b"first", replace=False)
+    with pytest.raises(FileExistsError):
+        write_atomic(path, b"second", replace=False)
+    assert path.read_bytes() == b"first" and names(tmp_path) == ["mgg.safetensors"]
+
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(FileExistsError):
+        write_atomic(path, b"second", replace=False)
+    write_atomic(tmp_path / "other.safetensors", b"other", replace=False)
+    assert path.read_bytes() == b"first" and (tmp_path / "other.safetensors").read_bytes() == b"other"
+    assert names(tmp_path) == ["mgg.safetensors", "other.safetensors"]

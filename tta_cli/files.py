@@ -35,13 +35,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
+def write_atomic(path: Path, text: str | bytes, *, replace: bool = True) -> None:
     """Write ``text`` (or bytes) to ``path`` atomically (``atomic_path``) and durably: the file
     is flushed to the disk before the rename, so that a crash right after cannot leave an empty
     file, and its folder after it, so that a power cut cannot undo the rename once this returns
-    (a history row written next may name the file)."""
+    (a history row written next may name the file). ``replace=False``: a file already at
+    ``path``, even one that appeared while this one was written, stays (``FileExistsError``)."""
     mode = "wb" if isinstance(text, bytes) else "w"
-    with atomic_path(path) as temporary, temporary.open(mode) as handle:
+    with atomic_path(path, replace=replace) as temporary, temporary.open(mode) as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -62,10 +63,12 @@ def _sync_folder(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary file beside ``path`` (in the same folder, which must exist) for the
     caller to write; when the block ends normally it replaces ``path`` in one rename, and when
     it raises it is removed. Whoever writes must not need it fsynced, or use ``write_atomic``.
+    ``replace=False``: the file takes ``path`` only if nothing is there at that moment (a hard
+    link, which fails on an existing name), else ``FileExistsError`` and ``path`` is untouched.
     """
     path = Path(path)
     with _naming(path):
@@ -76,10 +79,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary
         # mkstemp creates 0600; give the file the permissions a plain open() would.
         temporary.chmod(0o666 & ~_umask())
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _place_new(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _place_new(temporary: Path, path: Path) -> None:
+    """Give ``temporary`` the name ``path`` unless something already has it."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # A file system without hard links (FAT, some network ones): a check, then the rename.
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from error
+        os.replace(temporary, path)
+        return
+    temporary.unlink()
 
 
 @contextmanager

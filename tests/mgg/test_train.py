@@ -93,6 +93,23 @@ def test_default_output_is_the_bundle_and_the_ablation_trains(
     assert rule_for_bundle(loaded, theta, MGG_NO_MEMORY_FILE, step_size=1e-4).step_size == 1e-4
 
 
+def test_a_generator_written_elsewhere_during_training_is_left_as_it_is(
+    bundle_path: Path, clean_folder: Path, tmp_path: Path
+) -> None:
+    """Checked before the work and again at the save: a file that appeared while this one
+    trained (a second training into the same bundle) is not replaced without --overwrite."""
+    out = tmp_path / "mgg.safetensors"
+
+    def another_writer(progress: TrainProgress) -> None:
+        if not out.exists():
+            out.write_bytes(b"another generator")
+
+    with pytest.raises(UsageError, match="written by someone else while this generator trained"):
+        train_mgg(bundle_path, clean_folder, out=out, **TINY | {"epochs": 1}, on_progress=another_writer)
+    assert out.read_bytes() == b"another generator"
+    assert [path.name for path in tmp_path.iterdir()] == ["mgg.safetensors"]
+
+
 def test_an_episode_of_several_passes_carries_theta_through_them(
     bundle_path: Path, clean_folder: Path, tmp_path: Path
 ) -> None:

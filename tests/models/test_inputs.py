@@ -178,6 +178,16 @@ def test_the_factory_file_module_is_named_per_file(tmp_path: Path) -> None:
         "    model = nn.Linear(1, num_classes)\n    model.hint = net.__annotations__['num_classes']\n    return model\n"
     )
     assert build_architecture(f"{tmp_path / 'annotated.py'}:net", 3).hint is int
+    # What fails inside the user's code is one sentence, naming the file.
+    (tmp_path / "sibling.py").write_text("from layers import Block\n\ndef net(num_classes):\n    return Block()\n")
+    with pytest.raises(UsageError, match="imports 'layers', which is not installed"):
+        build_architecture(f"{tmp_path / 'sibling.py'}:net", 3)
+    (tmp_path / "raising.py").write_text("raise RuntimeError('no GPU here')\n")
+    with pytest.raises(UsageError, match=r"running .*raising.py failed \(RuntimeError: no GPU here\)"):
+        build_architecture(f"{tmp_path / 'raising.py'}:net", 3)
+    (tmp_path / "factory.py").write_text("def net(num_classes):\n    raise ValueError('bad width')\n")
+    with pytest.raises(UsageError, match=r"failed to build \(ValueError: bad width\)"):
+        build_architecture(f"{tmp_path / 'factory.py'}:net", 3)
 
 
 def test_a_bundles_file_runs_only_once_trusted_here(

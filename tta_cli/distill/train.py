@@ -54,7 +54,7 @@ from tta_cli.export.rebuild import build_export_model
 from tta_cli.export.run_export import RecordedState, read_recorded_state
 from tta_cli.files import atomic_folder, write_atomic
 from tta_cli.models import Bundle, ModelSpec, build_architecture, load_bundle, prepare_bundle
-from tta_cli.models.architectures import is_file_reference
+from tta_cli.models.architectures import absolute_reference
 from tta_cli.models.bundle import DISTILL_FILE, MODEL_FILE, check_input
 from tta_cli.models.features import classifier_head, record_head_input
 from tta_cli.parallel import Parallel, start_parallel, sync_batch_norm
@@ -250,7 +250,8 @@ class _Trainer:
             )
         torch.manual_seed(config.seed)
         self.start_bundle = _starting_bundle(config.student, self.spec)
-        self.architecture = config.student if self.start_bundle is None else _architecture_of(self.start_bundle)
+        start = self.start_bundle
+        self.architecture = config.student if start is None else absolute_reference(start.spec.architecture, start.path)
         self.student = (
             _new_student(config.student, self.spec) if self.start_bundle is None else self.start_bundle.model.train()
         )
@@ -582,15 +583,6 @@ def _starting_bundle(student: str, spec: ModelSpec) -> Bundle | None:
                 "a student takes the teacher's input and predicts its classes."
             )
     return bundle
-
-
-def _architecture_of(bundle: Bundle) -> str:
-    """The bundle's architecture, a file path in it made absolute as the student's bundle records it."""
-    reference = bundle.spec.architecture
-    if not is_file_reference(reference):
-        return reference
-    path, _, name = reference.rpartition(":")
-    return f"{(bundle.path / path).resolve()}:{name}"
 
 
 def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -193,8 +193,11 @@ def generator_file(bundle: Bundle, file: str = MGG_FILE) -> Path:
     return path
 
 
-def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any]) -> None:
-    """Write the weights and ``metadata`` (as JSON) to ``path`` atomically."""
+def save_generator(
+    generator: MetaGradientGenerator, path: Path, metadata: dict[str, Any], *, replace: bool = True
+) -> None:
+    """Write the weights and ``metadata`` (as JSON) to ``path`` atomically; ``replace=False``
+    leaves a file already there, even one written while this one trained (``FileExistsError``)."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in generator.state_dict().items()}
     header = {
         "format": FORMAT,
@@ -205,7 +208,7 @@ def save_generator(generator: MetaGradientGenerator, path: Path, metadata: dict[
         "scaled": json.dumps(generator.scaled),
         "training": json.dumps(metadata, sort_keys=True),
     }
-    write_atomic(Path(path), save(tensors, metadata=header))
+    write_atomic(Path(path), save(tensors, metadata=header), replace=replace)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

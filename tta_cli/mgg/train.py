@@ -326,7 +326,13 @@ def train_mgg(
             "torch_version": torch.__version__,
         }
         if parallel.is_main:
-            save_generator(generator, path, metadata)
+            try:
+                save_generator(generator, path, metadata, replace=overwrite)
+            except FileExistsError as error:
+                raise UsageError(
+                    f"{path} was written by someone else while this generator trained; it is left as it is. "
+                    "Pass --overwrite to replace it, or choose another --out."
+                ) from error
         return TrainReport(
             path,
             history.best_epoch,

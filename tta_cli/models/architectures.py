@@ -5,7 +5,8 @@ A reference is one of:
 - ``torchvision:NAME`` or ``timm:NAME`` when those packages are installed;
 - ``package.module:factory``, a callable taking ``num_classes``;
 - ``path/to/file.py:factory``, the same from a Python file (a relative path in a bundle's
-  ``model.toml`` is relative to the bundle's folder; ``prepare`` records it absolute).
+  ``model.toml`` is relative to the bundle's folder; ``prepare`` records it absolute). The file
+  holds its own code: it may import installed packages, not files beside it.
 
 Building from a module or a file runs its code, as importing it would: name only code you trust.
 A bundle's file runs only when this machine trusts its content (``tta_cli.models.trust``).
@@ -42,6 +43,8 @@ def build_architecture(reference: str, num_classes: int, bundle: Path | None = N
         raise UsageError(
             f"Architecture {reference!r} cannot be built with num_classes={num_classes}: {error}."
         ) from error
+    except Exception as error:
+        raise UsageError(f"Architecture {reference!r} failed to build ({type(error).__name__}: {error}).") from error
     if not isinstance(model, nn.Module):
         raise UsageError(f"Architecture {reference!r} returned a {type(model).__name__}, not a torch nn.Module.")
     return model
@@ -89,12 +92,13 @@ def code_file(reference: str) -> Path | None:
     return Path(reference.rpartition(":")[0]) if is_file_reference(reference) else None
 
 
-def absolute_reference(reference: str) -> str:
-    """The reference with a file path made absolute, as a bundle records it."""
+def absolute_reference(reference: str, folder: Path | None = None) -> str:
+    """The reference with a file path made absolute, as a bundle records it; a relative path is
+    taken from ``folder`` (a bundle's, whose ``model.toml`` names it) or else the working one."""
     if not is_file_reference(reference):
         return reference
     path, _, name = reference.rpartition(":")
-    return f"{Path(path).resolve()}:{name}"
+    return f"{(Path(path) if folder is None else folder / path).resolve()}:{name}"
 
 
 def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
@@ -117,7 +121,16 @@ def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
         code = compile(source, str(path), "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as error:  # ValueError: null bytes, on Python 3.10
         raise UsageError(f"Architecture {reference!r}: {path} is not valid Python ({error}).") from error
-    exec(code, module.__dict__)
+    try:
+        exec(code, module.__dict__)
+    except ImportError as error:
+        raise UsageError(
+            f"Architecture {reference!r}: {path} imports {error.name or 'a module'!r}, which is not installed; "
+            "a model file may import installed packages only, since trust covers that one file."
+        ) from error
+    except Exception as error:
+        failure = f"{type(error).__name__}: {error}"
+        raise UsageError(f"Architecture {reference!r}: running {path} failed ({failure}).") from error
     return module
 
 
