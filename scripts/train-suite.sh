@@ -10,7 +10,7 @@ data=${1:?CIFAR10_DIR}; out=${2:?OUT}; shift 2
 for entry in "${@:-airnet:10 airnet_gn:6 airnet_gray:4 resnet20:4}"; do
   for item in $entry; do
     architecture=${item%%:*}; epochs=${item##*:}
-    case $architecture in resnet20 | airnet_gn) batch=256 ;; *) batch=1024 ;; esac
+    case $architecture in resnet20 | airnet_gn | airnet_ln) batch=256 ;; *) batch=1024 ;; esac
     python scripts/train_sample_model.py --data "$data" --out "$out/train-$architecture" --epochs "$epochs" \
       --batch-size "$batch" --seed 0 --architecture "$architecture" --label-smoothing 0
     statistics=$(python -c "import json, sys; r = json.load(open(sys.argv[1])); print(','.join(map(str, r['mean'])), ','.join(map(str, r['std'])))" "$out/train-$architecture/training.json")

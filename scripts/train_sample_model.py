@@ -1,7 +1,7 @@
 """Train a CIFAR-10 source model of the ``airnet`` family and write its weights and ``training.json``.
 
     python scripts/train_sample_model.py --data CIFAR10_DIR --out OUT --epochs 10 --seed 0 \
-        [--architecture airnet|airnet_gn|airnet_gray] [--label-smoothing 0.2]
+        [--architecture airnet|airnet_gn|airnet_ln|airnet_gray|resnet20] [--label-smoothing 0.2]
 
 The recipe is ``tta_cli.training.source_model.train``; ``CIFAR10_DIR`` holds ``train/<class>/``
 and ``test/<class>/``.
@@ -30,7 +30,7 @@ def main(
         float, typer.Option(help="0: plain cross-entropy, as benchmark models are trained (the shipped airnet: 0.2).")
     ] = 0.0,
     architecture: Annotated[
-        str, typer.Option(help="airnet, airnet_gn (GroupNorm only), airnet_gray (one input channel) or resnet20.")
+        str, typer.Option(help="airnet, airnet_gn (GroupNorm only), airnet_ln (LayerNorm only), airnet_gray (one input channel) or resnet20.")
     ] = "airnet",
 ) -> None:
     """Train a CIFAR-10 source model of the airnet family."""

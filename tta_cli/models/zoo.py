@@ -16,8 +16,23 @@ GROUPS = 16
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
-    """``batch``: BatchNorm; ``group``: GroupNorm, which has no batch statistics to adapt."""
-    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(GROUPS, channels)
+    """``batch``: BatchNorm; ``group``: GroupNorm; ``layer``: LayerNorm over each position's
+    channels, as ConvNeXt normalises. The last two have no batch statistics to adapt."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(GROUPS, channels) if kind == "group" else ChannelLayerNorm(channels)
+
+
+class ChannelLayerNorm(nn.Module):
+    """``nn.LayerNorm`` over the channels of each position of an ``N×C×H×W`` map: the map is
+    turned channels-last for it (its input, as LayerNorm's always is, has the channels last)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ConvBlock(nn.Module):
@@ -41,7 +56,7 @@ class AirNet(nn.Module):
     """A fast-training CIFAR network after Jordan, "94% on CIFAR-10 in 3.29 seconds on a
     single GPU" (arXiv 2404.00498): a 2×2 patch-whitening stem, three conv stages, a max-pooled
     linear head with a fixed output scale. ``channels``: 3 for RGB input, 1 for grayscale;
-    ``norm``: ``batch`` or ``group``.
+    ``norm``: ``batch``, ``group`` or ``layer`` (``norm_layer``).
     """
 
     feature_layers = ("block1", "block2", "block3")
@@ -126,6 +141,7 @@ def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "airnet": AirNet,
     "airnet_gn": lambda num_classes=10: AirNet(num_classes, norm="group"),
+    "airnet_ln": lambda num_classes=10: AirNet(num_classes, norm="layer"),
     "airnet_gray": lambda num_classes=10: AirNet(num_classes, channels=1),
     "wrn16_4": lambda num_classes=10: WideResNet(16, 4, num_classes),
     "wrn28_10": lambda num_classes=10: WideResNet(28, 10, num_classes),

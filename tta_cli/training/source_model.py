@@ -35,7 +35,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 GRAY_MEAN, GRAY_STD = (0.4808,), (0.2389,)
 """CIFAR-10's training images in grayscale (PIL's "L", ITU-R 601 luma), measured with
 ``channel_statistics`` on the JPEG copy."""
-ARCHITECTURES = {"airnet": 3, "airnet_gn": 3, "airnet_gray": 1, "resnet20": 3}
+ARCHITECTURES = {"airnet": 3, "airnet_gn": 3, "airnet_ln": 3, "airnet_gray": 1, "resnet20": 3}
 """The zoo architectures this recipe trains, with their input channels: the airnet family with
 its paper's initialisation and step sizes, ``resnet20`` with the usual ResNet ones."""
 
@@ -126,7 +126,7 @@ def build_model(train_images: torch.Tensor, architecture: str = "airnet") -> nn.
             nn.init.dirac_(weight[: weight.size(1)])
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.4
-        if isinstance(module, nn.BatchNorm2d | nn.GroupNorm) and module.weight is not None:
+        if isinstance(module, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm) and module.weight is not None:
             module.weight.requires_grad_(False)
     init_whitening(model.whiten, normalise(train_images[:5000]))
     return model
@@ -250,7 +250,7 @@ def _optimizer(model: nn.Module, batch_size: int) -> torch.optim.SGD:
         lr = 0.1 / 128
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4 * 128)
     # The paper's BatchNorm biases learn 64× faster; GroupNorm biases at that rate held airnet_gn
-    # at chance for a whole epoch, so they learn at the others' rate.
+    # at chance for a whole epoch, so they (and LayerNorm's) learn at the others' rate.
     has_batch_norm = any(isinstance(module, nn.BatchNorm2d) for module in model.modules())
     momentum, bias_scale = 0.85, 64.0 if has_batch_norm else 1.0
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
