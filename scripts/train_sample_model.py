@@ -30,7 +30,11 @@ def main(
         float, typer.Option(help="0: plain cross-entropy, as benchmark models are trained (the shipped airnet: 0.2).")
     ] = 0.0,
     architecture: Annotated[
-        str, typer.Option(help="airnet, airnet_gn (GroupNorm only), airnet_ln (LayerNorm only), airnet_gray (one input channel) or resnet20.")
+        str,
+        typer.Option(
+            help="airnet, airnet_gn (GroupNorm only), airnet_ln (LayerNorm only), airnet_gray (one input channel) "
+            "or resnet20."
+        ),
     ] = "airnet",
 ) -> None:
     """Train a CIFAR-10 source model of the airnet family."""

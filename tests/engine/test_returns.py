@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tta_cli.errors import UsageError
 from tta_cli.events import EventKind
 from tta_cli.models import load_bundle
 from tta_cli.models.typicality import Typicality, measure_typicality
+from tta_cli.models.zoo import ChannelLayerNorm
 from tta_cli.streams import UNLABELED, Batch
 
 
@@ -49,10 +51,25 @@ def due(watch: SourceReturn, images: torch.Tensor) -> bool:
     return returns
 
 
-def test_a_stream_that_stays_shifted_never_returns_and_one_back_at_the_source_does() -> None:
+def layer_norm_net(num_classes: int) -> nn.Module:
+    """LayerNorm over each position's channels (ConvNeXt's, the zoo's airnet_ln)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        ChannelLayerNorm(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
+
+
+@pytest.mark.parametrize("network", [group_norm_net, layer_norm_net])
+def test_a_stream_that_stays_shifted_never_returns_and_one_back_at_the_source_does(
+    network: Callable[[int], nn.Module],
+) -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
-    model = group_norm_net(3)
+    model = network(3)
     watch = SourceReturn(model, measured(model, generator))
     assert not any(due(watch, noisy_images(16, generator)) for _ in range(10))
     assert due(watch, source_images(16, generator)), "the first clean batch after the noise"
@@ -84,8 +101,8 @@ def test_a_batch_without_finite_moments_leaves_the_record_as_it_was() -> None:
 
 
 def test_a_model_whose_theta_changes_the_watched_input_is_refused() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LayerNorm([8, 6, 6]), nn.GroupNorm(2, 8), nn.Flatten())
-    with pytest.raises(UsageError, match="LayerNorm before it"):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8, affine=True), nn.GroupNorm(2, 8), nn.Flatten())
+    with pytest.raises(UsageError, match="InstanceNorm2d before it"):
         SourceReturn(model, Typicality([torch.zeros(16)], [torch.ones(16)], 1.0))
 
 

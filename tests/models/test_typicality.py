@@ -13,6 +13,7 @@ from tta_cli.models.typicality import (
     recorded_moments,
     shallow_layers,
 )
+from tta_cli.models.zoo import ChannelLayerNorm
 
 
 def source_like(count: int, generator: torch.Generator, noise: float = 1.0) -> torch.Tensor:
@@ -76,6 +77,31 @@ def test_the_typicality_of_a_model_without_batch_norm_is_measured_at_its_group_n
     network = nn.Sequential(nn.Conv2d(8, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8))
     assert shallow_layers(network) == [network[1]]
     assert len(measured(torch.Generator().manual_seed(5), network.eval()).loc) == 1
+
+
+class Tokens(nn.Module):
+    """A map's positions as tokens, ``N×L×C``, as a vision transformer's patch embedding gives them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+def test_a_layer_norm_is_read_with_its_channels_last() -> None:
+    """Over tokens (a transformer's) and over each position's channels (ConvNeXt's, the zoo's
+    airnet_ln) the moments are per channel, as at a BatchNorm over the same map; a LayerNorm
+    over the whole ``C×H×W`` sees the map as it is."""
+    generator = torch.Generator().manual_seed(7)
+    images = source_like(300, generator)
+    reference = measure_typicality(nn.Sequential(nn.BatchNorm2d(8)).eval(), [images])
+    for network in (
+        nn.Sequential(Tokens(), nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8)),
+        nn.Sequential(ChannelLayerNorm(8), nn.Conv2d(8, 8, 1), ChannelLayerNorm(8)),
+        nn.Sequential(nn.LayerNorm([8, 4, 4])),
+    ):
+        assert len(shallow_layers(network)) == 1
+        typicality = measure_typicality(network.eval(), [images])
+        assert typicality is not None and reference is not None
+        assert torch.allclose(typicality.loc[0], reference.loc[0]), "the same moments of the same images"
 
 
 def test_a_statistic_that_never_varies_adds_nothing_to_a_score() -> None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from tta_cli.engine.params import NORM_LAYERS
 from tta_cli.errors import UsageError
-from tta_cli.models.typicality import Typicality, image_moments, shallow_layers
+from tta_cli.models.typicality import Typicality, input_moments, shallow_layers
 
 
 class _Reached(Exception):
@@ -55,7 +55,7 @@ class SourceReturn:
         first = next(layer for layer in model.modules() if isinstance(layer, NORM_LAYERS))
         if first is not self.layer:
             raise UsageError(
-                f"θ's return watches the input of the model's first BatchNorm or GroupNorm layer, but a "
+                f"θ's return watches the input of the model's first BatchNorm, GroupNorm or LayerNorm layer, but a "
                 f"{type(first).__name__} before it adapts too; use the method without '+return'."
             )
         self.loc, self.weights = typicality.loc[0], typicality.weights(0)
@@ -71,7 +71,7 @@ class SourceReturn:
         found: list[torch.Tensor] = []
 
         def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            found.append(image_moments(inputs[0]).mean(dim=0))
+            found.append(input_moments(layer, inputs[0]).mean(dim=0))
             raise _Reached
 
         handle = self.layer.register_forward_pre_hook(hook)

@@ -11,7 +11,8 @@ models, where a collapse under extreme noise gives 0.37 on one of them;
 docs/benchmarks.md, "What the suite says").
 
 ``prepare`` measures, over the shallow half of the BatchNorm layers (in module order, as the
-"weighted" norm splits them; of the GroupNorm layers in a model without BatchNorm), each
+"weighted" norm splits them; of the GroupNorm and LayerNorm layers in a model without
+BatchNorm, a LayerNorm's input read with its channels last), each
 statistic's mean and standard deviation over half of its clean images, and the ``QUANTILE`` of
 the other half's scores: the limit. An image's score is
 the mean squared standardised statistic, about 1 for a typical image; a batch is typical when
@@ -40,16 +41,27 @@ PREFIX = "typicality"
 
 def shallow_layers(model: nn.Module) -> list[nn.Module]:
     """The shallow half of the BatchNorm layers, in module order (the first of them for one or
-    two); of the GroupNorm layers for a model without BatchNorm."""
+    two); of the GroupNorm and LayerNorm layers for a model without BatchNorm."""
     layers: list[nn.Module] = [layer for layer in model.modules() if isinstance(layer, _BatchNorm)]
-    layers = layers or [layer for layer in model.modules() if isinstance(layer, nn.GroupNorm)]
+    layers = layers or [layer for layer in model.modules() if isinstance(layer, nn.GroupNorm | nn.LayerNorm)]
     return layers[: math.ceil(len(layers) / 2)]
 
 
 def image_moments(x: torch.Tensor) -> torch.Tensor:
-    """Each image's mean and log variance per channel over its positions, ``N×2C``."""
+    """Each image's mean and log variance per channel over its positions, ``N×2C``, for a
+    channels-first ``x`` (``N×C×...``)."""
     var, mean = torch.var_mean(x.detach().flatten(2), dim=2)
     return torch.cat([mean, var.clamp_min(torch.finfo(var.dtype).tiny).log()], dim=1)
+
+
+def input_moments(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``image_moments`` of a normalisation layer's input. A LayerNorm over one dimension has
+    the channels last (tokens ``N×L×C``, or a map turned ``N×H×W×C``); one over several (``C×H×W``)
+    sees a map as it is. An input without positions (``N×C``) has none: an empty tensor."""
+    if x.dim() <= 2:
+        return torch.empty(0)
+    channels_last = isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1
+    return image_moments(x.movedim(-1, 1) if channels_last else x)
 
 
 @contextmanager
@@ -58,8 +70,7 @@ def recorded_moments(layers: Iterable[nn.Module]) -> Iterator[list[torch.Tensor]
     found: list[torch.Tensor] = []
 
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        # A layer over features without positions (N×C) has no image moments: an empty record.
-        found.append(image_moments(inputs[0]) if inputs[0].dim() > 2 else torch.empty(0))
+        found.append(input_moments(layer, inputs[0]))
 
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
@@ -116,7 +127,7 @@ class Typicality:
 
 def measure_typicality(model: nn.Module, images: Iterable[torch.Tensor]) -> Typicality | None:
     """The source's typicality from clean batches (the model in eval mode); ``None`` when the
-    model has no BatchNorm or GroupNorm layer over images, or fewer than ``MIN_IMAGES`` images came."""
+    model has no normalisation layer over images, or fewer than ``MIN_IMAGES`` images came."""
     layers = shallow_layers(model)
     if not layers:
         return None
