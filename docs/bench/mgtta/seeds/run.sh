@@ -2,7 +2,7 @@
 # The learned update against hand-made ones over three seeds (docs/benchmarks.md, "Three seeds"):
 # every corruption at severity 5, reset and continual, the streams drawn with seeds 0, 1 and 2
 # (the images, their order and the corruptions' randomness). By default the streams of
-# docs/bench/mgtta/run.sh: 500 images per corruption at batch 64 on the GroupNorm bundle, 2,000 at
+# docs/bench/mgtta/run.sh: 500 images per corruption at batch 64 on the GroupNorm (and LayerNorm) bundle, 2,000 at
 # batch 200 on the BatchNorm one; IMAGES=10000 BATCH=200 is the full protocol.
 #   [IMAGES=N] [BATCH=B] [SEEDS="0 1 2"] [METHODS="a b"] docs/bench/mgtta/seeds/run.sh CIFAR10_DIR OUT [BUNDLE...]
 # One bench per bundle, seed and method, in OUT/seedS/BUNDLE/METHOD/, so that a killed script
@@ -13,7 +13,7 @@ data=${1:?CIFAR10_DIR}; out=${2:?OUT}; shift 2
 bundles=("$@"); [[ ${#bundles[@]} -gt 0 ]] || bundles=(airnet_gn-ce airnet-ce)
 for bundle in "${bundles[@]}"; do
   case $bundle in
-    airnet_gn-ce) size=(--num-examples "${IMAGES:-500}" --batch-size "${BATCH:-64}")
+    airnet_gn-ce | airnet_ln-ce) size=(--num-examples "${IMAGES:-500}" --batch-size "${BATCH:-64}")
       methods="source tent eata sar harmonized mgtta mgtta-sum mgtta-nomem" ;;
     *) size=(--num-examples "${IMAGES:-2000}" --batch-size "${BATCH:-200}")
       methods="source norm tent eata sar harmonized mgtta mgtta-sum mgtta-nomem" ;;
