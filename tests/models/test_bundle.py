@@ -140,9 +140,10 @@ def test_zoo_models_classify_32px_images(name: str) -> None:
     channels = 1 if name.endswith("_gray") else 3
     with torch.no_grad():
         assert model(torch.zeros(2, channels, 32, 32)).shape == (2, 7)
-    norm = torch.nn.GroupNorm if name.endswith("_gn") else torch.nn.BatchNorm2d
+    norms = {"_gn": torch.nn.GroupNorm, "_ln": torch.nn.LayerNorm}
+    norm = next((kind for suffix, kind in norms.items() if name.endswith(suffix)), torch.nn.BatchNorm2d)
     assert any(isinstance(m, norm) for m in model.modules())
-    if name.endswith("_gn"):
+    if norm is not torch.nn.BatchNorm2d:
         assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
