@@ -16,6 +16,7 @@ if [[ ! -d $bundle ]]; then
 fi
 [[ -f $bundle/mgg-no-memory.safetensors ]] || tta-cli train-mgg --model "$bundle" --data "$data/train" --device cpu \
   --step-size 1e-2 --epochs 12 --no-memory --passes 4 --meta-objective cross-entropy+clean --scale
+python scripts/mgg_curves.py "$bundle/mgg-no-memory.safetensors" > docs/bench/layernorm/curve.md
 SEEDS=0 METHODS="source tent eata sar harmonized mgtta-nomem" \
   docs/bench/mgtta/seeds/run.sh "$data" docs/bench/mgtta/seeds airnet_ln-ce
 python scripts/suite.py run --bundle "$bundle" --data "$data/test" --out docs/bench/suite
