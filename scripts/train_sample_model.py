@@ -1,4 +1,4 @@
-"""Train a CIFAR-10 source model of the ``airnet`` family and write its weights and ``training.json``.
+"""Train a CIFAR-10 source model (the ``airnet`` family, or ``resnet20``) and write its weights and ``training.json``.
 
     python scripts/train_sample_model.py --data CIFAR10_DIR --out OUT --epochs 10 --seed 0 \
         [--architecture airnet|airnet_gn|airnet_ln|airnet_gray|resnet20] [--label-smoothing 0.2]
@@ -37,7 +37,7 @@ def main(
         ),
     ] = "airnet",
 ) -> None:
-    """Train a CIFAR-10 source model of the airnet family."""
+    """Train a CIFAR-10 source model of the airnet family, or a ResNet-20."""
     report = train(data, out, epochs, batch_size, seed, str(resolve_device(device)), label_smoothing, architecture)
     print(json.dumps(report, indent=2))
 

@@ -98,7 +98,8 @@ def test_a_file_written_without_replace_never_takes_the_place_of_one_already_the
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two writers of the same new file (two trainings into one bundle): the second is refused,
-    the first file stays whole, and no temporary file is left; the same where hard links fail."""
+    the first file stays whole, and no temporary file is left; the same where the file system has
+    no hard links (checked just before the rename there)."""
     path = tmp_path / "mgg.safetensors"
     write_atomic(path, b"first", replace=False)
     with pytest.raises(FileExistsError):

@@ -68,7 +68,8 @@ def atomic_path(path: Path, *, replace: bool = True) -> Iterator[Path]:
     caller to write; when the block ends normally it replaces ``path`` in one rename, and when
     it raises it is removed. Whoever writes must not need it fsynced, or use ``write_atomic``.
     ``replace=False``: the file takes ``path`` only if nothing is there at that moment (a hard
-    link, which fails on an existing name), else ``FileExistsError`` and ``path`` is untouched.
+    link, which fails on an existing name; where the file system has none, a check just before
+    the rename), else ``FileExistsError`` and ``path`` is untouched.
     """
     path = Path(path)
     with _naming(path):
@@ -92,12 +93,11 @@ def _place_new(temporary: Path, path: Path) -> None:
     """Give ``temporary`` the name ``path`` unless something already has it."""
     try:
         os.link(temporary, path)
-    except FileExistsError:
-        raise
     except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
-        # A file system without hard links (FAT, some network ones): a check, then the rename.
+        # A file system without hard links (FAT, some network and FUSE ones): a check, then the
+        # rename, which a writer in between the two can still lose to.
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from error
         os.replace(temporary, path)

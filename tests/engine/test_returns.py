@@ -63,6 +63,11 @@ def layer_norm_net(num_classes: int) -> nn.Module:
     )
 
 
+class Tokens(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
 @pytest.mark.parametrize("network", [group_norm_net, layer_norm_net])
 def test_a_stream_that_stays_shifted_never_returns_and_one_back_at_the_source_does(
     network: Callable[[int], nn.Module],
@@ -104,6 +109,15 @@ def test_a_model_whose_theta_changes_the_watched_input_is_refused() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8, affine=True), nn.GroupNorm(2, 8), nn.Flatten())
     with pytest.raises(UsageError, match="InstanceNorm2d before it"):
         SourceReturn(model, Typicality([torch.zeros(16)], [torch.ones(16)], 1.0))
+
+
+def test_a_typicality_of_other_layers_is_refused() -> None:
+    """A bundle prepared when LayerNorm layers did not count: measured at the GroupNorm alone."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), Tokens(), nn.LayerNorm(8), nn.LayerNorm(8))
+    older = Typicality([torch.zeros(16)], [torch.ones(16)], 1.0)
+    with pytest.raises(UsageError, match=r"add_typicality\.py"):
+        SourceReturn(model, older)
+    assert SourceReturn(model, Typicality([torch.zeros(16)] * 2, [torch.ones(16)] * 2, 1.0)).layer is model[1]
 
 
 def test_the_batch_that_returns_is_predicted_by_the_source_state(group_norm_bundle: Path) -> None:

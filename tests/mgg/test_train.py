@@ -97,17 +97,20 @@ def test_a_generator_written_elsewhere_during_training_is_left_as_it_is(
     bundle_path: Path, clean_folder: Path, tmp_path: Path
 ) -> None:
     """Checked before the work and again at the save: a file that appeared while this one
-    trained (a second training into the same bundle) is not replaced without --overwrite."""
+    trained (a second training into the same bundle) is not replaced without --overwrite, and
+    the training goes beside it."""
     out = tmp_path / "mgg.safetensors"
 
     def another_writer(progress: TrainProgress) -> None:
         if not out.exists():
             out.write_bytes(b"another generator")
 
-    with pytest.raises(UsageError, match="written by someone else while this generator trained"):
+    with pytest.raises(UsageError, match="written by someone else while this generator trained") as refused:
         train_mgg(bundle_path, clean_folder, out=out, **TINY | {"epochs": 1}, on_progress=another_writer)
     assert out.read_bytes() == b"another generator"
-    assert [path.name for path in tmp_path.iterdir()] == ["mgg.safetensors"]
+    kept = [path for path in tmp_path.iterdir() if path != out]
+    assert len(kept) == 1 and str(kept[0]) in str(refused.value)
+    assert load_generator(kept[0]).uses_memory
 
 
 def test_an_episode_of_several_passes_carries_theta_through_them(

@@ -180,8 +180,17 @@ def test_the_factory_file_module_is_named_per_file(tmp_path: Path) -> None:
     assert build_architecture(f"{tmp_path / 'annotated.py'}:net", 3).hint is int
     # What fails inside the user's code is one sentence, naming the file.
     (tmp_path / "sibling.py").write_text("from layers import Block\n\ndef net(num_classes):\n    return Block()\n")
-    with pytest.raises(UsageError, match="imports 'layers', which is not installed"):
+    with pytest.raises(UsageError, match=r"failed at an import \(ModuleNotFoundError: No module named 'layers'\)"):
         build_architecture(f"{tmp_path / 'sibling.py'}:net", 3)
+    (tmp_path / "relative.py").write_text("from .layers import Block\n")
+    with pytest.raises(UsageError, match=r"failed at an import .*not files beside it"):
+        build_architecture(f"{tmp_path / 'relative.py'}:net", 3)
+    (tmp_path / "ours.py").write_text(
+        "from tta_cli.models import build_architecture\n\ndef net(num_classes):\n"
+        "    return build_architecture('no_such_net', num_classes)\n"
+    )
+    with pytest.raises(UsageError, match=r"^Unknown architecture 'no_such_net'"):
+        build_architecture(f"{tmp_path / 'ours.py'}:net", 3)
     (tmp_path / "raising.py").write_text("raise RuntimeError('no GPU here')\n")
     with pytest.raises(UsageError, match=r"running .*raising.py failed \(RuntimeError: no GPU here\)"):
         build_architecture(f"{tmp_path / 'raising.py'}:net", 3)

@@ -86,10 +86,17 @@ class Tokens(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's: a LayerNorm that takes a channels-first map and turns it itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 def test_a_layer_norm_is_read_with_its_channels_last() -> None:
-    """Over tokens (a transformer's) and over each position's channels (ConvNeXt's, the zoo's
-    airnet_ln) the moments are per channel, as at a BatchNorm over the same map; a LayerNorm
-    over the whole ``C×H×W`` sees the map as it is."""
+    """Over tokens (a transformer's) and over each position's channels (the zoo's airnet_ln, or
+    ConvNeXt's LayerNorm2d, which turns the map itself) the moments are per channel, as at a
+    BatchNorm over the same map; a LayerNorm over the whole ``C×H×W`` sees the map as it is."""
     generator = torch.Generator().manual_seed(7)
     images = source_like(300, generator)
     reference = measure_typicality(nn.Sequential(nn.BatchNorm2d(8)).eval(), [images])
@@ -97,6 +104,7 @@ def test_a_layer_norm_is_read_with_its_channels_last() -> None:
         nn.Sequential(Tokens(), nn.LayerNorm(8), nn.Linear(8, 8), nn.LayerNorm(8)),
         nn.Sequential(ChannelLayerNorm(8), nn.Conv2d(8, 8, 1), ChannelLayerNorm(8)),
         nn.Sequential(nn.LayerNorm([8, 4, 4])),
+        nn.Sequential(LayerNorm2d(8), nn.Conv2d(8, 8, 1), LayerNorm2d(8)),
     ):
         assert len(shallow_layers(network)) == 1
         typicality = measure_typicality(network.eval(), [images])

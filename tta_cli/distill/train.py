@@ -250,11 +250,11 @@ class _Trainer:
             )
         torch.manual_seed(config.seed)
         self.start_bundle = _starting_bundle(config.student, self.spec)
-        start = self.start_bundle
-        self.architecture = config.student if start is None else absolute_reference(start.spec.architecture, start.path)
-        self.student = (
-            _new_student(config.student, self.spec) if self.start_bundle is None else self.start_bundle.model.train()
-        )
+        if self.start_bundle is None:
+            self.architecture, self.student = config.student, _new_student(config.student, self.spec)
+        else:
+            self.architecture = absolute_reference(self.start_bundle.spec.architecture, self.start_bundle.path)
+            self.student = self.start_bundle.model.train()
         self.source = source_images(config.source_data, self.spec)
         self.target = target_images(config.target_data, self.spec, self.recorded.config, self.recorded.position)
         self.preprocess = Preprocess(self.spec.mean, self.spec.std, self.device)

@@ -42,6 +42,16 @@ class _Reached(Exception):
     """Ends a forward at the first normalisation layer, whose input is all that is needed."""
 
 
+def _channels(layer: nn.Module) -> int:
+    """The channels a normalisation layer normalises: two image moments each."""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return layer.num_features
+    if isinstance(layer, nn.GroupNorm):
+        return layer.num_channels
+    assert isinstance(layer, nn.LayerNorm), f"{type(layer).__name__} is not a layer shallow_layers gives"
+    return layer.normalized_shape[0]
+
+
 class SourceReturn:
     """Watches a model's first normalisation layer for batches that fit the source's images
     better than those seen since the last return.
@@ -57,6 +67,11 @@ class SourceReturn:
             raise UsageError(
                 f"θ's return watches the input of the model's first BatchNorm, GroupNorm or LayerNorm layer, but a "
                 f"{type(first).__name__} before it adapts too; use the method without '+return'."
+            )
+        if len(typicality.loc) != len(shallow_layers(model)) or len(typicality.loc[0]) != 2 * _channels(self.layer):
+            raise UsageError(
+                "The bundle's typicality was measured at other layers than θ's return watches (a bundle prepared "
+                "by an older tta-cli); add it again with 'python scripts/add_typicality.py BUNDLE CLEAN_FOLDER'."
             )
         self.loc, self.weights = typicality.loc[0], typicality.weights(0)
         self.seen: torch.Tensor | None = None

@@ -329,9 +329,12 @@ def train_mgg(
             try:
                 save_generator(generator, path, metadata, replace=overwrite)
             except FileExistsError as error:
+                # The training is not lost: it goes beside the file that won.
+                kept = path.with_name(f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+                save_generator(generator, kept, metadata, replace=False)
                 raise UsageError(
-                    f"{path} was written by someone else while this generator trained; it is left as it is. "
-                    "Pass --overwrite to replace it, or choose another --out."
+                    f"{path} was written by someone else while this generator trained; it is left as it is, "
+                    f"and this generator was written to {kept} (rename it to {path.name} to use it)."
                 ) from error
         return TrainReport(
             path,

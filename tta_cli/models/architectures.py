@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from types import ModuleType
 
 from torch import nn
 
-from tta_cli.errors import UsageError
+from tta_cli.errors import TTAError, UsageError
 from tta_cli.models.trust import is_trusted
 from tta_cli.models.zoo import ZOO
 
@@ -37,17 +38,29 @@ def build_architecture(reference: str, num_classes: int, bundle: Path | None = N
     bundle whose ``model.toml`` names it; a file it names is relative to that folder and must be
     trusted on this machine. Without it the caller names the reference itself (``prepare``)."""
     factory = _resolve_factory(reference, bundle)
+    model = factory(num_classes=num_classes) if reference in ZOO else _build(factory, reference, num_classes)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"Architecture {reference!r} returned a {type(model).__name__}, not a torch nn.Module.")
+    return model
+
+
+def _build(factory: Callable[..., nn.Module], reference: str, num_classes: int) -> nn.Module:
+    """Call a factory from outside tta-cli; what fails inside it is one sentence (the zoo's are
+    called as they are: a failure there is a bug of tta-cli's, with its traceback)."""
     try:
-        model = factory(num_classes=num_classes)
+        inspect.signature(factory).bind(num_classes=num_classes)
     except TypeError as error:
         raise UsageError(
             f"Architecture {reference!r} cannot be built with num_classes={num_classes}: {error}."
         ) from error
+    except ValueError:  # no signature to read (some built-in callables): the call will tell
+        pass
+    try:
+        return factory(num_classes=num_classes)
+    except TTAError:
+        raise
     except Exception as error:
         raise UsageError(f"Architecture {reference!r} failed to build ({type(error).__name__}: {error}).") from error
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"Architecture {reference!r} returned a {type(model).__name__}, not a torch nn.Module.")
-    return model
 
 
 def _resolve_factory(reference: str, bundle: Path | None = None) -> Callable[..., nn.Module]:
@@ -123,10 +136,13 @@ def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
         raise UsageError(f"Architecture {reference!r}: {path} is not valid Python ({error}).") from error
     try:
         exec(code, module.__dict__)
+    except TTAError:
+        raise
     except ImportError as error:
+        failure = f"{type(error).__name__}: {error}"
         raise UsageError(
-            f"Architecture {reference!r}: {path} imports {error.name or 'a module'!r}, which is not installed; "
-            "a model file may import installed packages only, since trust covers that one file."
+            f"Architecture {reference!r}: {path} failed at an import ({failure}); a model file may import "
+            "installed packages only, not files beside it, since trust covers that one file."
         ) from error
     except Exception as error:
         failure = f"{type(error).__name__}: {error}"

@@ -55,13 +55,21 @@ def image_moments(x: torch.Tensor) -> torch.Tensor:
 
 
 def input_moments(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``image_moments`` of a normalisation layer's input. A LayerNorm over one dimension has
-    the channels last (tokens ``N×L×C``, or a map turned ``N×H×W×C``); one over several (``C×H×W``)
-    sees a map as it is. An input without positions (``N×C``) has none: an empty tensor."""
+    """``image_moments`` of a normalisation layer's input, per channel. A LayerNorm over one
+    dimension gets its channels last (tokens ``N×L×C``, or a map turned ``N×H×W×C``), unless it
+    turns a channels-first map itself (ConvNeXt's ``LayerNorm2d``: its own ``forward``, and the
+    channels at dimension 1); one over several (``C×H×W``) sees a map as it is. An input without
+    positions (``N×C``) has none: an empty tensor."""
     if x.dim() <= 2:
         return torch.empty(0)
-    channels_last = isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1
-    return image_moments(x.movedim(-1, 1) if channels_last else x)
+    return image_moments(x.movedim(-1, 1) if _channels_last(layer, x) else x)
+
+
+def _channels_last(layer: nn.Module, x: torch.Tensor) -> bool:
+    if not isinstance(layer, nn.LayerNorm) or len(layer.normalized_shape) != 1:
+        return False
+    permutes_itself = type(layer).forward is not nn.LayerNorm.forward
+    return not (permutes_itself and x.shape[1] == layer.normalized_shape[0])
 
 
 @contextmanager

@@ -18,9 +18,14 @@ GROUPS = 16
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """``batch``: BatchNorm; ``group``: GroupNorm; ``layer``: LayerNorm over each position's
     channels, as ConvNeXt normalises. The last two have no batch statistics to adapt."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    return nn.GroupNorm(GROUPS, channels) if kind == "group" else ChannelLayerNorm(channels)
+    kinds: dict[str, Callable[[], nn.Module]] = {
+        "batch": lambda: nn.BatchNorm2d(channels),
+        "group": lambda: nn.GroupNorm(GROUPS, channels),
+        "layer": lambda: ChannelLayerNorm(channels),
+    }
+    if kind not in kinds:
+        raise ValueError(f"Unknown norm {kind!r}; choose one of {', '.join(kinds)}.")
+    return kinds[kind]()
 
 
 class ChannelLayerNorm(nn.Module):

@@ -12,7 +12,7 @@ data=${1:?CIFAR10_DIR}
 bundle=sample_models/cifar10-airnet_ln-ce
 if [[ ! -d $bundle ]]; then
   scripts/train-suite.sh "$data" .cache/layernorm airnet_ln:6
-  cp -r .cache/layernorm/cifar10-airnet_ln-ce "$bundle"
+  cp -r .cache/layernorm/cifar10-airnet_ln-ce "$bundle.partial" && mv "$bundle.partial" "$bundle"
 fi
 [[ -f $bundle/mgg-no-memory.safetensors ]] || tta-cli train-mgg --model "$bundle" --data "$data/train" --device cpu \
   --step-size 1e-2 --epochs 12 --no-memory --passes 4 --meta-objective cross-entropy+clean --scale

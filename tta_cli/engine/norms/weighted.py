@@ -102,7 +102,7 @@ from tta_cli.engine.norms.layers import (
 )
 from tta_cli.errors import UsageError
 from tta_cli.events import Event, EventKind
-from tta_cli.models.typicality import Typicality, image_moments, shallow_layers
+from tta_cli.models.typicality import Typicality, input_moments, shallow_layers
 from tta_cli.objectives.entropy import entropy
 
 FITS_SOURCE = "the batch fits them better"
@@ -210,7 +210,7 @@ class WeightedNorm(Norm):
 
     def _record(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         if self.recording:
-            self.moments.append(image_moments(inputs[0]))
+            self.moments.append(input_moments(layer, inputs[0]))
 
     @property
     def looks_like_source(self) -> bool:

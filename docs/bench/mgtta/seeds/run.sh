@@ -2,8 +2,8 @@
 # The learned update against hand-made ones over three seeds (docs/benchmarks.md, "Three seeds"):
 # every corruption at severity 5, reset and continual, the streams drawn with seeds 0, 1 and 2
 # (the images, their order and the corruptions' randomness). By default the streams of
-# docs/bench/mgtta/run.sh: 500 images per corruption at batch 64 on the GroupNorm (and LayerNorm) bundle, 2,000 at
-# batch 200 on the BatchNorm one; IMAGES=10000 BATCH=200 is the full protocol.
+# docs/bench/mgtta/run.sh: 500 images per corruption at batch 64 on the GroupNorm bundle (and the
+# LayerNorm one), 2,000 at batch 200 on the BatchNorm one; IMAGES=10000 BATCH=200 is the full protocol.
 #   [IMAGES=N] [BATCH=B] [SEEDS="0 1 2"] [METHODS="a b"] docs/bench/mgtta/seeds/run.sh CIFAR10_DIR OUT [BUNDLE...]
 # One bench per bundle, seed and method, in OUT/seedS/BUNDLE/METHOD/, so that a killed script
 # resumes where it stopped (a method measured there already, or in OUT/seedS/BUNDLE/bench.json,
