@@ -311,7 +311,8 @@ def prepare(
     bundle = load_bundle(out)
     if bundle.typicality is None and shallow_layers(bundle.model):
         console.print(
-            f"[yellow]No typicality measured: it needs {MIN_IMAGES} readable clean images; with fewer, the default "
+            f"[yellow]No typicality measured: it needs {MIN_IMAGES} readable clean images and shallow normalisation "
+            "layers over positions (a map or tokens); without it, the default "
             "tells a camera on one scene from a collapsed source by the batch's statistics, which fails on some "
             "networks, and without BatchNorm θ does not return to the source when the images do "
             "(docs/bundles.md).[/yellow]"
