@@ -60,7 +60,12 @@ def _build(factory: Callable[..., nn.Module], reference: str, num_classes: int) 
     except TTAError:
         raise
     except Exception as error:
-        raise UsageError(f"Architecture {reference!r} failed to build ({type(error).__name__}: {error}).") from error
+        raise UsageError(f"Architecture {reference!r} failed to build ({_failure(error)}).") from error
+
+
+def _failure(error: Exception) -> str:
+    """What Python said, as a user's code raised it."""
+    return f"{type(error).__name__}: {error}"
 
 
 def _resolve_factory(reference: str, bundle: Path | None = None) -> Callable[..., nn.Module]:
@@ -139,14 +144,12 @@ def _load_file(path: Path, reference: str, bundle: Path | None) -> ModuleType:
     except TTAError:
         raise
     except ImportError as error:
-        failure = f"{type(error).__name__}: {error}"
         raise UsageError(
-            f"Architecture {reference!r}: {path} failed at an import ({failure}); a model file may import "
+            f"Architecture {reference!r}: {path} failed at an import ({_failure(error)}); a model file may import "
             "installed packages only, not files beside it, since trust covers that one file."
         ) from error
     except Exception as error:
-        failure = f"{type(error).__name__}: {error}"
-        raise UsageError(f"Architecture {reference!r}: running {path} failed ({failure}).") from error
+        raise UsageError(f"Architecture {reference!r}: running {path} failed ({_failure(error)}).") from error
     return module
 
 

@@ -12,7 +12,7 @@ docs/benchmarks.md, "What the suite says").
 
 ``prepare`` measures, over the shallow half of the BatchNorm layers (in module order, as the
 "weighted" norm splits them; of the GroupNorm and LayerNorm layers in a model without
-BatchNorm, a LayerNorm's input read with its channels last), each
+BatchNorm, each layer's input read per channel: ``input_moments``), each
 statistic's mean and standard deviation over half of its clean images, and the ``QUANTILE`` of
 the other half's scores: the limit. An image's score is
 the mean squared standardised statistic, about 1 for a typical image; a batch is typical when
