@@ -189,8 +189,8 @@ lowest of all, SAR's included, on the suite's continual streams (shuffled and cl
 under continual on longer ones, with two more or two fewer corruptions worse than the source
 than SAR, and so it was, unchanged, on the LayerNorm bundle that came after (docs/benchmarks.md,
 "A model with LayerNorm only"); the generator with its memory, even with its learned pull back
-to the source, ends above the source on short continual streams (docs/benchmarks.md, "A model without BatchNorm"
-and "The learned update on BatchNorm and GroupNorm bundles"). θ returns to the source when the
+to the source, ends above the source on short continual streams (docs/benchmarks.md, "A model
+without BatchNorm" and "The learned update on BatchNorm and GroupNorm bundles"). θ returns to the source when the
 images turn back towards the source's (``tta_cli.engine.returns``): without that, what θ learned
 on the noises cost mild corruptions after them errors (docs/benchmarks.md, "The development
 suite")."""
